@@ -1,0 +1,32 @@
+"""The criterion contract the engine trains with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from mlcnc.models.output import ModelOutput
+
+AllReduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over all processes (identity on one process)."""
+
+
+class Criterion(nn.Module):
+    """A loss module: ``forward(output, targets)`` returns the total and every term.
+
+    Returns a dict of float32 scalars with the key ``"total"`` (what is back-propagated)
+    plus one key per term, so logs show each. Stateful criteria (MLC-NC's prototype memory)
+    keep their state in buffers, so it is saved and restored with ``state_dict``, and
+    override the epoch hooks below. The engine calls ``set_epoch`` before each training
+    epoch and ``end_epoch`` after its last step, passing a sum-all-reduce for DDP.
+    """
+
+    def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (0-based); schedules such as warm-ups use it."""
+
+    def end_epoch(self, all_reduce: AllReduce | None = None) -> None:
+        """Called after each training epoch; stateful losses update their memory here."""

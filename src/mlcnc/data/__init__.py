@@ -1,0 +1,172 @@
+"""Data: readers, the VOC-LT / COCO-LT benchmarks, the embedded synthetic benchmark,
+long-tail tools, class-aware sampling, transforms and the image Dataset.
+
+The engine uses: ``DataConfig`` (the ``data:`` part of a config), ``build_splits``,
+``build_dataset``, ``build_sampler`` and ``transforms.build_transforms``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from torch.utils.data import DistributedSampler, Sampler
+
+from mlcnc.data.dataset import BadImageError, MultiLabelDataset, build_dataset, read_image
+from mlcnc.data.readers import (
+    DataError,
+    MultiLabelSplit,
+    read_coco,
+    read_csv_split,
+    read_voc,
+    write_csv_split,
+)
+from mlcnc.data.samplers import ClassAwareSampler
+
+__all__ = [
+    "DATASET_NAMES",
+    "BadImageError",
+    "ClassAwareSampler",
+    "DataConfig",
+    "DataError",
+    "MultiLabelDataset",
+    "MultiLabelSplit",
+    "build_dataset",
+    "build_sampler",
+    "build_splits",
+    "read_coco",
+    "read_csv_split",
+    "read_image",
+    "read_voc",
+    "write_csv_split",
+]
+
+DatasetName = Literal["synthetic", "voc_lt", "coco_lt", "csv"]
+DATASET_NAMES: tuple[str, ...] = ("synthetic", "voc_lt", "coco_lt", "csv")
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` part of a config.
+
+    name:             ``synthetic`` (the embedded benchmark, the default), ``voc_lt``,
+                      ``coco_lt`` or ``csv`` (your own data).
+    synthetic_root:   folder of the synthetic benchmark (None = its default cache folder).
+    voc2012_root:     VOCdevkit/VOC2012 folder (voc_lt training images).
+    voc2007_root:     VOCdevkit/VOC2007 folder holding the test set (voc_lt test images).
+    coco_root:        folder with annotations/, train2017/, val2017/ (coco_lt).
+    voc_lt_split_file, coco_lt_split_file: local copies of the benchmark split files
+                      (None = download once and cache under $MLCNC_HOME).
+    train_csv, val_csv, test_csv: the csv dataset's splits (val optional).
+    image_size:       training crop and evaluation size in pixels.
+    num_workers:      DataLoader worker processes.
+    num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
+    epoch_length:     samples per epoch of the class-aware sampler (None = max_c n_c x C).
+    skip_bad_images:  skip unreadable images with a logged warning instead of failing.
+    head_threshold, tail_threshold: class groups from training counts n_c:
+                      head n_c >= head_threshold, tail n_c < tail_threshold, medium between.
+    """
+
+    name: DatasetName = "synthetic"
+    synthetic_root: str | None = None
+    voc2012_root: str | None = None
+    voc2007_root: str | None = None
+    coco_root: str | None = None
+    voc_lt_split_file: str | None = None
+    coco_lt_split_file: str | None = None
+    train_csv: str | None = None
+    val_csv: str | None = None
+    test_csv: str | None = None
+    image_size: int = 224
+    num_workers: int = 4
+    num_samples_cls: int = 1
+    epoch_length: int | None = None
+    skip_bad_images: bool = False
+    head_threshold: int = 100
+    tail_threshold: int = 20
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ValueError(
+                f"unknown dataset {self.name!r}; choose one of: {', '.join(DATASET_NAMES)}"
+            )
+        if self.image_size < 1 or self.num_workers < 0 or self.num_samples_cls < 1:
+            raise ValueError(
+                "data: image_size and num_samples_cls must be >= 1 and num_workers >= 0"
+            )
+        if self.tail_threshold > self.head_threshold:
+            raise ValueError(
+                f"data: tail_threshold ({self.tail_threshold}) must not exceed "
+                f"head_threshold ({self.head_threshold})"
+            )
+
+
+def build_splits(cfg: DataConfig) -> dict[str, MultiLabelSplit]:
+    """Read the dataset ``cfg`` names: keys ``train``, ``test`` and ``val`` where it has one.
+
+    Every split shares the training split's class names.
+    """
+    if cfg.name == "synthetic":
+        from mlcnc.data.synthetic import ensure_synthetic_benchmark
+
+        root = Path(cfg.synthetic_root) if cfg.synthetic_root else None
+        folder = ensure_synthetic_benchmark(root)
+        return _read_csv_splits(folder / "train.csv", folder / "val.csv", folder / "test.csv")
+    if cfg.name == "voc_lt":
+        from mlcnc.data.benchmarks import build_voc_lt
+
+        _require(cfg, "voc2012_root", "voc2007_root")
+        return build_voc_lt(cfg.voc2012_root, cfg.voc2007_root, cfg.voc_lt_split_file)
+    if cfg.name == "coco_lt":
+        from mlcnc.data.benchmarks import build_coco_lt
+
+        _require(cfg, "coco_root")
+        return build_coco_lt(cfg.coco_root, cfg.coco_lt_split_file)
+    _require(cfg, "train_csv", "test_csv")
+    return _read_csv_splits(cfg.train_csv, cfg.val_csv, cfg.test_csv)
+
+
+def build_sampler(
+    kind: str,
+    labels: np.ndarray,
+    cfg: DataConfig,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Sampler[int]:
+    """The training sampler: ``class_aware`` (spec B4) or ``random`` (a shuffling
+    DistributedSampler). Both are deterministic per (seed, epoch) via ``set_epoch`` and give
+    each rank a disjoint share; do not let the launcher add its own distributed sampler."""
+    if kind == "class_aware":
+        return ClassAwareSampler(
+            labels,
+            num_samples_cls=cfg.num_samples_cls,
+            epoch_length=cfg.epoch_length,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+    if kind == "random":
+        return DistributedSampler(
+            np.arange(len(labels)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+    raise ValueError(f"unknown sampler {kind!r}; choose 'random' or 'class_aware'")
+
+
+def _read_csv_splits(
+    train_csv: str | Path, val_csv: str | Path | None, test_csv: str | Path
+) -> dict[str, MultiLabelSplit]:
+    train = read_csv_split(train_csv)
+    splits = {"train": train}
+    if val_csv is not None:
+        splits["val"] = read_csv_split(val_csv, train.class_names)
+    splits["test"] = read_csv_split(test_csv, train.class_names)
+    return splits
+
+
+def _require(cfg: DataConfig, *fields: str) -> None:
+    missing = [f for f in fields if getattr(cfg, f) is None]
+    if missing:
+        raise ValueError(f"data.name={cfg.name!r} needs data.{', data.'.join(missing)}")

@@ -1,0 +1,202 @@
+"""The VOC-LT and COCO-LT benchmarks (Wu et al., ECCV 2020; used by MLC-NC).
+
+Each benchmark's training subset is defined by one split file of image ids, published in
+the DistributionBalancedLoss repository. On first use it is downloaded from its canonical
+raw URL, verified against its SHA-256 digest and cached under ``$MLCNC_HOME/benchmarks``
+(default ``~/.cache/mlcnc``); a local copy can be given instead (it is verified too).
+Split files are plain text (COCO-LT's ``img_id.pkl`` too, despite its name): nothing is
+ever unpickled.
+
+- VOC-LT: train on the 1,142 listed VOC2012 trainval images; test on VOC2007 test.
+- COCO-LT: train on the 1,909 listed COCO2017 train images; test on all 5,000 val2017 images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlcnc.data.readers import DataError, MultiLabelSplit, read_coco, read_voc
+
+RAW_URL = "https://raw.githubusercontent.com/wutong16/DistributionBalancedLoss/master/{path}"
+"""Canonical location of the split files (the DistributionBalancedLoss repository)."""
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    benchmark: str
+    repo_path: str  # path inside the DistributionBalancedLoss repository
+    sha256: str
+    num_ids: int
+
+    @property
+    def filename(self) -> str:
+        return Path(self.repo_path).name
+
+    @property
+    def url(self) -> str:
+        return RAW_URL.format(path=self.repo_path)
+
+
+SPLIT_FILES: dict[str, SplitFile] = {
+    "voc_lt": SplitFile(
+        "voc_lt",
+        "appendix/VOCdevkit/longtail2012/img_id.txt",
+        "6e49185d5421236718f7393e952f5790e5c0cfeb1694892b1b971f59725d5ebc",
+        1142,
+    ),
+    "coco_lt": SplitFile(
+        "coco_lt",
+        "appendix/coco/longtail2017/img_id.pkl",
+        "f31e853d2c7b69512c62b65ff1db067a49b3ab86a62f685c7da86b7c3dd04768",
+        1909,
+    ),
+}
+
+
+class ChecksumError(DataError):
+    """A split file whose SHA-256 digest is not the published one."""
+
+
+class SplitFileUnavailable(RuntimeError):
+    """The split file is neither cached nor downloadable; the message says what to do."""
+
+
+def mlcnc_home() -> Path:
+    """``$MLCNC_HOME``, default ``~/.cache/mlcnc``."""
+    return Path(os.environ.get("MLCNC_HOME") or Path.home() / ".cache" / "mlcnc")
+
+
+def cached_split_path(benchmark: str) -> Path:
+    """Where the split file of ``benchmark`` is cached."""
+    spec = _spec(benchmark)
+    return mlcnc_home() / "benchmarks" / benchmark / spec.filename
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_split_file(benchmark: str, path: str | Path) -> Path:
+    """Check ``path`` against the published digest; ``ChecksumError`` naming it if not."""
+    spec = _spec(benchmark)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {benchmark} split file not found")
+    actual = sha256_of(path)
+    if actual != spec.sha256:
+        raise ChecksumError(
+            f"{path}: SHA-256 {actual} does not match the published {spec.filename} "
+            f"({spec.sha256}); delete it and fetch it again from {spec.url}"
+        )
+    return path
+
+
+def fetch_split_file(
+    benchmark: str,
+    local_file: str | Path | None = None,
+    *,
+    url: str | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Path of the verified split file of ``benchmark`` (``voc_lt`` or ``coco_lt``).
+
+    local_file: use this copy (verified) instead of the cache.
+    url:        override the canonical URL (tests use a ``file://`` URL).
+    Otherwise the cached copy, downloaded on first use with a temp file + atomic rename.
+    """
+    spec = _spec(benchmark)
+    if local_file is not None:
+        return verify_split_file(benchmark, local_file)
+    target = cached_split_path(benchmark)
+    if target.is_file():
+        return verify_split_file(benchmark, target)
+    source = url or spec.url
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.filename}.")
+    try:
+        digest = hashlib.sha256()
+        with (
+            os.fdopen(handle, "wb") as out,
+            urllib.request.urlopen(source, timeout=timeout) as response,
+        ):
+            for chunk in iter(lambda: response.read(1 << 16), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != spec.sha256:
+            raise ChecksumError(
+                f"{spec.filename} downloaded from {source}: SHA-256 {digest.hexdigest()} does "
+                f"not match the published {spec.sha256}; nothing was cached"
+            )
+        os.replace(temp_name, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise SplitFileUnavailable(
+            f"cannot download the {benchmark} split file ({err}). Fetch {spec.filename} "
+            f"yourself from {spec.url} and put it at {target} (or pass it as a local file: "
+            f"data.{benchmark}_split_file in a config); its SHA-256 must be {spec.sha256}"
+        ) from None
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+    return target
+
+
+def read_split_ids(benchmark: str, path: str | Path) -> list[str]:
+    """The image ids of a split file, one per line, in file order (count checked)."""
+    spec = _spec(benchmark)
+    path = Path(path)
+    ids = [line.strip() for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
+    if len(ids) != spec.num_ids:
+        raise DataError(f"{path}: expected {spec.num_ids} image ids, found {len(ids)}")
+    return ids
+
+
+def build_voc_lt(
+    voc2012_root: str | Path,
+    voc2007_root: str | Path,
+    split_file: str | Path | None = None,
+) -> dict[str, MultiLabelSplit]:
+    """VOC-LT: ``train`` = the listed VOC2012 trainval images (split-file order),
+    ``test`` = VOC2007 test. Roots are the VOCdevkit/VOC2012 and VOCdevkit/VOC2007 folders."""
+    ids = read_split_ids("voc_lt", fetch_split_file("voc_lt", split_file))
+    train = read_voc(voc2012_root, ids)
+    return {"train": train, "test": read_voc(voc2007_root, "test")}
+
+
+def build_coco_lt(
+    coco_root: str | Path,
+    split_file: str | Path | None = None,
+) -> dict[str, MultiLabelSplit]:
+    """COCO-LT: ``train`` = the listed COCO2017 train images (split-file order),
+    ``test`` = all 5,000 val2017 images. ``coco_root`` holds ``annotations/``,
+    ``train2017/`` and ``val2017/``."""
+    root = Path(coco_root)
+    path = fetch_split_file("coco_lt", split_file)
+    ids = read_split_ids("coco_lt", path)
+    if not all(i.isdigit() for i in ids):
+        raise DataError(f"{path}: COCO-LT image ids must be integers")
+    train = read_coco(
+        root / "annotations" / "instances_train2017.json",
+        root / "train2017",
+        [int(i) for i in ids],
+    )
+    test = read_coco(root / "annotations" / "instances_val2017.json", root / "val2017")
+    return {"train": train, "test": test}
+
+
+def _spec(benchmark: str) -> SplitFile:
+    try:
+        return SPLIT_FILES[benchmark]
+    except KeyError:
+        raise ValueError(
+            f"unknown benchmark {benchmark!r}; choose one of: {', '.join(SPLIT_FILES)}"
+        ) from None

@@ -1,0 +1,154 @@
+"""``mlcnc data``: dataset statistics and long-tailed subsets.
+
+mlcnc data stats --csv train.csv                   # your own data (CSV format)
+mlcnc data stats --data synthetic --split test     # the embedded benchmark
+mlcnc data stats --data voc_lt --voc2012-root VOCdevkit/VOC2012 --voc2007-root VOCdevkit/VOC2007
+mlcnc data make-longtail --csv full.csv --out lt/train.csv --max 800 --min 1 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="dataset statistics and long-tailed subsets")
+    commands = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    stats = commands.add_parser(
+        "stats",
+        help="per-class counts, groups, imbalance, cardinality, co-occurrence; frequency plot",
+        description="Name the dataset with --csv FILE, or with --data NAME (plus its roots).",
+    )
+    source = stats.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="a split in the CSV format (image,labels)")
+    source.add_argument(
+        "--data", choices=("synthetic", "voc_lt", "coco_lt"), help="a named benchmark"
+    )
+    stats.add_argument(
+        "--split", default="train", help="split of a named benchmark (train, val, test)"
+    )
+    stats.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
+    stats.add_argument("--synthetic-root", help="folder of the synthetic benchmark")
+    stats.add_argument("--voc2012-root", help="VOCdevkit/VOC2012 folder (voc_lt)")
+    stats.add_argument("--voc2007-root", help="VOCdevkit/VOC2007 folder (voc_lt test)")
+    stats.add_argument("--coco-root", help="folder with annotations/, train2017/, val2017/")
+    stats.add_argument("--split-file", help="local copy of the benchmark's split file")
+    _add_thresholds(stats)
+    stats.add_argument(
+        "--plot", type=Path, default=Path("class_freq.png"), help="bar plot PNG to write"
+    )
+    stats.add_argument("--json", type=Path, help="also write the statistics as JSON")
+    stats.add_argument("--top", type=int, default=10, help="co-occurring class pairs to list")
+    stats.set_defaults(func=_stats)
+
+    subset = commands.add_parser(
+        "make-longtail",
+        help="draw a long-tailed subset of a CSV dataset (Distribution-Balanced procedure)",
+        description="Targets follow a Pareto curve from --max down to --min; classes are "
+        "filled greedily in co-occurrence order (spec B7.2). Seeded and deterministic.",
+    )
+    subset.add_argument("--csv", type=Path, required=True, help="input split (CSV format)")
+    subset.add_argument("--out", type=Path, required=True, help="output CSV (classes.txt beside)")
+    subset.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
+    subset.add_argument("--max", type=int, default=800, help="target count of the first class")
+    subset.add_argument("--min", type=int, default=1, help="target floor of the last class")
+    subset.add_argument("--pareto-shape", type=float, default=6.0, help="Pareto shape b")
+    subset.add_argument("--seed", type=int, default=0)
+    _add_thresholds(subset)
+    subset.set_defaults(func=_make_longtail)
+
+
+def _add_thresholds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head", type=int, default=100, help="head: n_c >= HEAD")
+    parser.add_argument("--tail", type=int, default=20, help="tail: n_c < TAIL")
+
+
+def _read_csv(csv: Path, classes: Path | None):
+    from mlcnc.data.readers import read_class_list, read_csv_split
+
+    return read_csv_split(csv, read_class_list(classes) if classes else None)
+
+
+def _load_split(args: argparse.Namespace):
+    from mlcnc.data import DataConfig, build_splits
+
+    if args.csv is not None:
+        return _read_csv(args.csv, args.classes)
+    cfg = DataConfig(
+        name=args.data,
+        synthetic_root=args.synthetic_root,
+        voc2012_root=args.voc2012_root,
+        voc2007_root=args.voc2007_root,
+        coco_root=args.coco_root,
+        voc_lt_split_file=args.split_file if args.data == "voc_lt" else None,
+        coco_lt_split_file=args.split_file if args.data == "coco_lt" else None,
+    )
+    splits = build_splits(cfg)
+    if args.split not in splits:
+        raise SystemExit(f"{args.data} has no split {args.split!r}; it has {', '.join(splits)}")
+    return splits[args.split]
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from mlcnc.data.longtail import class_groups, dataset_stats, plot_class_frequency
+
+    split = _load_split(args)
+    stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
+    print(_format_stats(stats, class_groups(split.class_freq, args.head, args.tail)))
+    plot_class_frequency(
+        split.class_freq,
+        split.class_names,
+        args.plot,
+        head=args.head,
+        tail=args.tail,
+        title=f"{Path(split.source).name}: {len(split)} images",
+    )
+    print(f"class-frequency plot: {args.plot}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(stats, indent=2))
+        print(f"statistics: {args.json}")
+    return 0
+
+
+def _format_stats(stats: dict, groups: dict) -> str:
+    group_of = {int(c): g for g, members in groups.items() for c in members}
+    width = max(len(n) for n in stats["class_names"])
+    lines = [f"source: {stats['source']}", f"{'#':>4}  {'class':<{width}}  {'images':>7}  group"]
+    for c, (name, n) in enumerate(zip(stats["class_names"], stats["class_freq"], strict=True)):
+        lines.append(f"{c:>4}  {name:<{width}}  {n:>7}  {group_of[c]}")
+    sizes = stats["group_sizes"]
+    ratio = stats["imbalance_ratio"]
+    lines += [
+        f"images: {stats['num_images']}   classes: {stats['num_classes']}",
+        f"groups (head >= {stats['thresholds']['head']}, tail < {stats['thresholds']['tail']}): "
+        f"head {sizes['head']} / medium {sizes['medium']} / tail {sizes['tail']}",
+        "imbalance ratio (max/min n_c): " + ("n/a" if ratio is None else f"{ratio:.1f}"),
+        f"label cardinality: {stats['label_cardinality']:.3f} labels per image "
+        f"(max {stats['max_labels_per_image']}; {stats['images_without_labels']} without labels)",
+    ]
+    if stats["empty_classes"]:
+        lines.append(f"classes without images: {', '.join(stats['empty_classes'])}")
+    if stats["top_cooccurrences"]:
+        lines.append("top co-occurring pairs:")
+        lines += [f"  {a} + {b}: {n}" for a, b, n in stats["top_cooccurrences"]]
+    return "\n".join(lines)
+
+
+def _make_longtail(args: argparse.Namespace) -> int:
+    from mlcnc.data.longtail import class_groups, dataset_stats, make_longtail_subset
+    from mlcnc.data.readers import write_csv_split
+
+    full = _read_csv(args.csv, args.classes)
+    indices = make_longtail_subset(
+        full.labels, args.max, args.min, pareto_shape=args.pareto_shape, seed=args.seed
+    )
+    subset = full.subset(indices, source=str(args.out))
+    write_csv_split(subset, args.out)
+    stats = dataset_stats(subset, head=args.head, tail=args.tail)
+    print(_format_stats(stats, class_groups(subset.class_freq, args.head, args.tail)))
+    print(f"wrote {len(subset)} of {len(full)} images to {args.out}")
+    return 0

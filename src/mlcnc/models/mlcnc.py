@@ -1,0 +1,65 @@
+"""The MLC-NC model (Tao et al., AAAI 2025): a backbone and the MLC-NC head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from mlcnc.models.backbone import create_backbone
+from mlcnc.models.head import MLCNCHead
+from mlcnc.models.output import ModelOutput
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # The paper: a fixed ETF classifier (a buffer, never trained, not in the optimizer).
+    "paper": {"classifier_trainable": False},
+    # The released code: the ETF classifier is an nn.Parameter and is trained (spec B0.1).
+    "official": {"classifier_trainable": True},
+}
+
+
+class MLCNC(nn.Module):
+    """Backbone -> tokens -> ETF-query attention -> per-class projections -> ETF classifier.
+
+    ``forward(images)`` gives logits (B, C), class features (B, C, E), unit projections
+    (B, C, P) and the label queries (C, E); attention (B, C, N) when asked.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, **head_options: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = backbone.num_features
+        self.head = MLCNCHead(backbone.num_features, num_classes, **head_options)
+        self.num_classes = num_classes
+        self.proj_dim = self.head.proj_dim
+        self.embed_dim = self.head.embed_dim
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) -> backbone map (B, F, H', W')."""
+        return self.backbone(images)
+
+    def forward_head(self, feature_map: Tensor, return_attention: bool = False) -> ModelOutput:
+        return self.head(feature_map, return_attention=return_attention)
+
+    def forward(self, images: Tensor, return_attention: bool = False) -> ModelOutput:
+        return self.forward_head(self.forward_features(images), return_attention=return_attention)
+
+
+def create_model(
+    num_classes: int,
+    backbone: str = "resnet50",
+    pretrained: bool | str = False,
+    recipe: str = "paper",
+    **options: Any,
+) -> MLCNC:
+    """Build MLC-NC for ``num_classes`` classes.
+
+    recipe: "paper" or "official" (spec A2); sets ``classifier_trainable``.
+    pretrained: True (ImageNet weights; the paper's setting), False, or a local file.
+    options (override the recipe): embed_dim=768, num_heads=8, attn_dropout=0.1,
+    proj_dim=20, classifier_trainable, etf_seed=0, alpha_att=1.0.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    head_options = {**RECIPES[recipe], **options}
+    return MLCNC(create_backbone(backbone, pretrained), num_classes, **head_options)

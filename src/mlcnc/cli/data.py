@@ -93,18 +93,19 @@ def _load_split(args: argparse.Namespace):
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from mlcnc.data.longtail import class_groups, dataset_stats, plot_class_frequency
+    from mlcnc.data.longtail import class_groups, dataset_stats
+    from mlcnc.plots import plot_class_frequency
 
     split = _load_split(args)
     stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
-    print(_format_stats(stats, class_groups(split.class_freq, args.head, args.tail)))
+    groups = class_groups(split.class_freq, args.head, args.tail)
+    print(_format_stats(stats, groups))
     plot_class_frequency(
         split.class_freq,
-        split.class_names,
         args.plot,
-        head=args.head,
-        tail=args.tail,
-        title=f"{Path(split.source).name}: {len(split)} images",
+        class_names=split.class_names,
+        groups=groups,
+        title=f"{Path(split.source).name}: {len(split)} images per class",
     )
     print(f"class-frequency plot: {args.plot}")
     if args.json is not None:

@@ -1,13 +1,10 @@
-"""Long-tail tools: class groups, dataset statistics, a class-frequency plot and the
-Distribution-Balanced subset maker (spec B7.2) that draws a long-tailed subset of any
+"""Long-tail tools: class groups, dataset statistics and the Distribution-Balanced subset maker (spec B7.2) that draws a long-tailed subset of any
 multi-label dataset.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,48 +82,6 @@ def dataset_stats(
             (names[i[k]], names[j[k]], int(pair_counts[k])) for k in top if pair_counts[k] > 0
         ],
     }
-
-
-def plot_class_frequency(
-    class_freq: np.ndarray,
-    class_names: Sequence[str],
-    path: str | Path,
-    head: int = 100,
-    tail: int = 20,
-    title: str = "",
-) -> Path:
-    """Bar plot (PNG) of training images per class, sorted, coloured by group, log scale."""
-    from matplotlib.figure import Figure
-
-    freq = np.asarray(class_freq)
-    groups = class_groups(freq, head, tail)
-    group_of = np.empty(len(freq), dtype=object)
-    for name in GROUP_NAMES:
-        group_of[groups[name]] = name
-    colours = {"head": "tab:blue", "medium": "tab:orange", "tail": "tab:red"}
-    order = np.argsort(-freq, kind="stable")
-    fig = Figure(figsize=(max(6.0, 0.18 * len(freq) + 2), 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.bar(
-        np.arange(len(freq)),
-        np.maximum(freq[order], 0.5),  # a visible stub for empty classes on the log axis
-        color=[colours[group_of[c]] for c in order],
-    )
-    ax.set_xticks(np.arange(len(freq)), [class_names[c] for c in order], rotation=90, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("training images")
-    ax.axhline(head, color="grey", linestyle="--", linewidth=0.8)
-    ax.axhline(tail, color="grey", linestyle=":", linewidth=0.8)
-    handles = [
-        ax.bar([0], [0], color=colours[g], label=f"{g} ({len(groups[g])})") for g in GROUP_NAMES
-    ]
-    ax.legend(handles=handles, loc="upper right")
-    if title:
-        ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
 
 
 # -------------------------------------------------------------- DB subset maker

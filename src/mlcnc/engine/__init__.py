@@ -1,0 +1,16 @@
+"""The training and evaluation engine (Lightning Fabric loop, EMA, checkpoints, run folder)."""
+
+from __future__ import annotations
+
+from mlcnc.engine.loop import NonFiniteLossError, TrainResult, make_fabric, train
+from mlcnc.engine.trained import TrainedModel, evaluate_checkpoint, load_trained
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "TrainedModel",
+    "evaluate_checkpoint",
+    "load_trained",
+    "make_fabric",
+    "train",
+]

@@ -1,0 +1,73 @@
+"""``mlcnc evaluate``: the mAP table, per-class AP and F1 of a checkpoint (text and JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint: Total / Head / Medium / Tail mAP, per-class AP and F1",
+        description=(
+            "Evaluate the regular and EMA weights of a checkpoint (or a run folder's "
+            "last.ckpt) on a split of the dataset it was trained on."
+        ),
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file or a run folder")
+    parser.add_argument(
+        "--data",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the checkpoint's data config, e.g. --data coco_root=/data/coco",
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="score threshold for F1 (default 0.5)"
+    )
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--json", metavar="FILE", help="write the full result as JSON")
+    parser.add_argument("--per-class", action="store_true", help="also print per-class AP and F1")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlcnc.config import ConfigError
+    from mlcnc.engine import evaluate_checkpoint
+    from mlcnc.engine.trained import to_json
+
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint,
+            data_overrides=args.data,
+            split=args.split,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"mlcnc evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    for name, scores in result["models"].items():
+        f1 = scores["f1"]
+        print(f"{name}: CF1 {f1['CF1']:.2f}  OF1 {f1['OF1']:.2f} (threshold {args.threshold})")
+    if args.per_class:
+        for name, scores in result["models"].items():
+            print(f"\n{name}: per-class AP / F1 (%)")
+            print(f"{'class':<24} {'group':<7} {'train':>6} {'AP':>7} {'F1':>7}")
+            for row in scores["per_class"]:
+                ap = "n/a" if row["ap"] is None else f"{row['ap']:.2f}"
+                print(
+                    f"{row['class']:<24} {row['group']:<7} {row['train_positives']:>6} "
+                    f"{ap:>7} {row['f1']:>7.2f}"
+                )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json({k: v for k, v in result.items() if k != "table"}), f, indent=2)
+        print(f"wrote {args.json}")
+    return 0

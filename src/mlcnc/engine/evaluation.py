@@ -1,0 +1,173 @@
+"""Evaluation: predict on every rank, gather all scores, then compute AP once.
+
+AP cannot be averaged over ranks, so each rank predicts its shard, ``fabric.all_gather``
+collects the scores, targets and dataset indices of all ranks, and the duplicates that a
+padded DistributedSampler adds are dropped by index before any metric is computed.
+Shapes: N images, C classes, P projection width, W world size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mlcnc import metrics
+
+
+@dataclass
+class Predictions:
+    """Everything one evaluation pass gives, ordered by dataset index, without duplicates.
+
+    indices (N,), scores (N, C) sigmoid probabilities (float32), targets (N, C) uint8,
+    projections (N, C, P) float32 when the model gives them and they were asked for.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    targets: np.ndarray
+    projections: np.ndarray | None = None
+
+
+def merge_gathered(
+    indices: np.ndarray, *arrays: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Rows gathered from all ranks -> one row per dataset index, sorted by index.
+
+    indices: (W, n) or (M,) dataset indices; arrays: matching (W, n, ...) or (M, ...).
+    A padded sampler repeats some indices on the last ranks; those repeats are the same image
+    and are kept once.
+    """
+    flat = np.asarray(indices).reshape(-1)
+    unique, first = np.unique(flat, return_index=True)
+    merged = []
+    for array in arrays:
+        array = np.asarray(array)
+        merged.append(array.reshape(flat.shape[0], *array.shape[indices.ndim :])[first])
+    return unique, tuple(merged)
+
+
+def eval_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A sequential loader over this rank's shard (padded so every rank has the same count)."""
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    fabric: Any,
+    keep_projections: bool = False,
+    limit_batches: int | None = None,
+) -> Predictions:
+    """Run ``model`` (the plain module, not a DDP wrapper) over this rank's loader under the
+    run's precision, gather every rank's rows and merge them (see :func:`merge_gathered`)."""
+    was_training = model.training
+    model.eval()
+    indices, scores, targets, projections = [], [], [], []
+    for batch_index, (images, batch_targets, batch_indices) in enumerate(loader):
+        if limit_batches is not None and batch_index >= limit_batches:
+            break
+        images = images.to(fabric.device, non_blocking=True)
+        with fabric.autocast():
+            output = model(images)
+        scores.append(torch.sigmoid(output.logits.float()))
+        targets.append(batch_targets.to(fabric.device).to(torch.uint8))
+        indices.append(batch_indices.to(fabric.device).long())
+        if keep_projections and output.projections is not None:
+            projections.append(output.projections.float())
+    model.train(was_training)
+    local = {
+        "indices": torch.cat(indices),
+        "scores": torch.cat(scores),
+        "targets": torch.cat(targets),
+    }
+    if projections:
+        local["projections"] = torch.cat(projections)
+    if fabric.world_size > 1:
+        local = fabric.all_gather(local)  # each (W, n, ...): every rank has n rows (padding)
+    local = {k: v.cpu().numpy() for k, v in local.items()}
+    names = [k for k in local if k != "indices"]
+    unique, merged = merge_gathered(local["indices"], *(local[k] for k in names))
+    values = dict(zip(names, merged, strict=True))
+    return Predictions(
+        indices=unique,
+        scores=values["scores"],
+        targets=values["targets"],
+        projections=values.get("projections"),
+    )
+
+
+def score_predictions(
+    predictions: Predictions,
+    groups: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """mAP total / by group (in %), per-class AP (C,) and CF1 / OF1 at ``threshold``."""
+    ap = metrics.average_precision(predictions.scores, predictions.targets)
+    return {
+        "map": metrics.group_mean_ap(ap, groups, class_names),
+        "ap": ap,
+        "f1": metrics.f1_scores(predictions.scores, predictions.targets, threshold),
+    }
+
+
+def classifier_matrix(model: nn.Module) -> torch.Tensor | None:
+    """The (D, C) classifier an NC3 diagnostic compares class means with, if the model has one."""
+    head = getattr(model, "head", None)
+    classifier = getattr(head, "classifier", None)
+    if isinstance(classifier, torch.Tensor) and classifier.ndim == 2:
+        return classifier.detach().float().cpu()
+    return None
+
+
+def collapse_diagnostics(predictions: Predictions, model: nn.Module) -> dict[str, float]:
+    """NC1 / NC2 / NC3 of the per-class projections (scalars only, for the metrics log)."""
+    if predictions.projections is None:
+        return {}
+    result = metrics.neural_collapse(
+        predictions.projections, predictions.targets, classifier_matrix(model)
+    )
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k in ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc2_cos_max_dev", "nc3")
+        and v is not None
+    }
+
+
+GROUP_COLUMNS = ("total", "head", "medium", "tail")
+
+
+def format_map_table(rows: Sequence[tuple[str, Mapping[str, float]]], title: str = "") -> str:
+    """A text table: one row per (label, {total, head, medium, tail}) in mAP %."""
+    width = max([len(label) for label, _ in rows] + [10])
+    header = f"{'':<{width}}  " + "  ".join(f"{c.capitalize():>7}" for c in GROUP_COLUMNS)
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for label, values in rows:
+        cells = "  ".join(f"{values.get(c, float('nan')):>7.2f}" for c in GROUP_COLUMNS)
+        lines.append(f"{label:<{width}}  {cells}")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mlcnc.data import synthetic
+from mlcnc.data.readers import read_csv_split
 from mlcnc.data.synthetic import (
     CLASS_EMOJIS,
     DISTRACTOR_EMOJIS,
@@ -162,6 +163,9 @@ def test_tiny_benchmark_round_trips(tmp_path):
         np.testing.assert_array_equal(label_matrix(rows, names), expected[split])
         assert manifest["splits"][split]["images"] == len(rows) - 1
         assert manifest["splits"][split]["class_counts"] == expected[split].sum(0).tolist()
+        split_read = read_csv_split(root / f"{split}.csv")  # the data engineer's CSV reader
+        assert split_read.class_names == names
+        np.testing.assert_array_equal(split_read.labels, expected[split])
         for image_path, _ in rows[1:]:
             with Image.open(root / image_path) as image:
                 image.load()

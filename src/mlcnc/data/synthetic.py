@@ -43,6 +43,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFilter
 
+from mlcnc.data.longtail import class_groups
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
@@ -331,11 +333,7 @@ def long_tail_statistics(
     """Training counts and groups (head >= ``head``, tail < ``tail``) of the benchmark."""
     config = config or SyntheticConfig()
     counts = sample_label_sets(config)["train"].sum(axis=0).astype(np.int64)
-    groups = {
-        "head": np.flatnonzero(counts >= head),
-        "medium": np.flatnonzero((counts >= tail) & (counts < head)),
-        "tail": np.flatnonzero(counts < tail),
-    }
+    groups = class_groups(counts, head=head, tail=tail)
     ratio = float(counts.max() / max(counts.min(), 1))
     return LongTailStatistics(class_names(config), counts, groups, ratio)
 

@@ -77,7 +77,7 @@ def test_train_recipe_steps_and_seeded_randomness():
         "ToPureTensor",
     ]
     crop, flip, jitter = transform.transforms[1:4]
-    assert crop.scale == (0.08, 1.0) and crop.size == [40, 40]
+    assert crop.scale == (0.08, 1.0) and tuple(crop.size) == (40, 40)
     assert flip.p == 0.5
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4)
     assert jitter.hue is None

@@ -1,0 +1,117 @@
+"""``mlcnc benchmark``: train several methods x seeds the same way and print the Table 1 layout.
+
+mlcnc benchmark --data synthetic --methods erm,rs,asl,mlcnc --seeds 0,1,2 optim.epochs=10
+mlcnc benchmark --data voc_lt --methods all data.voc2012_root=... db:method.loss.preset=voc
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="compare methods (baselines and MLC-NC) over seeds; writes the Table 1 layout",
+        description=(
+            "Train every method with every seed under one config (same backbone, image size, "
+            "optimiser and epoch budget) and write the last-epoch test mAP table (Total / "
+            "Head / Medium / Tail, mean ± std over seeds) as results.md, results.csv and "
+            "results.png in --output. Running the same command again resumes: finished runs "
+            "are read back, an interrupted one continues from its checkpoint."
+        ),
+    )
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        metavar="NAME_OR_FILE",
+        help="a shipped config (synthetic, voc_lt, coco_lt, ...) or a YAML file (default synthetic)",
+    )
+    parser.add_argument(
+        "--methods",
+        help="comma-separated method names, or 'all' (see --list-methods); required",
+    )
+    parser.add_argument(
+        "--seeds", type=_int_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
+    )
+    parser.add_argument(
+        "--output", metavar="DIR", help="benchmark folder (default runs/benchmark-<data>)"
+    )
+    parser.add_argument(
+        "--model",
+        choices=("regular", "ema"),
+        default="regular",
+        help="which model the table reports, at the last epoch (default regular; both are stored)",
+    )
+    parser.add_argument(
+        "--no-plot", action="store_true", help="skip the grouped bar chart (results.png)"
+    )
+    parser.add_argument(
+        "--list-methods", action="store_true", help="list the registered methods and exit"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=(
+            "config overrides shared by every run (e.g. optim.epochs=10 data.image_size=64), "
+            "or for one method as METHOD:KEY=VALUE (e.g. db:method.loss.preset=coco)"
+        ),
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlcnc.comparison import run_benchmark, table_order
+    from mlcnc.config import ConfigError
+    from mlcnc.methods import METHODS
+
+    if args.list_methods:
+        print("\n".join(table_order(METHODS.names())))
+        return 0
+    if not args.methods:
+        print(
+            "mlcnc benchmark: error: --methods is required (e.g. --methods erm,mlcnc)",
+            file=sys.stderr,
+        )
+        return 2
+    methods = (
+        table_order(METHODS.names())
+        if args.methods.strip() == "all"
+        else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
+    command = shlex.join(["mlcnc", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else None
+    try:
+        result = run_benchmark(
+            args.data,
+            methods,
+            seeds=args.seeds,
+            output=args.output,
+            overrides=args.overrides,
+            model=args.model,
+            command=command,
+            plot=not args.no_plot,
+        )
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"mlcnc benchmark: error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(result.files["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in result.files.values()))
+    if result.failures:
+        print(
+            f"{len(result.failures)} run(s) failed: {', '.join(result.failures)}", file=sys.stderr
+        )
+        return 1
+    return 0

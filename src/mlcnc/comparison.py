@@ -1,0 +1,457 @@
+"""The benchmark runner: every method x seed trained the same way, then the Table 1 layout.
+
+``run_benchmark`` trains each (method, seed) with one shared config (the data config plus
+shared ``key=value`` overrides: same backbone, image size, optimiser and epoch budget;
+only ``method.name`` and ``train.seed`` change), reads each run's **last-epoch test mAP**
+(Total / Head / Medium / Tail; the regular model unless ``model="ema"``) and writes the
+mean +/- sample std over seeds as Markdown, CSV and a grouped bar chart. Nothing is
+selected on test: no best epoch, no per-method tuning.
+
+Layout of ``output``::
+
+    benchmark.json           what was asked (data, methods, seeds, overrides, model)
+    runs/<method>-seed<s>/   one engine run folder each; result.json once it finished
+    results.md results.csv results.png   the table (rewritten after every finished run)
+
+An interrupted benchmark resumes when the same command is run again: runs with a
+``result.json`` are read back, not repeated (their config must match the planned one);
+a run with a checkpoint but no result continues from it through the engine's resume; a run
+folder with neither is moved aside and the run restarts.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import math
+import platform
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlcnc.config import Config, ConfigError, config_diff, config_to_dict, load_config
+
+GROUPS = ("total", "head", "medium", "tail")
+MODELS = {"regular": "test", "ema": "test_ema"}
+"""Which model the table reports -> the prefix of its test metrics in an epoch record."""
+
+RESULT_FILE = "result.json"
+RESERVED_KEYS = ("method.name", "train.seed", "train.output")
+"""Config keys the runner sets for every run; an override may not set them."""
+
+IGNORED_KEYS = (
+    "train.output",
+    "train.progress",
+    "train.plots",
+    "train.log_every",
+    "data.num_workers",
+)
+"""Keys that may differ between a finished run and the planned one (where and how verbose)."""
+
+DISPLAY_NAMES = {
+    "erm": "ERM",
+    "rs": "RS",
+    "rw": "RW",
+    "focal": "Focal",
+    "cb_focal": "CB-Focal",
+    "ldam": "LDAM",
+    "asl": "ASL",
+    "db": "DB",
+    "db_focal": "DB-Focal",
+    "two_way": "Two-way (linear head)",
+    "mlcnc": "MLC-NC",
+    "mlcnc_no_fla": "MLC-NC w/o L_FLA",
+    "mlcnc_no_fpc": "MLC-NC w/o L_FPC",
+    "mlcnc_learnable_etf": "MLC-NC, learnable ETF",
+}
+
+
+def table_order(names: Sequence[str]) -> list[str]:
+    """``names`` in the paper's Table 1 order (baselines, MLC-NC, ablations), others last."""
+    known = [m for m in DISPLAY_NAMES if m in names]
+    return known + sorted(set(names) - set(known))
+
+
+TrainFn = Callable[[Config, Path | None], Mapping[str, Any]]
+"""``train_fn(cfg, resume)`` trains ``cfg`` (continuing the run folder ``resume`` when not
+None) and returns the last epoch's metrics record (flat keys such as ``test/map_total``)."""
+
+
+def engine_train(cfg: Config, resume: Path | None) -> Mapping[str, Any]:
+    """The default ``TrainFn``: ``mlcnc.engine.train``, returning its last-epoch record."""
+    from mlcnc.engine import train
+
+    try:
+        return train(cfg, config_name="benchmark", resume=resume).last
+    finally:
+        gc.collect()  # free the run's model and loaders (reference cycles) before the next
+
+
+@dataclass
+class RunResult:
+    """One finished (method, seed) run: last-epoch test mAP (%) by group for each model."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    epoch: int
+    map: dict[str, dict[str, float]]  # model ("regular", "ema") -> group -> mAP %
+
+
+@dataclass
+class MethodRow:
+    """A table row: mean and sample std (ddof 1; 0 with a single seed) over the seeds."""
+
+    method: str
+    seeds: list[int]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[MethodRow]
+    runs: list[RunResult]
+    failures: dict[str, str] = field(default_factory=dict)  # "<method>-seed<s>" -> error
+    files: dict[str, Path] = field(default_factory=dict)  # "markdown", "csv", "plot"
+
+
+# --------------------------------------------------------------------------- planning
+def split_overrides(
+    overrides: Sequence[str], methods: Sequence[str]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """Shared ``key=value`` overrides and per-method ones written ``<method>:key=value``."""
+    shared: list[str] = []
+    per_method: dict[str, list[str]] = {m: [] for m in methods}
+    for text in overrides:
+        key = text.partition("=")[0]
+        method, colon, _ = key.partition(":")
+        if colon:
+            if method not in per_method:
+                raise ConfigError(
+                    f"override {text!r} is for method {method!r}, which is not benchmarked "
+                    f"({', '.join(methods)})"
+                )
+            per_method[method].append(text[len(method) + 1 :])
+            key = key[len(method) + 1 :]
+        else:
+            shared.append(text)
+        if key.strip() in RESERVED_KEYS:
+            raise ConfigError(
+                f"override {text!r} sets {key.strip()}, which the benchmark sets per run; "
+                "use --methods, --seeds and --output instead"
+            )
+    return shared, per_method
+
+
+def run_config(
+    data: str, method: str, seed: int, run_dir: Path, shared: Sequence[str], own: Sequence[str]
+) -> Config:
+    """The config of one run: data config <- shared overrides <- method overrides <- run keys."""
+    return load_config(
+        data,
+        [*shared, *own, f"method.name={method}", f"train.seed={seed}", f"train.output={run_dir}"],
+    )
+
+
+def run_name(method: str, seed: int) -> str:
+    return f"{method}-seed{seed}"
+
+
+# --------------------------------------------------------------------------- one run
+def _group_maps(record: Mapping[str, Any], prefix: str) -> dict[str, float] | None:
+    if f"{prefix}/map_total" not in record:
+        return None
+    values = {}
+    for group in GROUPS:
+        value = record.get(f"{prefix}/map_{group}")
+        values[group] = math.nan if value is None else float(value)
+    return values
+
+
+def result_from_record(
+    method: str, seed: int, run_dir: Path, record: Mapping[str, Any]
+) -> RunResult:
+    """A ``RunResult`` from a run's last-epoch record; an error if it has no test metrics."""
+    maps = {}
+    for model, prefix in MODELS.items():
+        values = _group_maps(record, prefix)
+        if values is not None:
+            maps[model] = values
+    if "regular" not in maps:
+        raise ValueError(
+            f"run {run_dir} finished without test metrics (test/map_total missing from its "
+            f"last epoch record; keys: {', '.join(sorted(record))})"
+        )
+    return RunResult(method, seed, run_dir, int(record.get("epoch", -1)), maps)
+
+
+def write_run_result(result: RunResult, cfg: Config) -> Path:
+    path = result.run_dir / RESULT_FILE
+    payload = {
+        "method": result.method,
+        "seed": result.seed,
+        "epoch": result.epoch,
+        "map": result.map,
+        "note": "last-epoch test mAP (%), regular and EMA models; nothing selected on test",
+        "config": config_to_dict(cfg),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_run_result(path: Path, cfg: Config) -> RunResult:
+    """Read a finished run's ``result.json``, refusing one made with a different config."""
+    payload = json.loads(path.read_text())
+    differing = [
+        key
+        for key in config_diff(payload["config"], config_to_dict(cfg))
+        if key not in IGNORED_KEYS
+    ]
+    if differing:
+        raise ConfigError(
+            f"{path} was made with a different config (differs in: {', '.join(differing)}); "
+            "a table must compare runs made the same way: use another --output, or delete "
+            "that run folder to redo it"
+        )
+    return RunResult(
+        payload["method"], int(payload["seed"]), path.parent, int(payload["epoch"]), payload["map"]
+    )
+
+
+def run_one(
+    cfg: Config, method: str, seed: int, run_dir: Path, train_fn: TrainFn, log
+) -> RunResult:
+    """Finish one run: read it back if done, resume it if it has a checkpoint, else train."""
+    result_path = run_dir / RESULT_FILE
+    if result_path.is_file():
+        log(f"[benchmark] {run_name(method, seed)}: finished earlier, read from {result_path}")
+        return read_run_result(result_path, cfg)
+    resume = None
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        resume = run_dir
+        log(f"[benchmark] {run_name(method, seed)}: resuming from {run_dir}/checkpoints/last.ckpt")
+    elif run_dir.exists():
+        aside = _free_name(run_dir.with_name(f"{run_dir.name}.incomplete"))
+        run_dir.rename(aside)
+        log(
+            f"[benchmark] {run_name(method, seed)}: no checkpoint in {run_dir}; moved to {aside}, restarting"
+        )
+    else:
+        log(f"[benchmark] {run_name(method, seed)}: training in {run_dir}")
+    record = train_fn(cfg, resume)
+    result = result_from_record(method, seed, run_dir, record)
+    write_run_result(result, cfg)
+    return result
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+# --------------------------------------------------------------------------- aggregation
+def aggregate(
+    runs: Sequence[RunResult], methods: Sequence[str], model: str = "regular"
+) -> list[MethodRow]:
+    """One row per method (in ``methods`` order) with runs: mean and std over seeds."""
+    rows = []
+    for method in methods:
+        mine = sorted((r for r in runs if r.method == method), key=lambda r: r.seed)
+        if not mine:
+            continue
+        missing = [r.seed for r in mine if model not in r.map]
+        if missing:
+            raise ValueError(
+                f"method {method!r}: seeds {missing} have no {model} model metrics "
+                "(the EMA is off in their config?)"
+            )
+        values = np.array([[r.map[model][g] for g in GROUPS] for r in mine], dtype=np.float64)
+        mean = values.mean(axis=0)
+        std = values.std(axis=0, ddof=1) if len(mine) > 1 else np.zeros(len(GROUPS))
+        rows.append(
+            MethodRow(
+                method,
+                [r.seed for r in mine],
+                dict(zip(GROUPS, mean.tolist(), strict=True)),
+                dict(zip(GROUPS, std.tolist(), strict=True)),
+            )
+        )
+    return rows
+
+
+def _cell(mean: float, std: float, seeds: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f}" if seeds == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
+def table_caption(model: str, seeds: Sequence[int]) -> str:
+    which = "regular model" if model == "regular" else "EMA model"
+    return (
+        f"Test mAP (%) at the last epoch, {which}, mean ± sample std over seeds "
+        f"{', '.join(map(str, seeds))}; no epoch or hyper-parameter was selected on test. "
+        "n/a: the split has no class in that group."
+    )
+
+
+def markdown_table(rows: Sequence[MethodRow], caption: str) -> str:
+    lines = [
+        caption,
+        "",
+        "| Method | Total | Head | Medium | Tail | Seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [_cell(row.mean[g], row.std[g], len(row.seeds)) for g in GROUPS]
+        seeds = ",".join(map(str, row.seeds))
+        lines.append(
+            f"| {DISPLAY_NAMES.get(row.method, row.method)} | {' | '.join(cells)} | {seeds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[MethodRow], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["method", "name", "seeds"] + [f"{g}_{s}" for g in GROUPS for s in ("mean", "std")]
+        )
+        for row in rows:
+            writer.writerow(
+                [
+                    row.method,
+                    DISPLAY_NAMES.get(row.method, row.method),
+                    " ".join(map(str, row.seeds)),
+                ]
+                + [f"{v:.4f}" for g in GROUPS for v in (row.mean[g], row.std[g])]
+            )
+    return path
+
+
+def write_tables(
+    rows: Sequence[MethodRow],
+    output: Path,
+    model: str,
+    seeds: Sequence[int],
+    footer: str = "",
+    plot: bool = True,
+) -> dict[str, Path]:
+    """results.md, results.csv and (``plot``) results.png in ``output``."""
+    files = {"markdown": output / "results.md", "csv": output / "results.csv"}
+    files["markdown"].write_text(markdown_table(rows, table_caption(model, seeds)) + footer)
+    write_csv(rows, files["csv"])
+    if plot and rows:
+        from mlcnc.plots import plot_benchmark
+
+        names = [DISPLAY_NAMES.get(r.method, r.method) for r in rows]
+        files["plot"] = plot_benchmark(
+            {n: r.mean for n, r in zip(names, rows, strict=True)},
+            output / "results.png",
+            stds={n: r.std for n, r in zip(names, rows, strict=True)},
+            title=f"Last-epoch test mAP (%), {model} model, mean ± std over seeds",
+        )
+    return files
+
+
+def environment_note(command: str | None) -> str:
+    """Where and how the table was made: the command, the hardware and the versions."""
+    import torch
+
+    device = "CPU"
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    lines = ["", f"Hardware: {device}; {platform.processor() or platform.machine()}; "
+             f"Python {platform.python_version()}, torch {torch.__version__}."]  # fmt: skip
+    if command:
+        lines.insert(1, f"Command: `{command}`")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the runner
+def run_benchmark(
+    data: str,
+    methods: Sequence[str],
+    seeds: Sequence[int] = (0, 1, 2),
+    output: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    model: str = "regular",
+    train_fn: TrainFn | None = None,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+    plot: bool = True,
+) -> BenchmarkResult:
+    """Train (or read back) every (method, seed), then write the table; see the module doc.
+
+    ``data``: a shipped config name (``synthetic``, ``voc_lt``...) or a YAML file.
+    ``overrides``: ``key=value`` shared by every run, or ``<method>:key=value`` for one.
+    ``model``: ``regular`` or ``ema``, the model the table reports (both are stored).
+    ``train_fn``: how a run is trained (default ``engine_train``; tests inject a fake).
+    A failing run is logged and recorded in ``failures``; the others go on, and the table
+    holds the seeds that finished (its Seeds column says which).
+    """
+    from mlcnc.methods import METHODS
+
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    methods, seeds = list(methods), [int(s) for s in seeds]
+    if not methods or not seeds:
+        raise ValueError("run_benchmark needs at least one method and one seed")
+    for name, values in (("method", methods), ("seed", seeds)):
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate {name}s: {duplicates}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from: {', '.join(METHODS.names())}")
+    train_fn = train_fn or engine_train
+    output = Path(output) if output is not None else Path("runs") / f"benchmark-{Path(data).stem}"
+    shared, per_method = split_overrides(overrides, methods)
+
+    # Every config is resolved (and so checked) before the first run starts.
+    plan = []
+    for seed in seeds:  # seed-major: a complete one-seed table comes first
+        for method in methods:
+            run_dir = output / "runs" / run_name(method, seed)
+            cfg = run_config(data, method, seed, run_dir, shared, per_method[method])
+            plan.append((method, seed, run_dir, cfg))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark.json").write_text(
+        json.dumps(
+            {"data": data, "methods": methods, "seeds": seeds, "overrides": list(overrides),
+             "model": model, "command": command},
+            indent=2,
+        ) + "\n"
+    )  # fmt: skip
+
+    runs: list[RunResult] = []
+    failures: dict[str, str] = {}
+    footer = environment_note(command)
+    for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
+        log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
+        try:
+            runs.append(run_one(cfg, method, seed, run_dir, train_fn, log))
+        except (KeyboardInterrupt, ConfigError):
+            raise
+        except Exception as error:
+            failures[run_name(method, seed)] = f"{type(error).__name__}: {error}"
+            log(f"[benchmark] {run_name(method, seed)} FAILED:\n{traceback.format_exc()}")
+        write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
+
+    rows = aggregate(runs, methods, model)
+    if failures:
+        footer += "\nFailed runs (left out of the table):\n" + "".join(
+            f"- {name}: {message.splitlines()[0]}\n" for name, message in failures.items()
+        )
+    files = write_tables(rows, output, model, seeds, footer, plot=plot)
+    return BenchmarkResult(rows=rows, runs=runs, failures=failures, files=files)

@@ -69,7 +69,7 @@ class SplitFileUnavailable(RuntimeError):
 
 def mlcnc_home() -> Path:
     """``$MLCNC_HOME``, default ``~/.cache/mlcnc``."""
-    return Path(os.environ.get("MLCNC_HOME") or Path.home() / ".cache" / "mlcnc")
+    return Path(os.environ.get("MLCNC_HOME") or Path.home() / ".cache" / "mlcnc").expanduser()
 
 
 def cached_split_path(benchmark: str) -> Path:

@@ -38,10 +38,11 @@ def read_image(path: str | Path) -> torch.Tensor:
     """
     path = Path(path)
     try:
-        data = read_file(str(path))
+        size = path.stat().st_size
+        data = read_file(str(path)) if size else None
     except (RuntimeError, OSError) as err:
         raise BadImageError(f"{path}: cannot read image file ({err})") from None
-    if data.numel() == 0:
+    if data is None:
         raise BadImageError(f"{path}: image file is empty")
     try:
         return decode_image(data, mode=ImageReadMode.RGB)

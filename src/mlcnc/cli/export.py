@@ -1,0 +1,73 @@
+"""``mlcnc export CHECKPOINT --format onnx|torchscript``: a deployable model, checked."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export to ONNX or TorchScript (normalised images -> probabilities), checked",
+        description=(
+            "Export a trained model as a module that takes a normalised image batch "
+            "(B, 3, H, W) and returns per-class probabilities (B, C), with class names and "
+            "preprocessing in the file's metadata. The export is then run (onnxruntime or "
+            "the loaded TorchScript module) on real images and compared with PyTorch; the "
+            "command fails if any probability differs by more than --atol."
+        ),
+    )
+    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument("--out", help="output file (default: beside the checkpoint)")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="images or folders to check the export on (default: the checkpoint's test split)",
+    )
+    parser.add_argument("--check-count", type=int, default=8, help="images to check on")
+    parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--no-ema", action="store_true", help="export the regular weights")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlcnc.inspect.export import (
+        SUFFIX,
+        ExportCheckError,
+        check_export,
+        export_metadata,
+        export_model,
+    )
+    from mlcnc.inspect.loading import check_images, load_for_inspection
+
+    if args.check_count < 2:
+        raise SystemExit("mlcnc export: --check-count must be >= 2")
+    trained, preprocessing = load_for_inspection(args.checkpoint, not args.no_ema, "cpu")
+    checkpoint = Path(trained.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
+    try:
+        images, source = check_images(trained, args.images, args.check_count)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"mlcnc export: {error}") from None
+    print(f"checking on {images.shape[0]} images from {source}", file=sys.stderr)
+    metadata = export_metadata(trained.class_names, preprocessing, checkpoint)
+    export_model(trained.model, out, args.format, metadata, images[:2])
+    try:
+        # The whole batch (a size the export was not traced with) and a single image.
+        difference = max(
+            check_export(out, trained.model, images, args.atol),
+            check_export(out, trained.model, images[:1], args.atol),
+        )
+    except ExportCheckError as error:
+        print(f"mlcnc export: check FAILED: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {out} ({args.format}); max |difference| from PyTorch {difference:.2e} "
+        f"(tolerance {args.atol:.0e}) on {images.shape[0]} images"
+    )
+    return 0

@@ -1,0 +1,80 @@
+"""``mlcnc inspect CHECKPOINT``: the neural-collapse report of a trained model on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="neural-collapse report (NC1/NC2/NC3, cosine heat maps, AP vs frequency)",
+        description=(
+            "Run a trained model over a dataset split and write the neural-collapse report: "
+            "NC1/NC2/NC3, heat maps of pairwise cosines of class means and of the classifier "
+            "against -1/(C-1), per-class AP against training frequency; PNGs and report.md."
+        ),
+    )
+    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="changes to the checkpoint's data config, e.g. voc2007_root=/data/VOC2007",
+    )
+    parser.add_argument(
+        "--data",
+        default="test",
+        help="a split of the checkpoint's dataset (train, val, test; default test; the "
+        "classical collapse measure is on train) or a CSV file in the dataset format",
+    )
+    parser.add_argument("--out", help="output folder (default: <run>/inspect-<data>)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    parser.add_argument("--no-ema", action="store_true", help="use the regular weights, not EMA")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlcnc.data import DataError
+    from mlcnc.inspect.collapse import collapse_report
+    from mlcnc.inspect.loading import load_for_inspection, pick_device, resolve_split
+
+    device = pick_device(args.device)
+    trained, _ = load_for_inspection(args.checkpoint, not args.no_ema, device)
+    try:
+        split, label = resolve_split(trained, args.data, args.overrides)
+    except (DataError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"mlcnc inspect: {error}") from None
+    checkpoint = Path(trained.checkpoint)
+    data_name = Path(args.data).stem if args.data.endswith(".csv") else args.data
+    default_out = (
+        checkpoint.parent.parent / f"inspect-{data_name}"
+        if checkpoint.parent.name == "checkpoints"
+        else checkpoint.with_name(f"{checkpoint.stem}-inspect-{data_name}")
+    )
+    out_dir = Path(args.out) if args.out else default_out
+    print(f"inspecting {checkpoint} on {label} ({len(split)} images)", file=sys.stderr)
+    result = collapse_report(
+        trained,
+        split,
+        out_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=str(device),
+        skip_bad_images=trained.config.data.skip_bad_images,
+        split_label=label,
+    )
+    collapse = result["collapse"] or {}
+    numbers = ", ".join(
+        f"{key} {collapse[key]:.4f}"
+        for key in ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc3")
+        if collapse.get(key) is not None
+    )
+    print(f"{numbers or 'no collapse numbers (no per-class projections)'}")
+    print(f"report: {out_dir / 'report.md'}")
+    return 0

@@ -1,0 +1,112 @@
+"""``mlcnc predict CHECKPOINT IMAGE_OR_FOLDER...``: labels and scores per image, streamed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="labels and scores for images and folders of images",
+        description=(
+            "Predict the labels of images with a trained model. Results stream to stdout (or "
+            "--output) batch by batch; unreadable images are reported on stderr and skipped."
+        ),
+    )
+    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
+    choose = parser.add_mutually_exclusive_group()
+    choose.add_argument(
+        "--threshold", type=float, default=None, help="predict classes with p >= T (default 0.5)"
+    )
+    choose.add_argument("--top-k", type=int, default=None, help="predict the K best classes")
+    parser.add_argument("--format", choices=("json", "csv"), default="json")
+    parser.add_argument("--output", help="write results to this file instead of stdout")
+    parser.add_argument("--all-scores", action="store_true", help="also give every class's p")
+    parser.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="write attention overlays per predicted class and a contact sheet to DIR",
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    parser.add_argument("--no-ema", action="store_true", help="use the regular weights, not EMA")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mlcnc.inspect.attention import ContactSheet, write_attention_maps
+    from mlcnc.inspect.loading import load_for_inspection, pick_device
+    from mlcnc.inspect.predict import PredictionWriter, find_images, predict_images
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise SystemExit("mlcnc predict: --batch-size must be >= 1 and --workers >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        raise SystemExit("mlcnc predict: --top-k must be >= 1")
+    threshold = (
+        None if args.top_k is not None else (0.5 if args.threshold is None else args.threshold)
+    )
+    try:
+        paths = find_images(args.inputs)
+    except FileNotFoundError as error:
+        raise SystemExit(f"mlcnc predict: {error}") from None
+    if not paths:
+        print("mlcnc predict: no image files found in the inputs", file=sys.stderr)
+        return 1
+    device = pick_device(args.device)
+    trained, preprocessing = load_for_inspection(args.checkpoint, not args.no_ema, device)
+    names = trained.class_names
+    with_attention = args.attention is not None
+    sheet = ContactSheet() if with_attention else None
+
+    stream = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    writer = PredictionWriter(stream, args.format, names, all_scores=args.all_scores)
+    bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, file=sys.stderr)
+    skipped = []
+    try:
+        predictions = predict_images(
+            trained.model,
+            paths,
+            trained.transform,
+            threshold=threshold,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=device,
+            preprocessing=preprocessing,
+            with_attention=with_attention,
+            keep_images=with_attention,
+            progress=bar.update,
+        )
+        for index, prediction in enumerate(predictions):
+            if prediction.error is not None:
+                skipped.append(prediction.path)
+                tqdm.write(f"skipped unreadable image: {prediction.error}", file=sys.stderr)
+                continue
+            writer.write(prediction)
+            if with_attention:
+                write_attention_maps(prediction, index, names, args.attention)
+                sheet.add(prediction, names)
+    except ValueError as error:  # e.g. a model without attention maps
+        raise SystemExit(f"mlcnc predict: {error}") from None
+    finally:
+        bar.close()
+        writer.close()
+        if args.output:
+            stream.close()
+    if with_attention and writer.count:
+        sheet_path = sheet.save(Path(args.attention) / "contact_sheet.png")
+        print(f"attention maps in {args.attention}, contact sheet {sheet_path}", file=sys.stderr)
+    print(
+        f"predicted {writer.count} images; skipped {len(skipped)} unreadable",
+        file=sys.stderr,
+    )
+    return 0 if writer.count else 1

@@ -260,3 +260,19 @@ def test_coco_errors(tmp_path):
     bad = write_coco_json(tmp_path / "b.json", tmp_path / "img", [1], [_ann(1, 5)])
     with pytest.raises(DataError, match="unknown category_id 5"):
         read_coco(bad, tmp_path / "img")
+
+
+def test_csv_bom_and_relative_csv_path_give_absolute_images(tmp_path, monkeypatch):
+    path = _csv(tmp_path, "\ufeffimage,labels\na.png,cat\n")
+    monkeypatch.chdir(tmp_path)
+    split = read_csv_split("train.csv")
+    assert split.image_paths == [tmp_path / "a.png"] and split.image_paths[0].is_absolute()
+    assert split.class_names == ["cat"]
+    assert path.exists()
+
+
+def test_coco_file_that_is_not_an_instances_file(tmp_path):
+    for name, text in (("list.json", "[1, 2]"), ("broken.json", "{not json")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=rf"{name}: not a COCO instances file"):
+            read_coco(tmp_path / name, tmp_path)

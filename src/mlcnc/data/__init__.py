@@ -61,6 +61,8 @@ class DataConfig:
                       (None = download once and cache under $MLCNC_HOME).
     train_csv, val_csv, test_csv: the csv dataset's splits (val optional).
     image_size:       training crop and evaluation size in pixels.
+    eval_flip:        flip at random at evaluation time, as the released MLC-NC code does
+                      (off: deterministic evaluation); pass to ``build_transforms``.
     num_workers:      DataLoader worker processes.
     num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
     epoch_length:     samples per epoch of the class-aware sampler (None = max_c n_c x C).
@@ -80,6 +82,7 @@ class DataConfig:
     val_csv: str | None = None
     test_csv: str | None = None
     image_size: int = 224
+    eval_flip: bool = False
     num_workers: int = 4
     num_samples_cls: int = 1
     epoch_length: int | None = None

@@ -137,6 +137,7 @@ def fetch_split_file(
                 f"{spec.filename} downloaded from {source}: SHA-256 {digest.hexdigest()} does "
                 f"not match the published {spec.sha256}; nothing was cached"
             )
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600
         os.replace(temp_name, target)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise SplitFileUnavailable(

@@ -199,7 +199,7 @@ def read_coco(
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco = COCO(str(annotation_json))
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AssertionError) as err:
         raise DataError(f"{annotation_json}: not a COCO instances file ({err!r})") from None
 
     category_ids = sorted(coco.getCatIds())
@@ -278,9 +278,9 @@ def read_csv_split(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file not found")
-    folder = csv_path.parent
+    folder = csv_path.absolute().parent  # image paths stay valid if the cwd changes
     rows: list[tuple[int, str, list[str]]] = []
-    with csv_path.open(newline="", encoding="utf-8") as handle:
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate a BOM
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != CSV_HEADER:

@@ -102,3 +102,19 @@ def test_write_then_stats_round_trip(tiny_csv_dataset, tmp_path, capsys):
     copy = write_csv_split(split.subset([0, 1, 2]), tmp_path / "copy" / "test.csv")
     assert _run(["data", "stats", "--csv", str(copy), "--plot", str(tmp_path / "p.png")]) == 0
     assert "images: 3   classes: 4" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
+    assert _run(["data", "stats", "--data", "voc_lt", "--plot", str(tmp_path / "p.png")]) == 1
+    assert "error: data.name='voc_lt' needs data.voc2012_root" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("image,labels\nmissing.png,a\n")
+    argv = [
+        "data",
+        "make-longtail",
+        "--csv",
+        str(tmp_path / "bad.csv"),
+        "--out",
+        str(tmp_path / "o.csv"),
+    ]
+    assert _run(argv) == 1
+    assert "bad.csv, line 2: image file not found" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stats.add_argument("--json", type=Path, help="also write the statistics as JSON")
     stats.add_argument("--top", type=int, default=10, help="co-occurring class pairs to list")
-    stats.set_defaults(func=_stats)
+    stats.set_defaults(func=_reporting_errors(_stats))
 
     subset = commands.add_parser(
         "make-longtail",
@@ -58,7 +60,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     subset.add_argument("--pareto-shape", type=float, default=6.0, help="Pareto shape b")
     subset.add_argument("--seed", type=int, default=0)
     _add_thresholds(subset)
-    subset.set_defaults(func=_make_longtail)
+    subset.set_defaults(func=_reporting_errors(_make_longtail))
+
+
+def _reporting_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """Bad input (a dataset error, a missing root, an unavailable split file) becomes one
+    line on stderr and exit code 1 instead of a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from mlcnc.data.benchmarks import SplitFileUnavailable
+
+        try:
+            return command(args)
+        except (ValueError, OSError, SplitFileUnavailable) as err:
+            print(f"mlcnc data {args.data_command}: error: {err}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _add_thresholds(parser: argparse.ArgumentParser) -> None:

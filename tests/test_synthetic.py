@@ -216,6 +216,8 @@ def test_cache_is_reused_without_rendering(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic, "_render_scene", must_not_render)
     assert ensure_synthetic_benchmark(tmp_path / "bench", TINY) == root
+    # A root without a config (how build_splits calls it) reuses whatever benchmark is there.
+    assert ensure_synthetic_benchmark(tmp_path / "bench") == root
     assert (root / "train.csv").stat().st_mtime_ns == before
 
 
@@ -260,3 +262,16 @@ def test_default_root_lives_under_mlcnc_home_and_depends_on_config(tmp_path, mon
     assert synthetic.default_root(SyntheticConfig()) == default
     root = ensure_synthetic_benchmark(config=TINY)
     assert root == synthetic.default_root(TINY) and (root / "test.csv").is_file()
+
+
+def test_build_splits_reads_a_generated_benchmark(tmp_path):
+    from mlcnc.data import DataConfig, build_splits
+
+    root = ensure_synthetic_benchmark(tmp_path / "bench", TINY)
+    splits = build_splits(DataConfig(synthetic_root=str(root)))
+    expected = sample_label_sets(TINY)
+    assert sorted(splits) == ["test", "train", "val"]
+    for split, data in splits.items():
+        assert data.class_names == synthetic.class_names(TINY)
+        np.testing.assert_array_equal(data.labels, expected[split])
+        assert all(path.is_file() for path in data.image_paths)

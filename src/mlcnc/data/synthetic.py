@@ -552,20 +552,26 @@ def ensure_synthetic_benchmark(
     The folder holds ``classes.txt``, ``train.csv``, ``val.csv``, ``test.csv``, ``images/`` and
     ``manifest.json``. It is generated in a temporary sibling folder and renamed into place
     only when complete, so an interrupted generation leaves no half cache; a folder with a
-    manifest is a completed cache and is reused.
+    manifest is a completed cache and is reused. ``root`` defaults to :func:`default_root`;
+    a ``root`` given without ``config`` reuses the benchmark found there, whatever config made
+    it (the manifest records it), and otherwise generates the default one.
     """
-    config = config or SyntheticConfig()
-    root = Path(root).expanduser() if root is not None else default_root(config)
+    if root is None:
+        config = config or SyntheticConfig()
+        root = default_root(config)
+    root = Path(root).expanduser()
     manifest = _read_manifest(root)
     if manifest is not None:
-        if manifest.get("config") != config.to_dict() or manifest.get("version") != (
-            GENERATOR_VERSION
+        if config is not None and (
+            manifest.get("config") != config.to_dict()
+            or manifest.get("version") != GENERATOR_VERSION
         ):
             raise ValueError(
                 f"{root / MANIFEST_NAME}: cached synthetic benchmark was generated with another "
                 "config or generator version; pass another root or delete the folder"
             )
         return root
+    config = config or SyntheticConfig()
     if root.exists():
         raise FileExistsError(
             f"{root} exists but holds no {MANIFEST_NAME}: not a synthetic-benchmark cache; "

@@ -233,3 +233,84 @@ def test_table_order_and_aggregate_order() -> None:
     assert table_order(METHODS.names())[:3] == ["erm", "rs", "rw"]
     assert table_order(["mlcnc", "asl", "erm"]) == ["erm", "asl", "mlcnc"]
     assert aggregate([], ["erm"]) == []
+
+
+def csv_data_file(folder: Path, tmp_path: Path, *extra: str) -> str:
+    """A data config for the shared tiny CSV dataset (conftest ``tiny_csv_dataset``)."""
+    path = tmp_path / "tiny_csv.yaml"
+    lines = [
+        "data:",
+        "  name: csv",
+        f"  train_csv: {folder / 'train.csv'}",
+        f"  val_csv: {folder / 'val.csv'}",
+        f"  test_csv: {folder / 'test.csv'}",
+        "  image_size: 24",
+        "  num_workers: 0",
+        "  head_threshold: 10",
+        "  tail_threshold: 4",
+        *extra,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_db_runs_get_the_training_size_in_their_config(
+    tiny_csv_dataset: Path, tmp_path: Path
+) -> None:
+    train = FakeTrain()
+    BASE.setdefault("db", 45.0)
+    BASE.setdefault("db_focal", 46.0)
+    data = csv_data_file(tiny_csv_dataset, tmp_path)
+    bench(data, tmp_path / "b", train, methods=["erm", "db", "db_focal"], seeds=[0],
+          overrides=["db_focal:method.loss.num_samples=99"])  # fmt: skip
+    assert train.configs["db-seed0"].method.loss == {"num_samples": 25}  # the tiny train split
+    assert train.configs["db_focal-seed0"].method.loss == {"num_samples": 99}  # given: kept
+    assert train.configs["erm-seed0"].method.loss == {}
+
+
+@pytest.mark.slow
+def test_real_benchmark_end_to_end(tiny_csv_dataset: Path, tmp_path: Path, capsys) -> None:
+    """``mlcnc benchmark`` with two methods through the real engine on the tiny CSV data,
+    then a rerun that reads everything back."""
+    from mlcnc.cli import main
+
+    data = csv_data_file(tiny_csv_dataset, tmp_path)
+    overrides = [
+        "method.backbone=test_resnet",
+        "method.pretrained=false",
+        "mlcnc:method.model.embed_dim=16",
+        "mlcnc:method.model.num_heads=2",
+        "mlcnc:method.loss.warmup_epochs=1",
+        "optim.epochs=2",
+        "optim.batch_size=5",
+        "train.accelerator=cpu",
+        "train.progress=false",
+        "train.plots=false",
+        "train.ema_decay=0.5",
+        "data.epoch_length=20",
+    ]
+    out = tmp_path / "bench"
+    methods = ["db_focal", "mlcnc"]
+    argv = ["benchmark", "--data", data, "--methods", ",".join(methods), "--seeds", "0"]
+    assert main([*argv, "--output", str(out), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "| DB-Focal |" in printed and "| MLC-NC |" in printed
+    for method in methods:
+        saved = json.loads((out / "runs" / f"{method}-seed0" / RESULT_FILE).read_text())
+        assert saved["epoch"] == 2
+        assert set(saved["map"]) == {"regular", "ema"}
+        assert 0.0 < saved["map"]["regular"]["total"] <= 100.0
+        assert (out / "runs" / f"{method}-seed0" / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "results.png").is_file()
+    # Run again: everything is read back (a training call would fail the test), same numbers.
+    again = run_benchmark(
+        data, methods, [0], out, overrides, log=lambda _: None,
+        train_fn=lambda cfg, resume: pytest.fail(f"{cfg.method.name} was trained again"),
+    )  # fmt: skip
+    assert again.failures == {}
+    assert [r.mean["total"] for r in again.rows] == [
+        json.loads((out / "runs" / f"{m}-seed0" / RESULT_FILE).read_text())["map"]["regular"][
+            "total"
+        ]
+        for m in methods
+    ]

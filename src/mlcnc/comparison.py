@@ -378,6 +378,27 @@ def environment_note(command: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _record_training_size(configs: Sequence[Config], log: Callable[[str], None]) -> None:
+    """Write the number of training images into the configs of methods that need it (DB).
+
+    DB's prior-logit shift needs N; with ``method.loss.num_samples`` in the run's config the
+    config alone rebuilds the method (also when a checkpoint is loaded for evaluation).
+    """
+    from mlcnc.methods import needs_num_samples
+
+    sizes: dict[str, int] = {}
+    for cfg in configs:
+        if not needs_num_samples(cfg.method.name) or cfg.method.loss.get("num_samples"):
+            continue
+        key = json.dumps(config_to_dict(cfg.data), sort_keys=True)
+        if key not in sizes:
+            from mlcnc.data import build_splits
+
+            sizes[key] = len(build_splits(cfg.data)["train"].labels)
+            log(f"[benchmark] {sizes[key]} training images (method.loss.num_samples for DB)")
+        cfg.method.loss["num_samples"] = sizes[key]
+
+
 # --------------------------------------------------------------------------- the runner
 def run_benchmark(
     data: str,
@@ -425,6 +446,7 @@ def run_benchmark(
             run_dir = output / "runs" / run_name(method, seed)
             cfg = run_config(data, method, seed, run_dir, shared, per_method[method])
             plan.append((method, seed, run_dir, cfg))
+    _record_training_size([cfg for *_, cfg in plan], log)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(
         json.dumps(

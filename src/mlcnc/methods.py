@@ -80,7 +80,8 @@ class Method:
 
 
 MethodBuilder = Callable[..., Method]
-"""``builder(cfg, num_classes, class_freq, num_samples=None) -> Method``."""
+"""``builder(cfg, num_classes, class_freq) -> Method``; a builder that also needs the number
+of training images declares a keyword parameter ``num_samples``."""
 
 METHODS: Registry[MethodBuilder] = Registry("method")
 
@@ -96,10 +97,17 @@ def build_method(
     class_freq = np.asarray(class_freq)
     if class_freq.shape != (num_classes,):
         raise ValueError(f"class_freq must have shape ({num_classes},), got {class_freq.shape}")
-    method = METHODS.get(cfg.name)(cfg, num_classes, class_freq, num_samples=num_samples)
+    builder = METHODS.get(cfg.name)
+    extra = {"num_samples": num_samples} if needs_num_samples(cfg.name) else {}
+    method = builder(cfg, num_classes, class_freq, **extra)
     if cfg.sampler is not None:
         method.sampler = cfg.sampler
     return method
+
+
+def needs_num_samples(name: str) -> bool:
+    """Whether method ``name``'s builder takes the number of training images."""
+    return "num_samples" in inspect.signature(METHODS.get(name)).parameters
 
 
 def method_options(
@@ -159,26 +167,24 @@ def _mlcnc_method(
 
 
 @METHODS.register("mlcnc")
-def _mlcnc(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _mlcnc(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     return _mlcnc_method(cfg, num_classes)
 
 
 @METHODS.register("mlcnc_no_fla")
-def _mlcnc_no_fla(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _mlcnc_no_fla(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     """Without L_FLA: alpha = 0, and no FLA-only warm-up (it would train with L_FLA alone)."""
     return _mlcnc_method(cfg, num_classes, loss_defaults={"alpha": 0.0, "warmup_epochs": 0})
 
 
 @METHODS.register("mlcnc_no_fpc")
-def _mlcnc_no_fpc(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _mlcnc_no_fpc(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     """Without L_FPC: beta = 0."""
     return _mlcnc_method(cfg, num_classes, loss_defaults={"beta": 0.0})
 
 
 @METHODS.register("mlcnc_learnable_etf")
-def _mlcnc_learnable_etf(
-    cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any
-) -> Method:
+def _mlcnc_learnable_etf(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     """A learnable classifier (initialised at the ETF) instead of the fixed one."""
     return _mlcnc_method(cfg, num_classes, model_defaults={"classifier_trainable": True})
 
@@ -203,7 +209,7 @@ def _linear_method(
 
 def _register_bce(name: str, sampler: SamplerKind) -> None:
     @METHODS.register(name)
-    def build(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+    def build(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
         from mlcnc.losses.baselines import BCECriterion
 
         method_options(cfg, "loss", {})
@@ -215,7 +221,7 @@ _register_bce("rs", "class_aware")
 
 
 @METHODS.register("rw")
-def _rw(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _rw(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     from mlcnc.losses.baselines import ReweightedBCECriterion
 
     options = method_options(cfg, "loss", {"mode": "sqrt_inv"})
@@ -223,7 +229,7 @@ def _rw(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -
 
 
 @METHODS.register("focal")
-def _focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     from mlcnc.losses.baselines import FocalCriterion
 
     options = method_options(cfg, "loss", {"gamma": 2.0, "alpha": None})
@@ -231,7 +237,7 @@ def _focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any
 
 
 @METHODS.register("cb_focal")
-def _cb_focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _cb_focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     from mlcnc.losses.baselines import ClassBalancedFocalCriterion
 
     options = method_options(cfg, "loss", {"beta": 0.99, "gamma": 2.0, "alpha": None})
@@ -240,7 +246,7 @@ def _cb_focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: 
 
 
 @METHODS.register("ldam")
-def _ldam(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _ldam(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     """LDAM's normalised (cosine) classifier and scale s = 30, margins up to 0.5."""
     from mlcnc.losses.baselines import LDAMCriterion
 
@@ -250,7 +256,7 @@ def _ldam(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any)
 
 
 @METHODS.register("asl")
-def _asl(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _asl(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     from mlcnc.losses.baselines import AsymmetricCriterion
 
     options = method_options(cfg, "loss", {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05})
@@ -279,7 +285,6 @@ def _register_db(name: str, focal: bool) -> None:
         num_classes: int,
         class_freq: np.ndarray,
         num_samples: int | None = None,
-        **_: Any,
     ) -> Method:
         from mlcnc.losses.baselines import DB_PRESETS, DistributionBalancedCriterion
 
@@ -310,7 +315,7 @@ _register_db("db_focal", focal=True)
 
 
 @METHODS.register("two_way")
-def _two_way(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, **_: Any) -> Method:
+def _two_way(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
     from mlcnc.losses.baselines import TwoWayCriterion
 
     options = method_options(cfg, "loss", {"tp": 4.0, "tn": 1.0})

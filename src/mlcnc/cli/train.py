@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. first-use data generation
     from mlcnc.config import (
         ConfigError,
         config_from_dict,

@@ -39,6 +39,7 @@ from mlcnc.data import transforms as data_transforms
 from mlcnc.data.longtail import class_groups
 from mlcnc.engine.checkpoint import (
     BEST,
+    CHECKPOINT_DIR,
     LAST,
     load_checkpoint,
     plain_state_dict,
@@ -176,8 +177,11 @@ def train(
                     f"refusing to resume {resume_path} with a different config "
                     f"(differs in: {', '.join(differing)}); pass --force to resume anyway"
                 )
-        if cfg.train.output is None:
-            cfg.train.output = str(resume_path.parent.parent)
+        if cfg.train.output in (None, saved.train.output):
+            # Continue in the folder that holds the checkpoint, unless told otherwise.
+            folder = resume_path.parent
+            run_dir = folder.parent if folder.name == CHECKPOINT_DIR else folder
+            cfg.train.output = str(run_dir)
     if cfg is None:
         raise ValueError("train() needs a config or a run to resume")
     fabric = make_fabric(cfg)
@@ -274,7 +278,8 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
     scheduler = build_scheduler(optimizer, o, steps_per_epoch)
     model, fabric_optimizer = fabric.setup(net, optimizer)
     criterion.to(fabric.device)
-    train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False)
+    # The loader is not passed through fabric.setup_dataloaders: its wrapper would call
+    # sampler.set_epoch with its own count of epochs in this process, which breaks resume.
     ema = None
     if t.ema_decay > 0:
         from timm.utils import ModelEmaV3
@@ -340,6 +345,7 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
         for batch_index, (images, targets, _) in enumerate(train_loader):
             if batch_index >= steps_per_epoch:
                 break
+            images, targets = fabric.to_device((images, targets))
             output = model(images)
             losses = criterion(output, targets)  # float32 dict: total + every term
             _check_finite(losses, step + 1, epoch, fabric, folder)

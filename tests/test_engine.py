@@ -1,0 +1,368 @@
+"""Engine: optimiser groups and schedule, the loop, checkpoints, resume, NaN stop, evaluation.
+
+The loop is driven with a tiny registered method (a conv + linear model with dropout and a
+BCE criterion that keeps an all-reduced buffer, like MLC-NC's prototype sums) on the shared
+tiny CSV dataset, so each run takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+
+from mlcnc.config import ConfigError, OptimConfig, load_config
+from mlcnc.engine import NonFiniteLossError, evaluate_checkpoint, load_trained, train
+from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
+from mlcnc.engine.evaluation import format_map_table, merge_gathered
+from mlcnc.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from mlcnc.losses.base import AllReduce, Criterion
+from mlcnc.methods import METHODS, Method, MethodConfig
+from mlcnc.models.output import ModelOutput
+
+TINY_METHOD = "engine_test_tiny"
+
+
+class TinyModel(nn.Module):
+    """images (B, 3, H, W) -> logits (B, C) and unit projections (B, C, 2)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(8, num_classes)
+        self.proj = nn.Linear(8, num_classes * 2)
+
+    def forward(self, images: Tensor, return_attention: bool = False) -> ModelOutput:
+        pooled = self.drop(F.relu(self.norm(self.conv(images))).mean(dim=(2, 3)))
+        projections = F.normalize(self.proj(pooled).view(len(images), self.num_classes, 2), dim=-1)
+        return ModelOutput(logits=self.fc(pooled), projections=projections)
+
+
+class CountingBCE(Criterion):
+    """BCE; counts positives seen in training (buffer, summed over ranks at epoch end).
+
+    nan_at_step: return a NaN total at this (1-based) training call, to test the NaN stop.
+    """
+
+    def __init__(self, num_classes: int, nan_at_step: int | None = None) -> None:
+        super().__init__()
+        self.nan_at_step = nan_at_step
+        self.calls = 0
+        self.register_buffer("epoch_counts", torch.zeros(num_classes))
+        self.register_buffer("seen_counts", torch.zeros(num_classes))
+
+    def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
+        bce = F.binary_cross_entropy_with_logits(output.logits.float(), targets)
+        if self.training:
+            self.calls += 1
+            self.epoch_counts += targets.sum(dim=0)
+            if self.calls == self.nan_at_step:
+                bce = bce * float("nan")
+        return {"total": bce, "bce": bce, "half": 0.5 * bce.detach()}
+
+    def end_epoch(self, all_reduce: AllReduce | None = None) -> None:
+        counts = self.epoch_counts if all_reduce is None else all_reduce(self.epoch_counts.clone())
+        self.seen_counts += counts
+        self.epoch_counts.zero_()
+
+
+if TINY_METHOD not in METHODS:
+
+    @METHODS.register(TINY_METHOD)
+    def _tiny(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+        return Method(TinyModel(num_classes), CountingBCE(num_classes, **cfg.loss), "random")
+
+
+def tiny_config(data: Path, out: Path, *overrides: str):
+    """A csv config for the tiny method: 32 px, batch 5, 3 epochs, CPU, no workers."""
+    return load_config(
+        "csv",
+        [
+            f"data.train_csv={data / 'train.csv'}",
+            f"data.val_csv={data / 'val.csv'}",
+            f"data.test_csv={data / 'test.csv'}",
+            "data.image_size=24",
+            "data.num_workers=0",
+            "data.head_threshold=10",
+            "data.tail_threshold=4",
+            f"method.name={TINY_METHOD}",
+            "method.pretrained=false",
+            "optim.epochs=3",
+            "optim.batch_size=5",
+            "optim.lr=0.01",
+            "train.accelerator=cpu",
+            "train.ema_decay=0.9",
+            "train.progress=false",
+            "train.log_every=2",
+            f"train.output={out}",
+            *overrides,
+        ],
+    )
+
+
+# --------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+def test_parameter_groups_decay_only_matrices_and_skip_buffers() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    model.register_buffer("fixed_classifier", torch.ones(4, 2))  # like the paper's ETF buffer
+    model.register_parameter("temperature", nn.Parameter(torch.ones(1)))
+    decay, no_decay = parameter_groups(model, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    assert decayed == {id(model[0].weight), id(model[3].weight)}
+    not_decayed = {id(p) for p in no_decay["params"]}
+    expected = {model[0].bias, model[1].weight, model[1].bias, model[3].bias, model.temperature}
+    assert not_decayed == {id(p) for p in expected}
+    assert isinstance(build_optimizer(model, OptimConfig()), torch.optim.Adam)
+
+
+def test_onecycle_schedule_matches_the_spec_values() -> None:
+    """Spec B4's checked lr values (VOC: 243 steps per epoch, 100 epochs) and beta1
+    0.95 -> 0.85 at the peak (epoch 20) -> 0.95."""
+    steps_per_epoch = 243
+    cfg = OptimConfig()
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    lrs, beta1 = [], []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        beta1.append(optimizer.param_groups[0]["betas"][0])
+        optimizer.step()
+        scheduler.step()
+    spec = {
+        0: 4.0e-6,
+        5: 1.81e-5,
+        10: 5.2e-5,
+        20: 1.0e-4,
+        40: 8.5e-5,
+        60: 5.0e-5,
+        80: 1.46e-5,
+        99: 3.9e-8,
+    }
+    for epoch, lr in spec.items():
+        assert lrs[epoch * steps_per_epoch] == pytest.approx(lr, rel=0.02), epoch
+    assert max(lrs) == pytest.approx(1e-4)
+    assert lrs[-1] == pytest.approx(4e-10, rel=0.5)
+    assert beta1[0] == pytest.approx(0.95) and beta1[-1] == pytest.approx(0.95, abs=1e-4)
+    assert beta1[20 * steps_per_epoch] == pytest.approx(0.85, abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# checkpoints
+
+
+def test_checkpoint_save_is_atomic_and_an_interrupted_save_keeps_the_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    first = {
+        "model": {"w": torch.arange(4.0)},
+        "config": {},
+        "class_names": ["a"],
+        "class_freq": [1],
+    }
+    save_checkpoint(first, path)
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({**first, "model": {"w": torch.zeros(4)}}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(4.0))
+    assert sorted(os.listdir(path.parent)) == ["last.ckpt"]  # no temp file left behind
+
+
+def test_load_checkpoint_refuses_foreign_files(tmp_path: Path) -> None:
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ValueError, match="lacks model, config, class_names, class_freq"):
+        load_checkpoint(other)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+# --------------------------------------------------------------------------------------
+# evaluation helpers
+
+
+@pytest.mark.parametrize(("num_images", "world_size"), [(10, 4), (7, 3), (8, 2), (3, 4)])
+def test_merge_gathered_drops_sampler_padding(num_images: int, world_size: int) -> None:
+    """Shards of a padded DistributedSampler, gathered as (W, n), give each image once."""
+    scores = np.random.default_rng(0).random((num_images, 3))
+    shards = [
+        list(DistributedSampler(range(num_images), world_size, rank, shuffle=False))
+        for rank in range(world_size)
+    ]
+    gathered_indices = np.array(shards)  # (W, n), with repeats where padded
+    assert gathered_indices.size >= num_images
+    gathered_scores = scores[gathered_indices]  # (W, n, 3)
+    indices, (merged,) = merge_gathered(gathered_indices, gathered_scores)
+    np.testing.assert_array_equal(indices, np.arange(num_images))
+    np.testing.assert_array_equal(merged, scores)
+
+
+def test_map_table_lists_every_group() -> None:
+    table = format_map_table(
+        [("last epoch 3, regular", {"total": 50.0, "head": 60.0, "medium": 40.0, "tail": 30.5})]
+    )
+    assert "Total" in table and "Tail" in table
+    assert "50.00" in table and "30.50" in table
+
+
+# --------------------------------------------------------------------------------------
+# the loop
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A 3-epoch tiny run with a val split; the checkpoint after epoch 2 is kept aside."""
+    from conftest import write_tiny_csv_dataset
+
+    root = tmp_path_factory.mktemp("engine")
+    data = write_tiny_csv_dataset(root / "data")
+    cfg = tiny_config(data, root / "run", "train.eval_every=1")
+    saved: dict[int, Path] = {}
+    import mlcnc.engine.loop as loop
+
+    real_save = loop.save_checkpoint
+
+    def keep_copies(state, path):
+        real_save(state, path)
+        if Path(path).name == "last.ckpt":
+            copy = root / f"after_epoch_{state['epoch']}" / "checkpoints" / "last.ckpt"
+            saved[state["epoch"]] = real_save(state, copy)
+        return path
+
+    loop.save_checkpoint = keep_copies
+    try:
+        result = train(cfg, config_name="tiny")
+    finally:
+        loop.save_checkpoint = real_save
+    return data, root, cfg, result, saved
+
+
+def test_run_folder_holds_config_metrics_checkpoints_and_plots(finished_run: tuple) -> None:
+    _, root, _, result, _ = finished_run
+    run = root / "run"
+    assert result.run_dir == run
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "per_class.csv"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    for plot in ("loss_terms", "map_by_group", "ap_vs_frequency", "neural_collapse"):
+        assert (run / "plots" / f"{plot}.png").is_file(), plot
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    last = records[-1]
+    for key in ("loss/total", "loss/bce", "loss/half", "lr", "img_per_s", "test/nc1"):
+        assert key in last, key
+    for split in ("val", "val_ema", "test", "test_ema"):
+        for group in ("total", "head", "medium", "tail"):
+            assert 0.0 <= last[f"{split}/map_{group}"] <= 100.0, (split, group)
+    assert last["loss/half"] == pytest.approx(0.5 * last["loss/bce"], rel=1e-5)
+    csv_header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test_ema/map_tail" in csv_header
+    assert result.last == last
+    assert "last epoch 3, EMA" in result.table() and "best on val" in result.table()
+    assert "ON TEST" in result.table() and "[optimistic]" in result.table()
+
+
+def test_checkpoints_are_plain_and_self_contained(finished_run: tuple) -> None:
+    _, root, _cfg, result, _ = finished_run
+    state = torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 3 and state["step"] == 3 * 5  # 25 images / batch 5
+    assert state["class_names"] == ["circle", "square", "triangle", "star"]
+    assert state["class_freq"] == [17, 8, 4, 2]
+    assert state["config"]["method"]["name"] == TINY_METHOD
+    assert state["metrics"]["epoch"] == 3
+    assert set(state["model"]) == set(state["ema"])
+    assert not torch.equal(state["model"]["fc.weight"], state["ema"]["fc.weight"])
+    # The criterion's buffer was summed at each epoch end: every positive of every epoch.
+    assert state["criterion"]["seen_counts"].tolist() == [3 * 17, 3 * 8, 3 * 4, 3 * 2]
+    best = torch.load(root / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["metrics"]["val/map_total"] == max(r["val/map_total"] for r in result.history)
+
+
+def test_resume_from_a_mid_run_checkpoint_gives_the_same_final_weights(
+    finished_run: tuple,
+) -> None:
+    _data, root, _cfg, _result, saved = finished_run
+    resumed = train(None, resume=saved[2].parent.parent)
+    assert resumed.run_dir == saved[2].parent.parent
+    final = torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    again = torch.load(resumed.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert again["step"] == final["step"]
+    for part in ("model", "ema", "criterion"):
+        for key, value in final[part].items():
+            assert torch.equal(again[part][key], value), (part, key)
+    assert again["metrics"]["test/map_total"] == final["metrics"]["test/map_total"]
+    assert again["metrics"]["loss/total"] == final["metrics"]["loss/total"]
+
+
+def test_resume_with_another_config_is_refused_unless_forced(finished_run: tuple) -> None:
+    data, root, _cfg, _, _ = finished_run
+    changed = tiny_config(data, root / "run", "optim.lr=0.5")
+    with pytest.raises(ConfigError, match=r"differs in: optim\.lr.*--force"):
+        train(changed, resume=root / "run")
+    # Forced: accepted (the run is complete, so nothing is left to train).
+    result = train(changed, resume=root / "run" / "checkpoints" / "last.ckpt", force=True)
+    assert result.last["epoch"] == 3
+
+
+def test_load_trained_and_evaluate_checkpoint_reproduce_the_logged_metrics(
+    finished_run: tuple,
+) -> None:
+    _, root, _, result, _ = finished_run
+    trained = load_trained(root / "run")
+    assert not trained.model.training and trained.uses_ema
+    assert trained.class_names == ["circle", "square", "triangle", "star"]
+    assert trained.image_size == 24
+    image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)
+    assert trained.transform(image).shape == (3, 24, 24)
+    evaluated = evaluate_checkpoint(root / "run" / "checkpoints" / "last.ckpt")
+    last = result.last
+    for name, key in (("regular", "test"), ("ema", "test_ema")):
+        for group in ("total", "head", "medium", "tail"):
+            assert evaluated["models"][name]["map"][group] == pytest.approx(
+                last[f"{key}/map_{group}"], abs=1e-6
+            )
+    per_class = evaluated["models"]["ema"]["per_class"]
+    assert [row["group"] for row in per_class] == ["head", "medium", "medium", "tail"]
+    assert [row["train_positives"] for row in per_class] == [17, 8, 4, 2]
+    assert all(0.0 <= row["f1"] <= 100.0 for row in per_class)
+    mean_ap = np.mean([row["ap"] for row in per_class])
+    assert mean_ap == pytest.approx(evaluated["models"]["ema"]["map"]["total"], abs=1e-6)
+    assert evaluated["num_images"] == 8 and "Total" in evaluated["table"]
+
+
+def test_non_finite_loss_stops_with_step_and_terms_and_keeps_last_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from conftest import write_tiny_csv_dataset
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    cfg = tiny_config(data, tmp_path / "run", "method.loss.nan_at_step=8")  # epoch 2, step 8
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "step 8 (epoch 2)" in message
+    assert "total=nan" in message and "bce=nan" in message and "half=" in message
+    assert "last good checkpoint" in message
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

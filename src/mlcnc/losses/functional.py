@@ -106,10 +106,12 @@ def feature_label_alignment_loss(
             f"label_embeddings {tuple(label_embeddings.shape)} (expected (B, C, E) and (C, E))"
         )
     _check_targets(targets, features.shape[:2], "feature_label_alignment_loss")
-    f = F.normalize(_upcast(features), dim=-1, eps=1e-12)
+    f = _upcast(features)
     labels = F.normalize(_upcast(label_embeddings), dim=-1, eps=1e-12)
-    # Row-wise dot product; clamped to the range a cosine can take (rounding can leave it).
-    cosine = (f * labels).sum(dim=-1).clamp(-1.0, 1.0)
+    # cos(f, l) = <f, l/|l|> / max(|f|, eps), row-wise (no B x C x C product, no normalised
+    # copy of f); clamped to the range a cosine can take (rounding can leave it).
+    dots = torch.einsum("bce,ce->bc", f, labels)
+    cosine = (dots / f.norm(dim=-1).clamp(min=1e-12)).clamp(-1.0, 1.0)
     y = _upcast(targets)
     positive = torch.log((1.0 + cosine) / 2.0 + FLA_EPS)
     spread = (num_classes - 1) / num_classes * (1.0 / (num_classes - 1) + cosine).abs()

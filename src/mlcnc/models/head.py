@@ -111,7 +111,10 @@ class MLCNCHead(nn.Module):
         features, attention = self.attention(self.label_queries, tokens, return_attention)
         if self.alpha_att != 1.0:
             features = torch.where(features > 0, self.alpha_att * features, features)
-        projected = torch.einsum("bce,cep->bcp", features, self.proj_weight) + self.proj_bias
+        # All C per-class projections as one batched matmul over classes: (C, B, E) @ (C, E, P).
+        projected = torch.baddbmm(
+            self.proj_bias.unsqueeze(1), features.transpose(0, 1), self.proj_weight
+        ).transpose(0, 1)
         with torch.autocast(device_type=projected.device.type, enabled=False):
             projections = F.normalize(projected.float(), dim=-1, eps=1e-12)  # (B, C, P)
             logits = self.temperature * (projections.reshape(batch, -1) @ self.classifier.float())

@@ -1,0 +1,309 @@
+"""Speed of the MLC-NC head and losses, and of a full MLC-NC training step (a script, not a test).
+
+1. Head + losses, forward + backward, B=64, C=80, 7x7x2048 backbone maps: mlcnc's vectorised
+   head and MLCNCLoss against a straightforward loop form of the same computation, written
+   here the way the authors' code does it (queries repeated per image through
+   nn.MultiheadAttention, a per-sample per-class projection loop, a per-sample per-class
+   per-prototype FPC loop, a B x C x C bmm for FLA, a per-class prototype update). Both use
+   the same weights; their outputs are checked equal before timing.
+2. A full training step (forward, backward, Adam) on a ResNet-50 at 224 px: MLC-NC against
+   the same backbone with a linear head and BCE.
+
+Usage: python benchmarks/bench_head.py [--loop-steps 1] [--repeats 5] [--skip-full]
+Timings are medians over repeats (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlcnc.losses import MLCNCLoss, two_way_loss
+from mlcnc.models import create_model
+from mlcnc.models.head import MLCNCHead
+
+
+class LoopHead(nn.Module):
+    """The head as the authors' code writes it, sharing ``head``'s parameters."""
+
+    def __init__(self, head: MLCNCHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, feature_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        head = self.head
+        batch = feature_map.shape[0]
+        tokens = F.relu(head.token_embed(feature_map.flatten(2).transpose(1, 2))).transpose(0, 1)
+        queries = head.label_queries.unsqueeze(1).repeat(1, batch, 1)  # (C, B, E), per image
+        mha = head.attention.mha
+        features = F.multi_head_attention_forward(
+            queries,
+            tokens,
+            tokens,
+            mha.embed_dim,
+            mha.num_heads,
+            mha.in_proj_weight,
+            mha.in_proj_bias,
+            None,
+            None,
+            False,
+            mha.dropout,
+            mha.out_proj.weight,
+            mha.out_proj.bias,
+            training=self.training,
+            need_weights=False,
+        )[0].transpose(0, 1)  # (B, C, E)
+        # Per-sample, per-class matmuls. The tensors are split with unbind (one node each),
+        # not indexed per (b, c): indexing gives each of the B*C slices a full-size gradient.
+        weights, biases = head.proj_weight.unbind(0), head.proj_bias.unbind(0)
+        projected = torch.stack(
+            [
+                torch.stack(
+                    [row @ weights[c] + biases[c] for c, row in enumerate(sample.unbind(0))]
+                )
+                for sample in features.unbind(0)
+            ]
+        )
+        projections = F.normalize(projected, dim=-1)
+        logits = head.temperature * projections.reshape(batch, -1) @ head.classifier
+        return logits, features, projections
+
+
+def loop_losses(
+    logits: Tensor,
+    features: Tensor,
+    queries: Tensor,
+    projections: Tensor,
+    targets: Tensor,
+    prototypes: Tensor,
+    sums: Tensor,
+    counts: Tensor,
+    tau: float = 0.5,
+) -> Tensor:
+    """alpha*FLA + beta*FPC + TW as the authors' code computes them, loops included."""
+    batch, num_classes = targets.shape
+    f = F.normalize(features, dim=-1)
+    q = F.normalize(queries, dim=-1)
+    cosine = torch.bmm(f, q.T.expand(batch, -1, -1)).diagonal(dim1=1, dim2=2)  # B x C x C
+    pos = torch.log((1 + cosine) / 2 + 1e-6)
+    neg = torch.log(
+        1 - (num_classes - 1) / num_classes * (1 / (num_classes - 1) + cosine).abs() + 1e-6
+    )
+    fla = -(targets * pos + (1 - targets) * neg).mean()
+    centres = F.normalize(prototypes, dim=-1)
+    terms = []
+    for i in range(batch):
+        for j in range(num_classes):
+            if targets[i, j] == 1:
+                sims = torch.stack(
+                    [projections[i, j] @ centres[k] / tau for k in range(num_classes)]
+                )
+                terms.append(-F.log_softmax(sims, dim=0)[j])
+    fpc = torch.stack(terms).mean()
+    with torch.no_grad():
+        for c in range(num_classes):
+            if targets[:, c].any():
+                sums[c] += projections[targets[:, c] == 1, c].sum(0)
+                counts[c] += targets[:, c].sum()
+    return 0.5 * fla + 0.1 * fpc + two_way_loss(logits, targets)
+
+
+def head_flops(
+    batch: int, tokens: int, in_features: int, embed: int, classes: int, proj: int
+) -> float:
+    """FLOPs of the main matrix products, forward + backward (3x forward)."""
+    forward = 2 * (
+        batch * tokens * in_features * embed  # token embedding
+        + batch * tokens * embed * 2 * embed  # key and value projections
+        + classes * embed * embed  # query projection, once
+        + 2 * batch * classes * tokens * embed  # scores and weighted values
+        + batch * classes * embed * embed  # output projection
+        + batch * classes * embed * proj  # per-class projections
+        + batch * classes * proj * classes * 2  # classifier and FPC similarities
+    )
+    return 3.0 * forward
+
+
+def timed(step, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_head(args: argparse.Namespace) -> None:
+    batch, classes, channels, side = args.batch, args.classes, 2048, 7
+    torch.manual_seed(0)
+    head = MLCNCHead(channels, classes)
+    criterion = MLCNCLoss(classes, proj_dim=head.proj_dim, warmup_epochs=0)
+    generator = torch.Generator().manual_seed(0)
+    feature_map = torch.randn(batch, channels, side, side, generator=generator).relu()
+    targets = (torch.rand(batch, classes, generator=generator) < 3 / classes).float()
+    targets[torch.arange(batch), torch.randint(classes, (batch,), generator=generator)] = 1.0
+    criterion.prototypes.copy_(
+        F.normalize(torch.randn(classes, head.proj_dim, generator=generator), dim=-1)
+    )
+    criterion.prototype_valid.fill_(True)
+    loop = LoopHead(head)
+
+    # Same function: compare in eval mode (no dropout) before timing.
+    loop.eval()  # also puts head in eval mode
+    criterion.eval()
+    with torch.no_grad():
+        fast = head(feature_map)
+        slow_logits, slow_features, slow_proj = loop(feature_map)
+        fast_loss = criterion(fast, targets)["total"]
+        slow_loss = loop_losses(
+            slow_logits,
+            slow_features,
+            head.label_queries,
+            slow_proj,
+            targets,
+            criterion.prototypes,
+            torch.zeros(classes, head.proj_dim),
+            torch.zeros(classes),
+        )
+    torch.testing.assert_close(fast.logits, slow_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_loss, slow_loss, atol=1e-4, rtol=1e-4)
+    print(
+        f"check: vectorised == loop (logits max diff {(fast.logits - slow_logits).abs().max():.1e}, "
+        f"loss {fast_loss.item():.5f} vs {slow_loss.item():.5f})"
+    )
+    loop.train()
+    criterion.train()
+
+    features = feature_map.clone().requires_grad_(True)
+
+    def vectorised_step() -> None:
+        head.zero_grad(set_to_none=True)
+        features.grad = None
+        criterion(head(features), targets)["total"].backward()
+
+    sums, counts = torch.zeros(classes, head.proj_dim), torch.zeros(classes)
+
+    def loop_step() -> None:
+        head.zero_grad(set_to_none=True)
+        features.grad = None
+        logits, class_features, projections = loop(features)
+        loop_losses(
+            logits,
+            class_features,
+            head.label_queries,
+            projections,
+            targets,
+            criterion.prototypes,
+            sums,
+            counts,
+        ).backward()
+
+    vectorised_step()  # warm-up
+    fast_times = timed(vectorised_step, args.repeats)
+    slow_times = timed(loop_step, args.loop_steps) if args.loop_steps else []
+    flops = head_flops(batch, side * side, channels, head.embed_dim, classes, head.proj_dim)
+    fast_median = statistics.median(fast_times)
+    print(
+        f"\nHead + losses, forward + backward: B={batch}, C={classes}, {side}x{side}x{channels} "
+        f"maps, {torch.get_num_threads()} threads, {flops / 1e9:.1f} GFLOP of main matmuls"
+    )
+    print(f"{'implementation':<28}{'median s/step':>14}{'runs':>6}{'GFLOP/s':>10}{'speed-up':>10}")
+    print(
+        f"{'vectorised (mlcnc)':<28}{fast_median:>14.3f}{len(fast_times):>6}{flops / fast_median / 1e9:>10.1f}"
+        f"{'':>10}"
+    )
+    if slow_times:
+        slow_median = statistics.median(slow_times)
+        print(
+            f"{'loop (authors form)':<28}{slow_median:>14.3f}{len(slow_times):>6}"
+            f"{'':>10}{slow_median / fast_median:>9.1f}x"
+        )
+    print(
+        f"  vectorised runs: {', '.join(f'{t:.3f}' for t in fast_times)}; "
+        f"loop runs: {', '.join(f'{t:.2f}' for t in slow_times) or '-'}"
+    )
+
+
+class LinearBaseline(nn.Module):
+    def __init__(self, backbone: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.num_features, classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.fc(self.backbone(images).mean(dim=(2, 3)))
+
+
+def bench_full_step(args: argparse.Namespace) -> None:
+    classes, batch = args.classes, args.full_batch
+    torch.manual_seed(0)
+    mlcnc_model = create_model(classes, backbone="resnet50", pretrained=False)
+    criterion = MLCNCLoss(classes, proj_dim=mlcnc_model.proj_dim, warmup_epochs=0)
+    criterion.prototypes.normal_()
+    criterion.prototype_valid.fill_(True)
+    linear = LinearBaseline(create_model(classes, backbone="resnet50").backbone, classes)
+    linear.backbone.load_state_dict(mlcnc_model.backbone.state_dict())
+    images = torch.randn(batch, 3, 224, 224)
+    targets = (torch.rand(batch, classes) < 0.05).float()
+    targets[:, 0] = 1.0
+
+    def make_step(model: nn.Module, loss_fn):
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(images)).backward()
+            optimizer.step()
+
+        return step
+
+    mlcnc_step = make_step(mlcnc_model, lambda out: criterion(out, targets)["total"])
+    linear_step = make_step(
+        linear, lambda logits: F.binary_cross_entropy_with_logits(logits, targets)
+    )
+    mlcnc_step()
+    linear_step()
+    mlcnc_times, linear_times = [], []
+    for _ in range(args.full_repeats):  # interleaved, so load changes hit both
+        linear_times += timed(linear_step, 1)
+        mlcnc_times += timed(mlcnc_step, 1)
+    linear_median, mlcnc_median = statistics.median(linear_times), statistics.median(mlcnc_times)
+    print(
+        f"\nFull training step (forward, backward, Adam), ResNet-50, 224 px, batch {batch}, C={classes}"
+    )
+    print(f"{'model':<28}{'median s/step':>14}{'runs':>6}{'vs linear':>10}")
+    print(f"{'ResNet-50 + linear + BCE':<28}{linear_median:>14.3f}{len(linear_times):>6}{'':>10}")
+    print(
+        f"{'ResNet-50 + MLC-NC':<28}{mlcnc_median:>14.3f}{len(mlcnc_times):>6}"
+        f"{100 * (mlcnc_median / linear_median - 1):>+9.1f}%"
+    )
+    print(
+        f"  linear runs: {', '.join(f'{t:.2f}' for t in linear_times)}; "
+        f"MLC-NC runs: {', '.join(f'{t:.2f}' for t in mlcnc_times)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--repeats", type=int, default=5, help="vectorised head steps timed")
+    parser.add_argument("--loop-steps", type=int, default=1, help="loop head steps timed (slow)")
+    parser.add_argument("--full-batch", type=int, default=8)
+    parser.add_argument("--full-repeats", type=int, default=5)
+    parser.add_argument("--skip-head", action="store_true")
+    parser.add_argument("--skip-full", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_head:
+        bench_head(args)
+    if not args.skip_full:
+        bench_full_step(args)
+
+
+if __name__ == "__main__":
+    main()

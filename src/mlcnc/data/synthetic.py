@@ -408,16 +408,16 @@ def _visible_fractions(layers: list[_Layer], size: int, pad: int) -> np.ndarray:
     """Fraction of each labelled layer's alpha mass that is in frame and not covered later."""
     canvas = size + 2 * pad
     cover = np.zeros((canvas, canvas), dtype=np.float32)  # opacity of the layers above
+    in_frame = np.zeros((canvas, canvas), dtype=np.float32)
+    in_frame[pad : pad + size, pad : pad + size] = 1
     fractions = []
     for layer in reversed(layers):
         alpha = np.asarray(layer.sprite.getchannel("A"), dtype=np.float32) / 255.0
         h, w = alpha.shape
         window = (slice(layer.top, layer.top + h), slice(layer.left, layer.left + w))
         if layer.labelled:
-            seen = alpha * (1 - cover[window])
-            frame = np.zeros_like(cover)
-            frame[pad : pad + size, pad : pad + size] = 1
-            fractions.append((seen * frame[window]).sum() / max(alpha.sum(), 1e-6))
+            seen = alpha * (1 - cover[window]) * in_frame[window]
+            fractions.append(seen.sum() / max(alpha.sum(), 1e-6))
         cover[window] = 1 - (1 - cover[window]) * (1 - alpha)
     return np.asarray(fractions[::-1])
 
@@ -467,7 +467,9 @@ def _render_scene(
     in frame and unoccluded.
     """
     size = config.image_size
-    pad = size  # sprites never exceed the image side, even rotated (< 0.5 * sqrt(2))
+    # Sprites are at most the image side, sqrt(2) times that rotated, and centred inside the
+    # image: a pad of one image side keeps every sprite on the padded canvas.
+    pad = size
     for _ in range(100):
         layers = _plan_layers(class_ids, sprites, distractors, config, rng, pad)
         if (_visible_fractions(layers, size, pad) >= config.min_visible_fraction).all():

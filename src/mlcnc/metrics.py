@@ -201,7 +201,9 @@ def neural_collapse(
       covariances and Sb the covariance of the class means around mu_G. 0 = collapsed.
     - ``nc2_equinorm`` = std / mean of the norms ||mu_c - mu_G||. 0 = equal norms.
     - ``nc2_cos_mean_dev`` / ``nc2_cos_max_dev`` = mean / max over class pairs of
-      |cos(mu_c - mu_G, mu_k - mu_G) + 1/(K-1)|. 0 = a simplex ETF.
+      |cos(mu_c - mu_G, mu_k - mu_G) + 1/(K-1)|. 0 = a simplex ETF. A simplex ETF of K
+      vectors needs K-1 dimensions: with (N, C, P) projections and P < K-1 (MLC-NC's
+      P = 20 on COCO's 80 classes) these deviations cannot reach 0.
     - ``nc3`` = mean over classes of 1 - cos(m_c - m_G, w_c), with w_c the classifier's column
       c, in [0, 2]; 0 = class means aligned with the classifier (self-duality). It is measured
       where the classifier acts: for (N, C, P) projections, image i's classifier input is the

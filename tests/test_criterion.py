@@ -221,5 +221,9 @@ def test_bad_options_raise() -> None:
         MLCNCLoss(C, prototype_mode="ema")
     with pytest.raises(ValueError, match="fpc_reduction"):
         MLCNCLoss(C, fpc_reduction="sum")
+    with pytest.raises(ValueError, match=r"proj_dim=7\) got projections \(5, 4, 3\)"):
+        MLCNCLoss(C, proj_dim=7)(fake_output(), TARGETS)
+    with pytest.raises(ValueError, match="targets"):
+        MLCNCLoss(C, proj_dim=P)(fake_output(), TARGETS[:, :3])
     with pytest.raises(ValueError, match="class_features"):
         MLCNCLoss(C)(ModelOutput(logits=torch.zeros(B, C)), TARGETS)

@@ -103,6 +103,13 @@ class MLCNCLoss(Criterion):
             raise ValueError(
                 "MLCNCLoss needs class_features, projections and label_embeddings (an MLCNC model)"
             )
+        expected = (self.num_classes, self.proj_dim)
+        if tuple(output.projections.shape[1:]) != expected or targets.shape != output.logits.shape:
+            raise ValueError(
+                f"MLCNCLoss(num_classes={self.num_classes}, proj_dim={self.proj_dim}) got "
+                f"projections {tuple(output.projections.shape)}, logits "
+                f"{tuple(output.logits.shape)} and targets {tuple(targets.shape)}"
+            )
         if self.training:
             self._accumulate(output.projections, targets)
         fla = feature_label_alignment_loss(output.class_features, output.label_embeddings, targets)

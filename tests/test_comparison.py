@@ -195,6 +195,25 @@ def test_per_method_overrides_and_reserved_keys(data_file: str, tmp_path: Path) 
         split_overrides(["db:method.loss.preset=coco"], ["erm"])
 
 
+def test_data_config_method_options_apply_where_they_fit(tmp_path: Path) -> None:
+    data = tmp_path / "mlcnc_short.yaml"
+    data.write_text("method:\n  name: mlcnc\n  loss:\n    warmup_epochs: 1\n")
+    train, logged = FakeTrain(), []
+    run_benchmark(str(data), ["erm", "mlcnc"], [0], tmp_path / "b", train_fn=train,
+                  log=logged.append, plot=False)  # fmt: skip
+    assert train.configs["mlcnc-seed0"].method.loss == {"warmup_epochs": 1}
+    assert train.configs["erm-seed0"].method.loss == {}
+    assert any("method.loss.warmup_epochs does not apply to erm; left out" in m for m in logged)
+    # Given on the command line, an option a method does not take is an error, before training.
+    train = FakeTrain()
+    with pytest.raises(
+        ConfigError, match=r"method.loss.warmup_epochs does not apply to method 'erm'"
+    ):
+        run_benchmark(str(data), ["erm", "mlcnc"], [0], tmp_path / "c", ["method.loss.warmup_epochs=2"],
+                      train_fn=train, log=lambda _: None, plot=False)  # fmt: skip
+    assert train.calls == []
+
+
 def test_bad_requests_fail_before_any_training(data_file: str, tmp_path: Path) -> None:
     train = FakeTrain()
     with pytest.raises(ValueError, match=r"unknown methods \['bce'\]"):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mlcnc.losses.baselines import DB_PRESETS, DistributionBalancedCriterion, ReweightedBCECriterion
-from mlcnc.methods import METHODS, MethodConfig, build_method
+from mlcnc.methods import METHODS, MethodConfig, build_method, method_defaults, needs_num_samples
 from mlcnc.models.linear import LinearHeadModel
 
 NUM_CLASSES = 5
@@ -137,8 +137,26 @@ def test_mlcnc_ablations_change_one_component_each() -> None:
     assert no_fpc.criterion.warmup_epochs == full.criterion.warmup_epochs
     assert isinstance(learnable.model.head.classifier, nn.Parameter)
     assert not isinstance(full.model.head.classifier, nn.Parameter)
-    # A config option still wins over the ablation's default.
-    assert build("mlcnc_no_fla", loss={"warmup_epochs": 2}).criterion.warmup_epochs == 2
+    # What an ablation fixes is not an option of it.
+    with pytest.raises(
+        ValueError, match=r"'mlcnc_no_fla': unknown loss option\(s\) 'warmup_epochs'"
+    ):
+        build("mlcnc_no_fla", loss={"warmup_epochs": 2})
+    assert build("mlcnc_no_fpc", loss={"warmup_epochs": 2}).criterion.warmup_epochs == 2
+
+
+def test_method_defaults_declare_every_option() -> None:
+    assert method_defaults("focal") == {
+        "model": {"dropout": 0.0, "classifier": "linear"},
+        "loss": {"gamma": 2.0, "alpha": None},
+    }
+    assert method_defaults("ldam")["model"]["classifier"] == "cosine"
+    assert "warmup_epochs" in method_defaults("mlcnc")["loss"]
+    assert "warmup_epochs" not in method_defaults("mlcnc_no_fla")["loss"]
+    assert "classifier_trainable" not in method_defaults("mlcnc_learnable_etf")["model"]
+    assert [m for m in METHODS.names() if needs_num_samples(m)] == ["db", "db_focal"]
+    with pytest.raises(KeyError, match="unknown method"):
+        method_defaults("nope")
 
 
 def test_db_parameters_presets_and_training_size() -> None:

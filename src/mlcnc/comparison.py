@@ -150,13 +150,45 @@ def split_overrides(
 
 
 def run_config(
-    data: str, method: str, seed: int, run_dir: Path, shared: Sequence[str], own: Sequence[str]
+    data: str,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    shared: Sequence[str],
+    own: Sequence[str],
+    log: Callable[[str], None] = print,
 ) -> Config:
-    """The config of one run: data config <- shared overrides <- method overrides <- run keys."""
-    return load_config(
-        data,
-        [*shared, *own, f"method.name={method}", f"train.seed={seed}", f"train.output={run_dir}"],
+    """The config of one run: data config <- shared overrides <- method overrides <- run keys.
+
+    The data config's own ``method.model`` / ``method.loss`` options were written for the
+    method it names; each run keeps those its method takes and leaves out (logged) the
+    others. An option given on the command line that the method does not take is an error.
+    """
+    from mlcnc.config import parse_override
+    from mlcnc.methods import method_defaults
+
+    overrides = [*shared, *own]
+    cfg = load_config(
+        data, [*overrides, f"method.name={method}", f"train.seed={seed}", f"train.output={run_dir}"]
     )
+    defaults = method_defaults(method)
+    if defaults is None:
+        return cfg
+    given = [parse_override(text).get("method", {}) for text in overrides]
+    for part in ("model", "loss"):
+        options: dict[str, Any] = getattr(cfg.method, part)
+        from_command_line = {k for g in given if isinstance(g.get(part), dict) for k in g[part]}
+        for key in sorted(set(options) - set(defaults[part])):
+            if key in from_command_line:
+                raise ConfigError(
+                    f"override method.{part}.{key} does not apply to method {method!r} "
+                    f"(its {part} options: {', '.join(sorted(defaults[part])) or 'none'}); "
+                    f"give it for one method as <method>:method.{part}.{key}=..."
+                )
+            log(f"[benchmark] {run_name(method, seed)}: the data config's method.{part}.{key} "
+                f"does not apply to {method}; left out")  # fmt: skip
+            del options[key]
+    return cfg
 
 
 def run_name(method: str, seed: int) -> str:
@@ -444,7 +476,7 @@ def run_benchmark(
     for seed in seeds:  # seed-major: a complete one-seed table comes first
         for method in methods:
             run_dir = output / "runs" / run_name(method, seed)
-            cfg = run_config(data, method, seed, run_dir, shared, per_method[method])
+            cfg = run_config(data, method, seed, run_dir, shared, per_method[method], log)
             plan.append((method, seed, run_dir, cfg))
     _record_training_size([cfg for *_, cfg in plan], log)
     output.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 A method is what differs between the rows of the paper's Table 1; the backbone, data,
 optimiser and epoch budget come from the rest of the config and are shared.
 
-Registered methods (options of ``method.loss`` / ``method.model`` with their defaults;
-any other option name is an error that lists the allowed ones):
+Registered methods (options of ``method.loss`` / ``method.model`` with their defaults, see
+``method_defaults``; any other option name is an error that lists the allowed ones; an
+ablation's fixed values are not options of it):
 
 | name                | model                  | criterion (loss options)                          | sampler     |
 |---------------------|------------------------|---------------------------------------------------|-------------|
@@ -80,8 +81,8 @@ class Method:
 
 
 MethodBuilder = Callable[..., Method]
-"""``builder(cfg, num_classes, class_freq) -> Method``; a builder that also needs the number
-of training images declares a keyword parameter ``num_samples``."""
+"""``builder(cfg, num_classes, class_freq) -> Method``; builders of the methods in
+``needs_num_samples`` also take the keyword ``num_samples``."""
 
 METHODS: Registry[MethodBuilder] = Registry("method")
 
@@ -91,8 +92,8 @@ def build_method(
 ) -> Method:
     """Build the named method for ``num_classes`` classes with training counts ``class_freq``.
 
-    ``num_samples`` is the number of training images (N); DB's prior-logit shift needs it,
-    the other methods ignore it.
+    ``num_samples`` is the number of training images (N); it goes to the methods that need
+    it (``needs_num_samples``: DB's prior-logit shift), the others do not take it.
     """
     class_freq = np.asarray(class_freq)
     if class_freq.shape != (num_classes,):
@@ -105,9 +106,27 @@ def build_method(
     return method
 
 
+OptionDefaults = dict[str, dict[str, Any]]
+"""``{"model": {option: default}, "loss": {option: default}}``."""
+
+_DECLARED: dict[str, Callable[[], OptionDefaults]] = {}
+_NEEDS_NUM_SAMPLES: set[str] = set()
+
+
+def method_defaults(name: str) -> OptionDefaults | None:
+    """The ``method.model`` / ``method.loss`` options method ``name`` accepts, with defaults.
+
+    None for a method registered without declaring them (its builder checks its own).
+    """
+    METHODS.get(name)  # a clear error for an unknown name
+    declared = _DECLARED.get(name)
+    return None if declared is None else declared()
+
+
 def needs_num_samples(name: str) -> bool:
-    """Whether method ``name``'s builder takes the number of training images."""
-    return "num_samples" in inspect.signature(METHODS.get(name)).parameters
+    """Whether method ``name`` needs the number of training images (``build_method``'s N)."""
+    METHODS.get(name)
+    return name in _NEEDS_NUM_SAMPLES
 
 
 def method_options(
@@ -125,7 +144,25 @@ def method_options(
     return {**defaults, **given}
 
 
+def _checked_options(cfg: MethodConfig) -> OptionDefaults:
+    defaults = method_defaults(cfg.name)
+    assert defaults is not None, f"method {cfg.name!r} declares no options"
+    return {part: method_options(cfg, part, defaults[part]) for part in ("model", "loss")}
+
+
 # --------------------------------------------------------------------------- MLC-NC
+MLCNC_VARIANTS: dict[str, OptionDefaults] = {
+    "mlcnc": {"model": {}, "loss": {}},
+    # Without L_FLA: alpha = 0 and no warm-up (MLC-NC's warm-up trains L_FLA alone).
+    "mlcnc_no_fla": {"model": {}, "loss": {"alpha": 0.0, "warmup_epochs": 0}},
+    # Without L_FPC: beta = 0.
+    "mlcnc_no_fpc": {"model": {}, "loss": {"beta": 0.0}},
+    # A learnable classifier (initialised at the ETF) instead of the fixed one.
+    "mlcnc_learnable_etf": {"model": {"classifier_trainable": True}, "loss": {}},
+}
+"""MLC-NC and its ablations: the options each one fixes (so they are not options of it)."""
+
+
 def _keyword_defaults(fn: Callable[..., Any], exclude: set[str]) -> dict[str, Any]:
     """The keyword parameters of ``fn`` (minus ``exclude``) with their defaults."""
     return {
@@ -135,132 +172,145 @@ def _keyword_defaults(fn: Callable[..., Any], exclude: set[str]) -> dict[str, An
     }
 
 
-def _mlcnc_method(
-    cfg: MethodConfig,
-    num_classes: int,
-    model_defaults: Mapping[str, Any] | None = None,
-    loss_defaults: Mapping[str, Any] | None = None,
-) -> Method:
-    """MLC-NC with the given option defaults (the ablations); ``cfg`` options win."""
+def _mlcnc_defaults(fixed: OptionDefaults) -> OptionDefaults:
+    """MLCNCHead's and MLCNCLoss's keyword options, less those the variant fixes."""
     from mlcnc.losses import MLCNCLoss
-    from mlcnc.models import create_model
     from mlcnc.models.head import MLCNCHead
 
-    model_allowed = _keyword_defaults(MLCNCHead.__init__, {"self", "in_features", "num_classes"})
-    loss_allowed = _keyword_defaults(
-        MLCNCLoss.__init__, {"self", "num_classes", "proj_dim", "recipe"}
-    )
-    # Only names given (by the ablation or the config) are passed: the recipe fills the rest.
-    model_given = method_options(cfg, "model", model_allowed)
-    loss_given = method_options(cfg, "loss", loss_allowed)
-    model_options = {**(model_defaults or {}), **{k: model_given[k] for k in cfg.model}}
-    loss_options = {**(loss_defaults or {}), **{k: loss_given[k] for k in cfg.loss}}
-    model = create_model(
-        num_classes,
-        backbone=cfg.backbone,
-        pretrained=cfg.pretrained,
-        recipe=cfg.recipe,
-        **model_options,
-    )
-    criterion = MLCNCLoss(num_classes, proj_dim=model.proj_dim, recipe=cfg.recipe, **loss_options)
-    return Method(model=model, criterion=criterion, sampler="class_aware")
+    model = _keyword_defaults(MLCNCHead.__init__, {"self", "in_features", "num_classes"})
+    loss = _keyword_defaults(MLCNCLoss.__init__, {"self", "num_classes", "proj_dim", "recipe"})
+    return {
+        "model": {k: v for k, v in model.items() if k not in fixed["model"]},
+        "loss": {k: v for k, v in loss.items() if k not in fixed["loss"]},
+    }
 
 
-@METHODS.register("mlcnc")
-def _mlcnc(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-    return _mlcnc_method(cfg, num_classes)
+def _register_mlcnc(name: str, fixed: OptionDefaults) -> None:
+    _DECLARED[name] = lambda: _mlcnc_defaults(fixed)
+
+    @METHODS.register(name)
+    def build(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+        from mlcnc.losses import MLCNCLoss
+        from mlcnc.models import create_model
+
+        _checked_options(cfg)
+        # Only the options given (and the fixed ones) are passed: the recipe fills the rest.
+        model_options = {**cfg.model, **fixed["model"]}
+        loss_options = {**cfg.loss, **fixed["loss"]}
+        model = create_model(
+            num_classes,
+            backbone=cfg.backbone,
+            pretrained=cfg.pretrained,
+            recipe=cfg.recipe,
+            **model_options,
+        )
+        criterion = MLCNCLoss(
+            num_classes, proj_dim=model.proj_dim, recipe=cfg.recipe, **loss_options
+        )
+        return Method(model=model, criterion=criterion, sampler="class_aware")
 
 
-@METHODS.register("mlcnc_no_fla")
-def _mlcnc_no_fla(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-    """Without L_FLA: alpha = 0, and no FLA-only warm-up (it would train with L_FLA alone)."""
-    return _mlcnc_method(cfg, num_classes, loss_defaults={"alpha": 0.0, "warmup_epochs": 0})
-
-
-@METHODS.register("mlcnc_no_fpc")
-def _mlcnc_no_fpc(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-    """Without L_FPC: beta = 0."""
-    return _mlcnc_method(cfg, num_classes, loss_defaults={"beta": 0.0})
-
-
-@METHODS.register("mlcnc_learnable_etf")
-def _mlcnc_learnable_etf(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-    """A learnable classifier (initialised at the ETF) instead of the fixed one."""
-    return _mlcnc_method(cfg, num_classes, model_defaults={"classifier_trainable": True})
+for _name, _fixed in MLCNC_VARIANTS.items():
+    _register_mlcnc(_name, _fixed)
 
 
 # --------------------------------------------------------------------------- linear-head baselines
 LINEAR_MODEL_OPTIONS: dict[str, Any] = {"dropout": 0.0, "classifier": "linear"}
 
+CriterionFactory = Callable[..., Criterion]
 
-def _linear_method(
-    cfg: MethodConfig,
-    num_classes: int,
-    criterion: Criterion,
+
+def _register_linear(
+    name: str,
     sampler: SamplerKind,
-    model_defaults: Mapping[str, Any] | None = None,
-) -> Method:
-    from mlcnc.models.linear import LinearHeadModel
+    loss: Mapping[str, Any],
+    model: Mapping[str, Any] | None = None,
+    needs_size: bool = False,
+) -> Callable[[CriterionFactory], CriterionFactory]:
+    """Register a linear-head method whose criterion is ``factory(class_freq, **loss options)``
+    (``factory(class_freq, num_samples, **loss options)`` with ``needs_size``)."""
 
-    options = method_options(cfg, "model", {**LINEAR_MODEL_OPTIONS, **(model_defaults or {})})
-    model = LinearHeadModel(cfg.backbone, cfg.pretrained, num_classes, **options)
-    return Method(model=model, criterion=criterion, sampler=sampler)
+    def register(factory: CriterionFactory) -> CriterionFactory:
+        _DECLARED[name] = lambda: {
+            "model": {**LINEAR_MODEL_OPTIONS, **(model or {})},
+            "loss": dict(loss),
+        }
+        if needs_size:
+            _NEEDS_NUM_SAMPLES.add(name)
+
+        @METHODS.register(name)
+        def build(
+            cfg: MethodConfig,
+            num_classes: int,
+            class_freq: np.ndarray,
+            num_samples: int | None = None,
+        ) -> Method:
+            from mlcnc.models.linear import LinearHeadModel
+
+            options = _checked_options(cfg)
+            loss_options = options["loss"]
+            if needs_size:
+                size = loss_options.pop("num_samples") or num_samples
+                if size is None:
+                    raise ValueError(
+                        f"method {name!r} needs the number of training images: pass "
+                        "build_method(..., num_samples=N) or set method.loss.num_samples"
+                    )
+                criterion = factory(class_freq, int(size), **loss_options)
+            else:
+                criterion = factory(class_freq, **loss_options)
+            head = LinearHeadModel(cfg.backbone, cfg.pretrained, num_classes, **options["model"])
+            return Method(model=head, criterion=criterion, sampler=sampler)
+
+        return factory
+
+    return register
 
 
-def _register_bce(name: str, sampler: SamplerKind) -> None:
-    @METHODS.register(name)
-    def build(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-        from mlcnc.losses.baselines import BCECriterion
+@_register_linear("rs", "class_aware", loss={})
+@_register_linear("erm", "random", loss={})
+def _bce(class_freq: np.ndarray) -> Criterion:
+    from mlcnc.losses.baselines import BCECriterion
 
-        method_options(cfg, "loss", {})
-        return _linear_method(cfg, num_classes, BCECriterion(), sampler)
-
-
-_register_bce("erm", "random")
-_register_bce("rs", "class_aware")
+    return BCECriterion()
 
 
-@METHODS.register("rw")
-def _rw(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+@_register_linear("rw", "random", loss={"mode": "sqrt_inv"})
+def _rw(class_freq: np.ndarray, mode: str) -> Criterion:
     from mlcnc.losses.baselines import ReweightedBCECriterion
 
-    options = method_options(cfg, "loss", {"mode": "sqrt_inv"})
-    return _linear_method(cfg, num_classes, ReweightedBCECriterion(class_freq, **options), "random")
+    return ReweightedBCECriterion(class_freq, mode)
 
 
-@METHODS.register("focal")
-def _focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+@_register_linear("focal", "random", loss={"gamma": 2.0, "alpha": None})
+def _focal(class_freq: np.ndarray, gamma: float, alpha: float | None) -> Criterion:
     from mlcnc.losses.baselines import FocalCriterion
 
-    options = method_options(cfg, "loss", {"gamma": 2.0, "alpha": None})
-    return _linear_method(cfg, num_classes, FocalCriterion(**options), "random")
+    return FocalCriterion(gamma, alpha)
 
 
-@METHODS.register("cb_focal")
-def _cb_focal(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+@_register_linear("cb_focal", "random", loss={"beta": 0.99, "gamma": 2.0, "alpha": None})
+def _cb_focal(class_freq: np.ndarray, beta: float, gamma: float, alpha: float | None) -> Criterion:
     from mlcnc.losses.baselines import ClassBalancedFocalCriterion
 
-    options = method_options(cfg, "loss", {"beta": 0.99, "gamma": 2.0, "alpha": None})
-    criterion = ClassBalancedFocalCriterion(class_freq, **options)
-    return _linear_method(cfg, num_classes, criterion, "random")
+    return ClassBalancedFocalCriterion(class_freq, beta, gamma, alpha)
 
 
-@METHODS.register("ldam")
-def _ldam(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-    """LDAM's normalised (cosine) classifier and scale s = 30, margins up to 0.5."""
+# LDAM: its normalised (cosine) classifier, scale s = 30, margins up to 0.5.
+@_register_linear(
+    "ldam", "random", loss={"max_margin": 0.5, "scale": 30.0}, model={"classifier": "cosine"}
+)
+def _ldam(class_freq: np.ndarray, max_margin: float, scale: float) -> Criterion:
     from mlcnc.losses.baselines import LDAMCriterion
 
-    options = method_options(cfg, "loss", {"max_margin": 0.5, "scale": 30.0})
-    criterion = LDAMCriterion(class_freq, **options)
-    return _linear_method(cfg, num_classes, criterion, "random", {"classifier": "cosine"})
+    return LDAMCriterion(class_freq, max_margin, scale)
 
 
-@METHODS.register("asl")
-def _asl(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+@_register_linear("asl", "random", loss={"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05})
+def _asl(class_freq: np.ndarray, gamma_neg: float, gamma_pos: float, clip: float) -> Criterion:
     from mlcnc.losses.baselines import AsymmetricCriterion
 
-    options = method_options(cfg, "loss", {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05})
-    return _linear_method(cfg, num_classes, AsymmetricCriterion(**options), "random")
+    return AsymmetricCriterion(gamma_neg, gamma_pos, clip)
 
 
 DB_OPTIONS: dict[str, Any] = {
@@ -276,47 +326,38 @@ DB_OPTIONS: dict[str, Any] = {
 other options override when set; ``num_samples`` overrides the training-set size."""
 
 
-def _register_db(name: str, focal: bool) -> None:
-    extra = {"gamma": 2.0, "balance_param": 2.0} if focal else {}
+def _db_criterion(
+    class_freq: np.ndarray, num_samples: int, preset: str, focal: bool, **options: Any
+) -> Criterion:
+    from mlcnc.losses.baselines import DB_PRESETS, DistributionBalancedCriterion
 
-    @METHODS.register(name)
-    def build(
-        cfg: MethodConfig,
-        num_classes: int,
-        class_freq: np.ndarray,
-        num_samples: int | None = None,
-    ) -> Method:
-        from mlcnc.losses.baselines import DB_PRESETS, DistributionBalancedCriterion
-
-        options = method_options(cfg, "loss", {**DB_OPTIONS, **extra})
-        preset = options.pop("preset")
-        if preset not in DB_PRESETS:
-            raise ValueError(
-                f"method {name!r}: unknown DB preset {preset!r}; choose one of: {', '.join(DB_PRESETS)}"
-            )
-        size = options.pop("num_samples") or num_samples
-        if size is None:
-            raise ValueError(
-                f"method {name!r} needs the number of training images (DB's prior-logit shift): "
-                "pass build_method(..., num_samples=N) or set method.loss.num_samples"
-            )
-        overrides = {
-            k: options.pop(k) for k in list(options) if k in DB_PRESETS[preset].__dataclass_fields__
-        }
-        params = dataclasses.replace(
-            DB_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}
-        )
-        criterion = DistributionBalancedCriterion(class_freq, size, params, focal=focal, **options)
-        return _linear_method(cfg, num_classes, criterion, "class_aware")
+    if preset not in DB_PRESETS:
+        raise ValueError(f"unknown DB preset {preset!r}; choose one of: {', '.join(DB_PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(DB_PRESETS[preset])}
+    changed = {k: options.pop(k) for k in fields if options.get(k) is not None}
+    for k in fields:
+        options.pop(k, None)
+    params = dataclasses.replace(DB_PRESETS[preset], **changed)
+    return DistributionBalancedCriterion(class_freq, num_samples, params, focal=focal, **options)
 
 
-_register_db("db", focal=False)
-_register_db("db_focal", focal=True)
+@_register_linear("db", "class_aware", loss=DB_OPTIONS, needs_size=True)
+def _db(class_freq: np.ndarray, num_samples: int, **options: Any) -> Criterion:
+    return _db_criterion(class_freq, num_samples, focal=False, **options)
 
 
-@METHODS.register("two_way")
-def _two_way(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+@_register_linear(
+    "db_focal",
+    "class_aware",
+    loss={**DB_OPTIONS, "gamma": 2.0, "balance_param": 2.0},
+    needs_size=True,
+)
+def _db_focal(class_freq: np.ndarray, num_samples: int, **options: Any) -> Criterion:
+    return _db_criterion(class_freq, num_samples, focal=True, **options)
+
+
+@_register_linear("two_way", "class_aware", loss={"tp": 4.0, "tn": 1.0})
+def _two_way(class_freq: np.ndarray, tp: float, tn: float) -> Criterion:
     from mlcnc.losses.baselines import TwoWayCriterion
 
-    options = method_options(cfg, "loss", {"tp": 4.0, "tn": 1.0})
-    return _linear_method(cfg, num_classes, TwoWayCriterion(**options), "class_aware")
+    return TwoWayCriterion(tp, tn)

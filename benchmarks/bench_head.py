@@ -16,6 +16,7 @@ Timings are medians over repeats (the machine may be shared).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -129,24 +130,37 @@ def head_flops(
     return 3.0 * forward
 
 
-def timed(step, repeats: int) -> list[float]:
+def timed(step, repeats: int, device: torch.device) -> list[float]:
     times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
+def autocast(args: argparse.Namespace):
+    """bfloat16 autocast with ``--amp`` (the losses stay float32 inside)."""
+    if not args.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16)
+
+
 def bench_head(args: argparse.Namespace) -> None:
     batch, classes, channels, side = args.batch, args.classes, 2048, 7
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    head = MLCNCHead(channels, classes)
-    criterion = MLCNCLoss(classes, proj_dim=head.proj_dim, warmup_epochs=0)
+    head = MLCNCHead(channels, classes).to(device)
+    criterion = MLCNCLoss(classes, proj_dim=head.proj_dim, warmup_epochs=0).to(device)
     generator = torch.Generator().manual_seed(0)
     feature_map = torch.randn(batch, channels, side, side, generator=generator).relu()
     targets = (torch.rand(batch, classes, generator=generator) < 3 / classes).float()
     targets[torch.arange(batch), torch.randint(classes, (batch,), generator=generator)] = 1.0
+    feature_map, targets = feature_map.to(device), targets.to(device)
     criterion.prototypes.copy_(
         F.normalize(torch.randn(classes, head.proj_dim, generator=generator), dim=-1)
     )
@@ -167,8 +181,8 @@ def bench_head(args: argparse.Namespace) -> None:
             slow_proj,
             targets,
             criterion.prototypes,
-            torch.zeros(classes, head.proj_dim),
-            torch.zeros(classes),
+            torch.zeros(classes, head.proj_dim, device=device),
+            torch.zeros(classes, device=device),
         )
     torch.testing.assert_close(fast.logits, slow_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast_loss, slow_loss, atol=1e-4, rtol=1e-4)
@@ -184,14 +198,23 @@ def bench_head(args: argparse.Namespace) -> None:
     def vectorised_step() -> None:
         head.zero_grad(set_to_none=True)
         features.grad = None
-        criterion(head(features), targets)["total"].backward()
+        with autocast(args):
+            output = head(features)
+        criterion(output, targets)["total"].backward()
 
-    sums, counts = torch.zeros(classes, head.proj_dim), torch.zeros(classes)
+    sums = torch.zeros(classes, head.proj_dim, device=device)
+    counts = torch.zeros(classes, device=device)
 
     def loop_step() -> None:
         head.zero_grad(set_to_none=True)
         features.grad = None
-        logits, class_features, projections = loop(features)
+        with autocast(args):
+            logits, class_features, projections = loop(features)
+        logits, class_features, projections = (
+            logits.float(),
+            class_features.float(),
+            projections.float(),
+        )
         loop_losses(
             logits,
             class_features,
@@ -204,13 +227,13 @@ def bench_head(args: argparse.Namespace) -> None:
         ).backward()
 
     vectorised_step()  # warm-up
-    fast_times = timed(vectorised_step, args.repeats)
-    slow_times = timed(loop_step, args.loop_steps) if args.loop_steps else []
+    fast_times = timed(vectorised_step, args.repeats, device)
+    slow_times = timed(loop_step, args.loop_steps, device) if args.loop_steps else []
     flops = head_flops(batch, side * side, channels, head.embed_dim, classes, head.proj_dim)
     fast_median = statistics.median(fast_times)
     print(
         f"\nHead + losses, forward + backward: B={batch}, C={classes}, {side}x{side}x{channels} "
-        f"maps, {torch.get_num_threads()} threads, {flops / 1e9:.1f} GFLOP of main matmuls"
+        f"maps, {device_name(device)}, amp={args.amp}, {flops / 1e9:.1f} GFLOP of main matmuls"
     )
     print(f"{'implementation':<28}{'median s/step':>14}{'runs':>6}{'GFLOP/s':>10}{'speed-up':>10}")
     print(
@@ -229,6 +252,12 @@ def bench_head(args: argparse.Namespace) -> None:
     )
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
 class LinearBaseline(nn.Module):
     def __init__(self, backbone: nn.Module, classes: int) -> None:
         super().__init__()
@@ -241,15 +270,16 @@ class LinearBaseline(nn.Module):
 
 def bench_full_step(args: argparse.Namespace) -> None:
     classes, batch = args.classes, args.full_batch
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    mlcnc_model = create_model(classes, backbone="resnet50", pretrained=False)
-    criterion = MLCNCLoss(classes, proj_dim=mlcnc_model.proj_dim, warmup_epochs=0)
+    mlcnc_model = create_model(classes, backbone="resnet50", pretrained=False).to(device)
+    criterion = MLCNCLoss(classes, proj_dim=mlcnc_model.proj_dim, warmup_epochs=0).to(device)
     criterion.prototypes.normal_()
     criterion.prototype_valid.fill_(True)
-    linear = LinearBaseline(create_model(classes, backbone="resnet50").backbone, classes)
+    linear = LinearBaseline(create_model(classes, backbone="resnet50").backbone, classes).to(device)
     linear.backbone.load_state_dict(mlcnc_model.backbone.state_dict())
-    images = torch.randn(batch, 3, 224, 224)
-    targets = (torch.rand(batch, classes) < 0.05).float()
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    targets = (torch.rand(batch, classes, device=device) < 0.05).float()
     targets[:, 0] = 1.0
 
     def make_step(model: nn.Module, loss_fn):
@@ -257,24 +287,27 @@ def bench_full_step(args: argparse.Namespace) -> None:
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(images)).backward()
+            with autocast(args):
+                output = model(images)
+            loss_fn(output).backward()
             optimizer.step()
 
         return step
 
     mlcnc_step = make_step(mlcnc_model, lambda out: criterion(out, targets)["total"])
     linear_step = make_step(
-        linear, lambda logits: F.binary_cross_entropy_with_logits(logits, targets)
+        linear, lambda logits: F.binary_cross_entropy_with_logits(logits.float(), targets)
     )
     mlcnc_step()
     linear_step()
     mlcnc_times, linear_times = [], []
     for _ in range(args.full_repeats):  # interleaved, so load changes hit both
-        linear_times += timed(linear_step, 1)
-        mlcnc_times += timed(mlcnc_step, 1)
+        linear_times += timed(linear_step, 1, device)
+        mlcnc_times += timed(mlcnc_step, 1, device)
     linear_median, mlcnc_median = statistics.median(linear_times), statistics.median(mlcnc_times)
     print(
-        f"\nFull training step (forward, backward, Adam), ResNet-50, 224 px, batch {batch}, C={classes}"
+        f"\nFull training step (forward, backward, Adam), ResNet-50, 224 px, batch {batch}, "
+        f"C={classes}, {device_name(device)}, amp={args.amp}"
     )
     print(f"{'model':<28}{'median s/step':>14}{'runs':>6}{'vs linear':>10}")
     print(f"{'ResNet-50 + linear + BCE':<28}{linear_median:>14.3f}{len(linear_times):>6}{'':>10}")
@@ -296,6 +329,8 @@ def main() -> None:
     parser.add_argument("--loop-steps", type=int, default=1, help="loop head steps timed (slow)")
     parser.add_argument("--full-batch", type=int, default=8)
     parser.add_argument("--full-repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--skip-head", action="store_true")
     parser.add_argument("--skip-full", action="store_true")
     args = parser.parse_args()

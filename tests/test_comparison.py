@@ -203,7 +203,9 @@ def test_data_config_method_options_apply_where_they_fit(tmp_path: Path) -> None
                   log=logged.append, plot=False)  # fmt: skip
     assert train.configs["mlcnc-seed0"].method.loss == {"warmup_epochs": 1}
     assert train.configs["erm-seed0"].method.loss == {}
-    assert any("method.loss.warmup_epochs does not apply to erm; left out" in m for m in logged)
+    assert any(
+        "method.loss.warmup_epochs does not apply to erm; left out of its runs" in m for m in logged
+    )
     # Given on the command line, an option a method does not take is an error, before training.
     train = FakeTrain()
     with pytest.raises(
@@ -282,9 +284,14 @@ def test_db_runs_get_the_training_size_in_their_config(
     data = csv_data_file(tiny_csv_dataset, tmp_path)
     bench(data, tmp_path / "b", train, methods=["erm", "db", "db_focal"], seeds=[0],
           overrides=["db_focal:method.loss.num_samples=99"])  # fmt: skip
-    assert train.configs["db-seed0"].method.loss == {"num_samples": 25}  # the tiny train split
-    assert train.configs["db_focal-seed0"].method.loss == {"num_samples": 99}  # given: kept
+    # The tiny train split has 25 images; a given value is kept; csv data take the VOC preset.
+    assert train.configs["db-seed0"].method.loss == {"num_samples": 25, "preset": "voc"}
+    assert train.configs["db_focal-seed0"].method.loss == {"num_samples": 99, "preset": "voc"}
     assert train.configs["erm-seed0"].method.loss == {}
+    coco = FakeTrain()
+    bench(data, tmp_path / "c", coco, methods=["db"], seeds=[0], overrides=["data.name=coco_lt",
+          "method.loss.num_samples=1909"])  # fmt: skip
+    assert coco.configs["db-seed0"].method.loss == {"num_samples": 1909, "preset": "coco"}
 
 
 @pytest.mark.slow

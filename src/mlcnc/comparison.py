@@ -185,10 +185,14 @@ def run_config(
                     f"(its {part} options: {', '.join(sorted(defaults[part])) or 'none'}); "
                     f"give it for one method as <method>:method.{part}.{key}=..."
                 )
-            log(f"[benchmark] {run_name(method, seed)}: the data config's method.{part}.{key} "
-                f"does not apply to {method}; left out")  # fmt: skip
+            log(f"[benchmark] the data config's method.{part}.{key} does not apply to {method}; "
+                "left out of its runs")  # fmt: skip
             del options[key]
     return cfg
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def run_name(method: str, seed: int) -> str:
@@ -410,17 +414,26 @@ def environment_note(command: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _record_training_size(configs: Sequence[Config], log: Callable[[str], None]) -> None:
-    """Write the number of training images into the configs of methods that need it (DB).
+DB_PRESET_OF_DATA = {"coco_lt": "coco", "voc_lt": "voc"}
+"""DB's per-dataset parameters (spec 7.4) for each benchmark; other data take ``voc``."""
 
-    DB's prior-logit shift needs N; with ``method.loss.num_samples`` in the run's config the
-    config alone rebuilds the method (also when a checkpoint is loaded for evaluation).
+
+def _fill_data_dependent_options(configs: Sequence[Config], log: Callable[[str], None]) -> None:
+    """Write the data-dependent options of DB into its run configs, unless given.
+
+    ``method.loss.num_samples`` (the number of training images, for the prior-logit shift)
+    and ``method.loss.preset`` (COCO-LT's or VOC-LT's parameters, by ``data.name``). In the
+    config, they let the config alone rebuild the method (also when a checkpoint is loaded).
     """
     from mlcnc.methods import needs_num_samples
 
     sizes: dict[str, int] = {}
     for cfg in configs:
-        if not needs_num_samples(cfg.method.name) or cfg.method.loss.get("num_samples"):
+        if not needs_num_samples(cfg.method.name):
+            continue
+        loss = cfg.method.loss
+        loss.setdefault("preset", DB_PRESET_OF_DATA.get(cfg.data.name, "voc"))
+        if loss.get("num_samples"):
             continue
         key = json.dumps(config_to_dict(cfg.data), sort_keys=True)
         if key not in sizes:
@@ -428,7 +441,7 @@ def _record_training_size(configs: Sequence[Config], log: Callable[[str], None])
 
             sizes[key] = len(build_splits(cfg.data)["train"].labels)
             log(f"[benchmark] {sizes[key]} training images (method.loss.num_samples for DB)")
-        cfg.method.loss["num_samples"] = sizes[key]
+        loss["num_samples"] = sizes[key]
 
 
 # --------------------------------------------------------------------------- the runner
@@ -476,9 +489,12 @@ def run_benchmark(
     for seed in seeds:  # seed-major: a complete one-seed table comes first
         for method in methods:
             run_dir = output / "runs" / run_name(method, seed)
-            cfg = run_config(data, method, seed, run_dir, shared, per_method[method], log)
+            quiet = seed != seeds[0]  # say once per method what its configs leave out
+            cfg = run_config(
+                data, method, seed, run_dir, shared, per_method[method], _silent if quiet else log
+            )
             plan.append((method, seed, run_dir, cfg))
-    _record_training_size([cfg for *_, cfg in plan], log)
+    _fill_data_dependent_options([cfg for *_, cfg in plan], log)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(
         json.dumps(

@@ -275,3 +275,19 @@ def test_build_splits_reads_a_generated_benchmark(tmp_path):
         assert data.class_names == synthetic.class_names(TINY)
         np.testing.assert_array_equal(data.labels, expected[split])
         assert all(path.is_file() for path in data.image_paths)
+
+
+def test_concurrent_generation_keeps_the_first_finished_copy(tmp_path, monkeypatch):
+    real_render = synthetic._render_scene
+    raced = {"done": False}
+
+    def render_while_another_process_finishes(*args, **kwargs):
+        if not raced["done"]:
+            raced["done"] = True
+            ensure_synthetic_benchmark(tmp_path / "bench", TINY)  # the other process wins
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_render_scene", render_while_another_process_finishes)
+    root = ensure_synthetic_benchmark(tmp_path / "bench", TINY)
+    assert raced["done"] and (root / synthetic.MANIFEST_NAME).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # loser's staging removed

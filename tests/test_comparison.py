@@ -99,6 +99,7 @@ def test_table_holds_mean_and_std_over_seeds(data_file: str, tmp_path: Path) -> 
     assert "| Method | Total | Head | Medium | Tail | Seeds |" in markdown
     assert "| ERM | 41.00 ± 1.00 | n/a | 42.00 ± 1.00 | 39.00 ± 1.00 | 0,1,2 |" in markdown
     assert "| MLC-NC | 61.00 ± 1.00 |" in markdown
+    assert "Training time:" in markdown and "for 9 runs" in markdown
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == ["erm", "asl", "mlcnc"]

@@ -25,7 +25,9 @@ import csv
 import gc
 import json
 import math
+import os
 import platform
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +103,7 @@ class RunResult:
     run_dir: Path
     epoch: int
     map: dict[str, dict[str, float]]  # model ("regular", "ema") -> group -> mAP %
+    seconds: float | None = None  # wall-clock training time
 
 
 @dataclass
@@ -234,6 +237,7 @@ def write_run_result(result: RunResult, cfg: Config) -> Path:
         "seed": result.seed,
         "epoch": result.epoch,
         "map": result.map,
+        "seconds": result.seconds,
         "note": "last-epoch test mAP (%), regular and EMA models; nothing selected on test",
         "config": config_to_dict(cfg),
     }
@@ -258,7 +262,12 @@ def read_run_result(path: Path, cfg: Config) -> RunResult:
             "that run folder to redo it"
         )
     return RunResult(
-        payload["method"], int(payload["seed"]), path.parent, int(payload["epoch"]), payload["map"]
+        payload["method"],
+        int(payload["seed"]),
+        path.parent,
+        int(payload["epoch"]),
+        payload["map"],
+        payload.get("seconds"),
     )
 
 
@@ -282,8 +291,10 @@ def run_one(
         )
     else:
         log(f"[benchmark] {run_name(method, seed)}: training in {run_dir}")
+    started = time.perf_counter()
     record = train_fn(cfg, resume)
     result = result_from_record(method, seed, run_dir, record)
+    result.seconds = time.perf_counter() - started  # (after a resume: this session only)
     write_run_result(result, cfg)
     return result
 
@@ -404,10 +415,10 @@ def environment_note(command: str | None) -> str:
     """Where and how the table was made: the command, the hardware and the versions."""
     import torch
 
-    device = "CPU"
+    gpus = ""
     if torch.cuda.is_available():
-        device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    lines = ["", f"Hardware: {device}; {platform.processor() or platform.machine()}; "
+        gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, "
+    lines = ["", f"Machine: {gpus}{os.cpu_count()} CPU cores ({platform.machine()}); "
              f"Python {platform.python_version()}, torch {torch.__version__}."]  # fmt: skip
     if command:
         lines.insert(1, f"Command: `{command}`")
@@ -519,6 +530,12 @@ def run_benchmark(
         write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
 
     rows = aggregate(runs, methods, model)
+    timed = [r.seconds for r in runs if r.seconds is not None]
+    if timed:
+        footer += (
+            f"Training time: {sum(timed) / 60:.1f} min for {len(timed)} runs "
+            f"({np.mean(timed):.0f} s per run on average).\n"
+        )
     if failures:
         footer += "\nFailed runs (left out of the table):\n" + "".join(
             f"- {name}: {message.splitlines()[0]}\n" for name, message in failures.items()

@@ -33,12 +33,12 @@ TINY_METHOD = "engine_test_tiny"
 class TinyModel(nn.Module):
     """images (B, 3, H, W) -> logits (B, C) and unit projections (B, C, 2)."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, norm: bool = True, dropout: float = 0.2) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.BatchNorm2d(8)
-        self.drop = nn.Dropout(0.2)
+        self.norm = nn.BatchNorm2d(8) if norm else nn.Identity()
+        self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(8, num_classes)
         self.proj = nn.Linear(8, num_classes * 2)
 
@@ -80,7 +80,8 @@ if TINY_METHOD not in METHODS:
 
     @METHODS.register(TINY_METHOD)
     def _tiny(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-        return Method(TinyModel(num_classes), CountingBCE(num_classes, **cfg.loss), "random")
+        model = TinyModel(num_classes, **cfg.model)
+        return Method(model, CountingBCE(num_classes, **cfg.loss), "random")
 
 
 def tiny_config(data: Path, out: Path, *overrides: str):

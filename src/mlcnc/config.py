@@ -66,6 +66,8 @@ class TrainConfig:
     precision:     ``auto`` = bf16-mixed on CUDA with bf16 support, else 16-mixed; 32 on CPU.
     accelerator, devices, num_nodes, strategy: passed to Lightning Fabric (``strategy=ddp``
                    with ``devices=2`` on ``cpu`` uses gloo; torchrun and SLURM are detected).
+    find_unused_parameters: DDP option; needed when some parameters get no gradient in
+                   some steps (MLC-NC's paper warm-up); turn off for a little speed otherwise.
     ema_decay:     EMA of the weights per step (timm ModelEmaV3); 0 disables the EMA.
     ema_warmup:    ramp the EMA decay up from 0 (timm's warm-up), for short runs.
     (Sampler epoch length, workers and class-group thresholds are in ``data:``.)
@@ -83,6 +85,7 @@ class TrainConfig:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    find_unused_parameters: bool = True
     ema_decay: float = 0.9997
     ema_warmup: bool = False
     eval_every: int = 1

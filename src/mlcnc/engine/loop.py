@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric import Fabric
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -55,6 +56,7 @@ from mlcnc.engine.evaluation import (
 )
 from mlcnc.engine.optim import build_optimizer, build_scheduler
 from mlcnc.engine.run_folder import GROUPS, RunFolder, default_run_dir
+from mlcnc.losses.base import Criterion
 from mlcnc.methods import build_method
 
 # Keys that may differ when resuming: they change where or how verbosely a run goes, not
@@ -128,6 +130,26 @@ def _num(value: Any) -> float:
 # entry point
 
 
+class ModelWithLoss(nn.Module):
+    """What Fabric / DDP wrap for training: ``forward(images, targets)`` returns the loss dict.
+
+    DDP then finds the parameters that a loss leaves out (MLC-NC's projections and
+    temperature during the paper warm-up) by following the graph back from the loss, not from
+    the model outputs. The criterion runs in float32 (autocast off) and is kept out of the
+    module tree: its buffers (prototype sums) are per-rank state that DDP must not broadcast.
+    """
+
+    def __init__(self, model: nn.Module, criterion: Criterion) -> None:
+        super().__init__()
+        self.model = model
+        self._criterion = (criterion,)  # a tuple hides it from the module tree
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = self.model(images)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self._criterion[0](output, targets)
+
+
 def make_fabric(cfg: Config) -> Fabric:
     """Fabric from ``train:``; ``precision=auto`` is bf16-mixed / 16-mixed on CUDA, 32 on CPU."""
     t = cfg.train
@@ -138,11 +160,19 @@ def make_fabric(cfg: Config) -> Fabric:
             precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         else:
             precision = "32-true"
+    strategy: Any = t.strategy
+    several = t.devices not in (1, "1") or t.num_nodes > 1
+    if t.strategy == "ddp" or (t.strategy == "auto" and several):
+        from lightning.fabric.strategies import DDPStrategy
+
+        # MLC-NC's paper warm-up leaves the projections and the temperature out of the loss,
+        # so DDP must look for parameters without gradients.
+        strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
     return Fabric(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy,
         precision=precision,
     )
 
@@ -276,7 +306,7 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
     # Optimisation: Adam (coupled L2 groups) + OneCycle per step; EMA of the weights.
     optimizer = build_optimizer(net, o)
     scheduler = build_scheduler(optimizer, o, steps_per_epoch)
-    model, fabric_optimizer = fabric.setup(net, optimizer)
+    model, fabric_optimizer = fabric.setup(ModelWithLoss(net, criterion), optimizer)
     criterion.to(fabric.device)
     # The loader is not passed through fabric.setup_dataloaders: its wrapper would call
     # sampler.set_epoch with its own count of epochs in this process, which breaks resume.
@@ -346,8 +376,7 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
             if batch_index >= steps_per_epoch:
                 break
             images, targets = fabric.to_device((images, targets))
-            output = model(images)
-            losses = criterion(output, targets)  # float32 dict: total + every term
+            losses = model(images, targets)  # float32 dict: total + every term
             _check_finite(losses, step + 1, epoch, fabric, folder)
             fabric_optimizer.zero_grad(set_to_none=True)
             fabric.backward(losses["total"])

@@ -10,9 +10,9 @@ ablation's fixed values are not options of it):
 | name                | model                  | criterion (loss options)                          | sampler     |
 |---------------------|------------------------|---------------------------------------------------|-------------|
 | mlcnc               | MLC-NC                 | MLCNCLoss (its keyword options)                   | class_aware |
-| mlcnc_no_fla        | MLC-NC                 | MLCNCLoss, alpha=0, warmup_epochs=0               | class_aware |
-| mlcnc_no_fpc        | MLC-NC                 | MLCNCLoss, beta=0                                 | class_aware |
-| mlcnc_learnable_etf | MLC-NC, trainable ETF  | MLCNCLoss                                         | class_aware |
+| mlcnc_no_fla        | MLC-NC                 | MLCNCLoss, fixed alpha=0, warmup_epochs=0         | class_aware |
+| mlcnc_no_fpc        | MLC-NC                 | MLCNCLoss, fixed beta=0                           | class_aware |
+| mlcnc_learnable_etf | MLC-NC, fixed classifier_trainable=True | MLCNCLoss                        | class_aware |
 | erm                 | linear head            | BCE                                               | random      |
 | rs                  | linear head            | BCE                                               | class_aware |
 | rw                  | linear head            | BCE re-weighted (mode=sqrt_inv | inv)             | random      |
@@ -20,8 +20,8 @@ ablation's fixed values are not options of it):
 | cb_focal            | linear head            | class-balanced focal (beta=0.99, gamma=2, alpha)  | random      |
 | ldam                | cosine head            | multi-label LDAM (max_margin=0.5, scale=30)       | random      |
 | asl                 | linear head            | ASL (gamma_neg=4, gamma_pos=0, clip=0.05)         | random      |
-| db                  | linear head            | DB without focal term (preset=voc, ...)           | class_aware |
-| db_focal            | linear head            | DB-Focal (preset=voc, ..., gamma=2, balance=2)    | class_aware |
+| db                  | linear head            | DB without focal term (preset=voc, num_samples..) | class_aware |
+| db_focal            | linear head            | DB-Focal (as db, plus gamma=2, balance_param=2)   | class_aware |
 | two_way             | linear head            | two-way loss (tp=4, tn=1)                         | class_aware |
 
 Linear-head model options: ``dropout`` (0.0) and ``classifier`` (``linear``; ``cosine`` for
@@ -29,9 +29,16 @@ LDAM). Samplers follow the benchmark's setting for each baseline: RS and DB are 
 class-aware sampling; the two-way loss gets MLC-NC's sampler so it differs from MLC-NC only
 in the representation. ``method.sampler`` overrides any of them.
 
-"db" and "db_focal" follow the DB repository (spec 7.4): its config sets ``focal=True``, so
-the full method is DB-Focal; "db" is the same re-balanced weight and negative-tolerant
-regularisation on plain BCE (``focal=False``), as in the DB paper's ablation row.
+Choices (fixed before any run, never tuned on test): RW weights w_c proportional to
+n_c^-1/2 (``sqrt_inv``; ``inv`` gives n_c^-1), mean 1; CB-Focal beta 0.99 (the grid of the
+class-balanced paper is 0.9 / 0.99 / 0.999); LDAM on a cosine classifier with s = 30, as
+LDAM is defined on normalised features and weights.
+
+"db_focal" is the DB repository's configuration (spec 7.4; ``focal=True``): re-balanced
+weights, negative-tolerant regularisation and the focal term; "db" is the same without the
+focal term (plain weighted BCE). Both take the per-dataset ``preset`` (``voc``: lambda 5,
+mu 0.3; ``coco``: lambda 2, mu 0.2) and need the number of training images (``num_samples``,
+from ``build_method`` or ``method.loss.num_samples``); ``mlcnc benchmark`` fills both in.
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ class TrainConfig:
                    with ``devices=2`` on ``cpu`` uses gloo; torchrun and SLURM are detected).
     find_unused_parameters: DDP option; needed when some parameters get no gradient in
                    some steps (MLC-NC's paper warm-up); turn off for a little speed otherwise.
+    num_threads:   CPU threads of each training process (torch.set_num_threads; None = the
+                   PyTorch default). 1 leaves the other cores to the data-loading workers.
     ema_decay:     EMA of the weights per step (timm ModelEmaV3); 0 disables the EMA.
     ema_warmup:    ramp the EMA decay up from 0 (timm's warm-up), for short runs.
     (Sampler epoch length, workers and class-group thresholds are in ``data:``.)
@@ -86,6 +88,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     find_unused_parameters: bool = True
+    num_threads: int | None = None
     ema_decay: float = 0.9997
     ema_warmup: bool = False
     eval_every: int = 1

@@ -234,6 +234,8 @@ def _seed_all(seed: int, epoch: int, rank: int) -> None:
 def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | None) -> TrainResult:
     t, o = cfg.train, cfg.optim
     world, rank = fabric.world_size, fabric.global_rank
+    if t.num_threads is not None:
+        torch.set_num_threads(t.num_threads)
     if o.batch_size % world:
         raise ConfigError(
             f"optim.batch_size={o.batch_size} (the global batch) must divide by the "

@@ -102,7 +102,7 @@ def run_method(name: str, args: argparse.Namespace, steps: int, precision: str) 
             if started is not None:
                 timed_images += args.batch_size
         criterion.end_epoch(None)
-        terms_at_epoch_end.append({k: float(v) for k, v in losses.items()})
+        terms_at_epoch_end.append({k: v.item() for k, v in losses.items()})
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started if started is not None else float("nan")

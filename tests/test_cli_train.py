@@ -67,7 +67,7 @@ def test_train_cli_runs_mlcnc_end_to_end_and_prints_the_table(cli_run) -> None:
     for header in ("Total", "Head", "Medium", "Tail"):
         assert header in printed
     assert "last epoch 2, regular" in printed and "last epoch 2, EMA" in printed
-    assert "best on val" in printed
+    assert "best on val" in printed  # a row, or a note when it is the last epoch
     assert f"run folder: {out}" in printed
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["config"]["train"]["seed"] == 3

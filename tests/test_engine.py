@@ -279,8 +279,20 @@ def test_run_folder_holds_config_metrics_checkpoints_and_plots(finished_run: tup
     csv_header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "test_ema/map_tail" in csv_header
     assert result.last == last
-    assert "last epoch 3, EMA" in result.table() and "best on val" in result.table()
-    assert "ON TEST" in result.table() and "[optimistic]" in result.table()
+    table = result.table()
+    assert "last epoch 3, regular" in table and "last epoch 3, EMA" in table
+    # The first epoch reaching the maximum is the best (a later tie does not replace it).
+    best_val = max(records, key=lambda r: r["val/map_total"])["epoch"]
+    best_test = max(records, key=lambda r: r["test/map_total"])["epoch"]
+    assert result.best["epoch"] == best_val
+    if best_val == 3:
+        assert "best on val (val/map_total): the last epoch" in table
+    else:
+        assert f"best on val (epoch {best_val}), EMA" in table
+    if best_test == 3:
+        assert "best epoch on test: the last epoch" in table
+    else:
+        assert f"best epoch ON TEST ({best_test}), regular [optimistic]" in table
 
 
 def test_checkpoints_are_plain_and_self_contained(finished_run: tuple) -> None:

@@ -93,14 +93,19 @@ class TrainResult:
     global_rank: int = 0
 
     def table(self) -> str:
-        """Total / Head / Medium / Tail test mAP: last epoch (regular, EMA), best-on-val."""
-        rows = []
+        """Total / Head / Medium / Tail test mAP: last epoch (regular and EMA); the epoch
+        best on val; the best epoch on test, labelled optimistic (rows repeating the last
+        epoch become a note)."""
+        rows, notes = [], []
         epoch = self.last.get("epoch")
-        for key, label in (("test", "regular"), ("test_ema", "EMA")):
+        variants = (("test", "regular"), ("test_ema", "EMA"))
+        for key, label in variants:
             if f"{key}/map_total" in self.last:
                 rows.append((f"last epoch {epoch}, {label}", _groups(self.last, key)))
-        if self.best is not None:
-            for key, label in (("test", "regular"), ("test_ema", "EMA")):
+        if self.best is not None and self.best.get("epoch") == epoch:
+            notes.append(f"best on val ({self.best.get('select_metric', 'val')}): the last epoch")
+        elif self.best is not None:
+            for key, label in variants:
                 if f"{key}/map_total" in self.best:
                     rows.append(
                         (
@@ -108,14 +113,16 @@ class TrainResult:
                             _groups(self.best, key),
                         )
                     )
-        if self.best_on_test is not None:
+        if self.best_on_test is not None and self.best_on_test.get("epoch") == epoch:
+            notes.append("best epoch on test: the last epoch")
+        elif self.best_on_test is not None:
             rows.append(
                 (
                     f"best epoch ON TEST ({self.best_on_test['epoch']}), regular [optimistic]",
                     _groups(self.best_on_test, "test"),
                 )
             )
-        return format_map_table(rows, title="Test mAP (%)")
+        return "\n".join([format_map_table(rows, title="Test mAP (%)"), *notes])
 
 
 def _groups(record: dict[str, Any], key: str) -> dict[str, float]:
@@ -443,7 +450,7 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
         if "val" in eval_loaders and t.select_metric in record:
             value = _num(record[t.select_metric])
             if best is None or value > _num(best.get(t.select_metric)):
-                best, improved = dict(record), True
+                best, improved = {**record, "select_metric": t.select_metric}, True
         if rank == 0:
             state = None
             if last_epoch or (epoch + 1) % t.checkpoint_every == 0:

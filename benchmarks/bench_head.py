@@ -9,7 +9,7 @@
 2. A full training step (forward, backward, Adam) on a ResNet-50 at 224 px: MLC-NC against
    the same backbone with a linear head and BCE.
 
-Usage: python benchmarks/bench_head.py [--loop-steps 1] [--repeats 5] [--skip-full]
+Usage: python benchmarks/bench_head.py [--loop-steps 1] [--repeats 5] [--threads 1] [--skip-full]
 Timings are medians over repeats (the machine may be shared).
 """
 
@@ -32,9 +32,10 @@ from mlcnc.models.head import MLCNCHead
 class LoopHead(nn.Module):
     """The head as the authors' code writes it, sharing ``head``'s parameters."""
 
-    def __init__(self, head: MLCNCHead) -> None:
+    def __init__(self, head: MLCNCHead, form: str) -> None:
         super().__init__()
         self.head = head
+        self.form = form
 
     def forward(self, feature_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         head = self.head
@@ -59,17 +60,24 @@ class LoopHead(nn.Module):
             training=self.training,
             need_weights=False,
         )[0].transpose(0, 1)  # (B, C, E)
-        # Per-sample, per-class matmuls. The tensors are split with unbind (one node each),
-        # not indexed per (b, c): indexing gives each of the B*C slices a full-size gradient.
-        weights, biases = head.proj_weight.unbind(0), head.proj_bias.unbind(0)
-        projected = torch.stack(
-            [
-                torch.stack(
-                    [row @ weights[c] + biases[c] for c, row in enumerate(sample.unbind(0))]
-                )
-                for sample in features.unbind(0)
-            ]
-        )
+        if self.form == "index":
+            # The authors' form: index per (b, c), write into a preallocated tensor. Each
+            # indexed slice gets a full-size gradient in the backward pass.
+            projected = features.new_zeros(batch, head.num_classes, head.proj_dim)
+            for b in range(batch):
+                for c in range(head.num_classes):
+                    projected[b, c] = features[b, c] @ head.proj_weight[c] + head.proj_bias[c]
+        else:
+            # A better loop: split once with unbind (one autograd node each), then stack.
+            weights, biases = head.proj_weight.unbind(0), head.proj_bias.unbind(0)
+            projected = torch.stack(
+                [
+                    torch.stack(
+                        [row @ weights[c] + biases[c] for c, row in enumerate(sample.unbind(0))]
+                    )
+                    for sample in features.unbind(0)
+                ]
+            )
         projections = F.normalize(projected, dim=-1)
         logits = head.temperature * projections.reshape(batch, -1) @ head.classifier
         return logits, features, projections
@@ -165,32 +173,35 @@ def bench_head(args: argparse.Namespace) -> None:
         F.normalize(torch.randn(classes, head.proj_dim, generator=generator), dim=-1)
     )
     criterion.prototype_valid.fill_(True)
-    loop = LoopHead(head)
+    loops = {form: LoopHead(head, form) for form in args.loop_forms}
 
     # Same function: compare in eval mode (no dropout) before timing.
-    loop.eval()  # also puts head in eval mode
+    head.eval()
     criterion.eval()
     with torch.no_grad():
         fast = head(feature_map)
-        slow_logits, slow_features, slow_proj = loop(feature_map)
         fast_loss = criterion(fast, targets)["total"]
-        slow_loss = loop_losses(
-            slow_logits,
-            slow_features,
-            head.label_queries,
-            slow_proj,
-            targets,
-            criterion.prototypes,
-            torch.zeros(classes, head.proj_dim, device=device),
-            torch.zeros(classes, device=device),
-        )
-    torch.testing.assert_close(fast.logits, slow_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(fast_loss, slow_loss, atol=1e-4, rtol=1e-4)
-    print(
-        f"check: vectorised == loop (logits max diff {(fast.logits - slow_logits).abs().max():.1e}, "
-        f"loss {fast_loss.item():.5f} vs {slow_loss.item():.5f})"
-    )
-    loop.train()
+        for form, loop in loops.items():
+            loop.eval()
+            slow_logits, slow_features, slow_proj = loop(feature_map)
+            slow_loss = loop_losses(
+                slow_logits,
+                slow_features,
+                head.label_queries,
+                slow_proj,
+                targets,
+                criterion.prototypes,
+                torch.zeros(classes, head.proj_dim, device=device),
+                torch.zeros(classes, device=device),
+            )
+            torch.testing.assert_close(fast.logits, slow_logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(fast_loss, slow_loss, atol=1e-4, rtol=1e-4)
+            print(
+                f"check: vectorised == loop ({form}): logits max diff "
+                f"{(fast.logits - slow_logits).abs().max():.1e}, "
+                f"loss {fast_loss.item():.5f} vs {slow_loss.item():.5f}"
+            )
+    head.train()
     criterion.train()
 
     features = feature_map.clone().requires_grad_(True)
@@ -205,7 +216,7 @@ def bench_head(args: argparse.Namespace) -> None:
     sums = torch.zeros(classes, head.proj_dim, device=device)
     counts = torch.zeros(classes, device=device)
 
-    def loop_step() -> None:
+    def loop_step(loop: LoopHead) -> None:
         head.zero_grad(set_to_none=True)
         features.grad = None
         with autocast(args):
@@ -228,7 +239,11 @@ def bench_head(args: argparse.Namespace) -> None:
 
     vectorised_step()  # warm-up
     fast_times = timed(vectorised_step, args.repeats, device)
-    slow_times = timed(loop_step, args.loop_steps, device) if args.loop_steps else []
+    slow_times = {}
+    for form, loop in loops.items():
+        if args.loop_steps:
+            loop_step(loop)  # warm-up, untimed
+            slow_times[form] = timed(lambda loop=loop: loop_step(loop), args.loop_steps, device)
     flops = head_flops(batch, side * side, channels, head.embed_dim, classes, head.proj_dim)
     fast_median = statistics.median(fast_times)
     print(
@@ -240,16 +255,18 @@ def bench_head(args: argparse.Namespace) -> None:
         f"{'vectorised (mlcnc)':<28}{fast_median:>14.3f}{len(fast_times):>6}{flops / fast_median / 1e9:>10.1f}"
         f"{'':>10}"
     )
-    if slow_times:
-        slow_median = statistics.median(slow_times)
+    names = {"index": "loop, authors' form (index)", "unbind": "loop, unbind + stack"}
+    for form, times in slow_times.items():
+        slow_median = statistics.median(times)
         print(
-            f"{'loop (authors form)':<28}{slow_median:>14.3f}{len(slow_times):>6}"
+            f"{names[form]:<28}{slow_median:>14.3f}{len(times):>6}"
             f"{'':>10}{slow_median / fast_median:>9.1f}x"
         )
-    print(
-        f"  vectorised runs: {', '.join(f'{t:.3f}' for t in fast_times)}; "
-        f"loop runs: {', '.join(f'{t:.2f}' for t in slow_times) or '-'}"
-    )
+    print(f"  vectorised runs: {', '.join(f'{t:.3f}' for t in fast_times)}")
+    for form, times in slow_times.items():
+        print(
+            f"  loop ({form}) runs, after one untimed warm-up: {', '.join(f'{t:.2f}' for t in times)}"
+        )
 
 
 def device_name(device: torch.device) -> str:
@@ -305,6 +322,9 @@ def bench_full_step(args: argparse.Namespace) -> None:
         linear_times += timed(linear_step, 1, device)
         mlcnc_times += timed(mlcnc_step, 1, device)
     linear_median, mlcnc_median = statistics.median(linear_times), statistics.median(mlcnc_times)
+    # Each MLC-NC step is timed right after a linear step, so the ratio within a pair is
+    # less sensitive to load from other processes than the ratio of medians.
+    paired = statistics.median(m / li for m, li in zip(mlcnc_times, linear_times, strict=True))
     print(
         f"\nFull training step (forward, backward, Adam), ResNet-50, 224 px, batch {batch}, "
         f"C={classes}, {device_name(device)}, amp={args.amp}"
@@ -315,6 +335,7 @@ def bench_full_step(args: argparse.Namespace) -> None:
         f"{'ResNet-50 + MLC-NC':<28}{mlcnc_median:>14.3f}{len(mlcnc_times):>6}"
         f"{100 * (mlcnc_median / linear_median - 1):>+9.1f}%"
     )
+    print(f"  median of paired ratios MLC-NC / linear: {100 * (paired - 1):+.1f}%")
     print(
         f"  linear runs: {', '.join(f'{t:.2f}' for t in linear_times)}; "
         f"MLC-NC runs: {', '.join(f'{t:.2f}' for t in mlcnc_times)}"
@@ -327,6 +348,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=5, help="vectorised head steps timed")
     parser.add_argument("--loop-steps", type=int, default=1, help="loop head steps timed (slow)")
+    parser.add_argument(
+        "--loop-forms", nargs="+", default=["index", "unbind"], choices=["index", "unbind"]
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: default); 1 resists shared-CPU noise",
+    )
     parser.add_argument("--full-batch", type=int, default=8)
     parser.add_argument("--full-repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -334,6 +364,8 @@ def main() -> None:
     parser.add_argument("--skip-head", action="store_true")
     parser.add_argument("--skip-full", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.skip_head:
         bench_head(args)
     if not args.skip_full:

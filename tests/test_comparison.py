@@ -205,7 +205,7 @@ def test_data_config_method_options_apply_where_they_fit(tmp_path: Path) -> None
     assert train.configs["mlcnc-seed0"].method.loss == {"warmup_epochs": 1}
     assert train.configs["erm-seed0"].method.loss == {}
     assert any(
-        "method.loss.warmup_epochs does not apply to erm; left out of its runs" in m for m in logged
+        "method.loss.warmup_epochs does not apply to method 'erm'; left out" in m for m in logged
     )
     # Given on the command line, an option a method does not take is an error, before training.
     train = FakeTrain()

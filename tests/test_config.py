@@ -154,3 +154,16 @@ def test_resolved_config_written_as_yaml_reloads_identically(tmp_path) -> None:
     assert config_diff(config_to_dict(reloaded), config_to_dict(cfg)) == []
     changed = load_config(str(path), ["optim.lr=0.5"])
     assert config_diff(config_to_dict(changed), config_to_dict(cfg)) == ["optim.lr"]
+
+
+def test_file_method_options_left_out_for_another_method() -> None:
+    """synthetic.yaml's MLC-NC warm-up option does not block `method.name=erm`."""
+    with pytest.warns(UserWarning, match=r"method\.loss\.warmup_epochs does not apply"):
+        cfg = load_config("synthetic", ["method.name=erm"])
+    assert cfg.method.name == "erm"
+    assert cfg.method.loss == {}
+    # The file's option stays for the method it was written for ...
+    assert load_config("synthetic").method.loss == {"warmup_epochs": 1}
+    # ... and an override a method does not take is kept, so building it fails by name.
+    cfg = load_config("synthetic", ["method.name=erm", "method.loss.warmup_epochs=2"])
+    assert cfg.method.loss == {"warmup_epochs": 2}

@@ -29,6 +29,7 @@ import os
 import platform
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,34 +164,33 @@ def run_config(
 ) -> Config:
     """The config of one run: data config <- shared overrides <- method overrides <- run keys.
 
-    The data config's own ``method.model`` / ``method.loss`` options were written for the
-    method it names; each run keeps those its method takes and leaves out (logged) the
-    others. An option given on the command line that the method does not take is an error.
+    ``load_config`` leaves out the data config's own ``method.model`` / ``method.loss``
+    options that this method does not take; one given on the command line that the method
+    does not take is an error here, before any run starts.
     """
-    from mlcnc.config import parse_override
     from mlcnc.methods import method_defaults
 
     overrides = [*shared, *own]
-    cfg = load_config(
-        data, [*overrides, f"method.name={method}", f"train.seed={seed}", f"train.output={run_dir}"]
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(
+            data,
+            [*overrides, f"method.name={method}", f"train.seed={seed}", f"train.output={run_dir}"],
+        )
+    for warning in caught:
+        log(f"[benchmark] {warning.message}")
     defaults = method_defaults(method)
     if defaults is None:
         return cfg
-    given = [parse_override(text).get("method", {}) for text in overrides]
     for part in ("model", "loss"):
-        options: dict[str, Any] = getattr(cfg.method, part)
-        from_command_line = {k for g in given if isinstance(g.get(part), dict) for k in g[part]}
-        for key in sorted(set(options) - set(defaults[part])):
-            if key in from_command_line:
-                raise ConfigError(
-                    f"override method.{part}.{key} does not apply to method {method!r} "
-                    f"(its {part} options: {', '.join(sorted(defaults[part])) or 'none'}); "
-                    f"give it for one method as <method>:method.{part}.{key}=..."
-                )
-            log(f"[benchmark] the data config's method.{part}.{key} does not apply to {method}; "
-                "left out of its runs")  # fmt: skip
-            del options[key]
+        foreign = sorted(set(getattr(cfg.method, part)) - set(defaults[part]))
+        if foreign:
+            key = foreign[0]
+            raise ConfigError(
+                f"override method.{part}.{key} does not apply to method {method!r} "
+                f"(its {part} options: {', '.join(sorted(defaults[part])) or 'none'}); "
+                f"give it for one method as <method>:method.{part}.{key}=..."
+            )
     return cfg
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -318,11 +319,42 @@ def load_config(
     data: dict[str, Any] = {}
     if name_or_path is not None:
         data = read_config_file(name_or_path)
+    file_method = data.get("method", {}) if isinstance(data.get("method"), dict) else {}
     for text in overrides:
         data = merge_dicts(data, parse_override(text))
     cfg = config_from_dict(data)
     check_config(cfg)
+    _drop_foreign_file_options(cfg, file_method, overrides)
     return cfg
+
+
+def _drop_foreign_file_options(
+    cfg: Config, file_method: dict[str, Any], overrides: list[str] | tuple[str, ...]
+) -> None:
+    """Leave out the file's ``method.model`` / ``method.loss`` options that the chosen method
+    does not take, with a warning.
+
+    A config file's options were written for the method it names; when a run picks another
+    method (``method.name=erm`` on the synthetic config, or a benchmark run), they do not
+    apply. Options given as overrides are kept, so a wrong one is still an error.
+    """
+    from mlcnc.methods import method_defaults
+
+    defaults = method_defaults(cfg.method.name)
+    if defaults is None:
+        return
+    given = [parse_override(text).get("method", {}) for text in overrides]
+    for part in ("model", "loss"):
+        from_file = file_method.get(part) or {}
+        overridden = {k for g in given if isinstance(g.get(part), dict) for k in g[part]}
+        options: dict[str, Any] = getattr(cfg.method, part)
+        for key in sorted(set(from_file) - set(defaults[part]) - overridden):
+            warnings.warn(
+                f"the config file's method.{part}.{key} does not apply to method "
+                f"{cfg.method.name!r}; left out",
+                stacklevel=3,
+            )
+            options.pop(key, None)
 
 
 def check_config(cfg: Config) -> None:

@@ -291,7 +291,7 @@ def plot_benchmark(
             )
         if stds is not None and set(stds.get(method, {})) != set(groups):
             raise ValueError(f"stds of method {method!r} must give groups {groups}")
-    figure = _new_figure(max(6.0, 1.2 * len(methods) * len(groups) / 2 + 2), 4.5)
+    figure = _new_figure(min(16.0, max(6.0, 0.3 * len(methods) * len(groups) + 2)), 4.5)
     axes = figure.subplots()
     width = 0.8 / len(groups)
     positions = np.arange(len(methods), dtype=np.float64)

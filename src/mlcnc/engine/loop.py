@@ -268,7 +268,7 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
     num_classes = len(class_names)
 
     # Method: model, criterion, sampler kind. Same init on every rank (seeded above).
-    method = build_method(cfg.method, num_classes, class_freq)
+    method = build_method(cfg.method, num_classes, class_freq, num_samples=len(train_split.labels))
     net, criterion = method.model, method.criterion
     if resume_state is not None:
         net.load_state_dict(resume_state["model"])
@@ -350,6 +350,7 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
             "config": config_to_dict(cfg),
             "class_names": class_names,
             "class_freq": class_freq.tolist(),
+            "num_train_samples": len(train_split.labels),
             "metrics": record,
             "best": best,
         }

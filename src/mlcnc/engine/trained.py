@@ -69,7 +69,8 @@ def _rebuild(
     class_names = list(state["class_names"])
     class_freq = np.asarray(state["class_freq"], dtype=np.int64)
     method_cfg = dataclasses.replace(cfg.method, pretrained=False)  # weights come from the file
-    model = build_method(method_cfg, len(class_names), class_freq).model
+    num_samples = state.get("num_train_samples")
+    model = build_method(method_cfg, len(class_names), class_freq, num_samples=num_samples).model
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
     model.load_state_dict(weights)  # strict: every key must match
     model.to(map_location).eval()

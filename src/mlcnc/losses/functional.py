@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mlcnc.geometry import safe_normalize
+
 FLA_EPS = 1e-6
 """The epsilon inside both logs of L_FLA (the authors' code, spec 2.1)."""
 
@@ -107,11 +109,10 @@ def feature_label_alignment_loss(
         )
     _check_targets(targets, features.shape[:2], "feature_label_alignment_loss")
     f = _upcast(features)
-    labels = F.normalize(_upcast(label_embeddings), dim=-1, eps=1e-12)
-    # cos(f, l) = <f, l/|l|> / max(|f|, eps), row-wise (no B x C x C product, no normalised
-    # copy of f); clamped to the range a cosine can take (rounding can leave it).
-    dots = torch.einsum("bce,ce->bc", f, labels)
-    cosine = (dots / f.norm(dim=-1).clamp(min=1e-12)).clamp(-1.0, 1.0)
+    labels = safe_normalize(_upcast(label_embeddings))
+    # cos(f_i^c, l_c) row-wise (no B x C x C product); a zero feature has cosine 0 and no
+    # gradient (mlcnc.geometry); clamped to the range a cosine can take (rounding can leave it).
+    cosine = torch.einsum("bce,ce->bc", safe_normalize(f), labels).clamp(-1.0, 1.0)
     y = _upcast(targets)
     positive = torch.log((1.0 + cosine) / 2.0 + FLA_EPS)
     spread = (num_classes - 1) / num_classes * (1.0 / (num_classes - 1) + cosine).abs()
@@ -149,8 +150,8 @@ def collapse_calibration_loss(
     _check_targets(targets, projections.shape[:2], "collapse_calibration_loss")
     tau2 = tau1 if tau2 is None else tau2
     num_classes = prototypes.shape[0]
-    mu = F.normalize(_upcast(projections), dim=-1, eps=1e-12)
-    centres = F.normalize(_upcast(prototypes), dim=-1, eps=1e-12).to(mu.dtype)
+    mu = safe_normalize(_upcast(projections))
+    centres = safe_normalize(_upcast(prototypes)).to(mu.dtype)
     similarity = torch.einsum("bcp,kp->bck", mu, centres)  # (B, C, C)
     own = similarity.diagonal(dim1=1, dim2=2)  # (B, C): S^{c,c}
     if valid is None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcnc.etf import simplex_etf
+from mlcnc.geometry import safe_normalize
 from mlcnc.models.output import ModelOutput
 
 
@@ -116,7 +117,7 @@ class MLCNCHead(nn.Module):
             self.proj_bias.unsqueeze(1), features.transpose(0, 1), self.proj_weight
         ).transpose(0, 1)
         with torch.autocast(device_type=projected.device.type, enabled=False):
-            projections = F.normalize(projected.float(), dim=-1, eps=1e-12)  # (B, C, P)
+            projections = safe_normalize(projected.float())  # (B, C, P)
             logits = self.temperature * (projections.reshape(batch, -1) @ self.classifier.float())
         return ModelOutput(
             logits=logits,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlcnc.data import DataConfig, build_sampler
+from mlcnc.data import DataConfig, ShuffleSampler, build_sampler
 from mlcnc.data.samplers import ClassAwareSampler
 
 # Single-label toy data: class k holds images of one block, sizes 7, 3, 1, 5.
@@ -117,9 +117,34 @@ def test_build_sampler_kinds():
     class_aware = build_sampler("class_aware", SINGLE, cfg, seed=1, rank=1, world_size=2)
     assert isinstance(class_aware, ClassAwareSampler)
     assert class_aware.num_samples_cls == 2 and len(class_aware) == 10
+    # epoch_length applies to random sampling too: the same steps per epoch for every method.
     random_sampler = build_sampler("random", SINGLE, cfg, seed=1, rank=0, world_size=2)
     other = build_sampler("random", SINGLE, cfg, seed=1, rank=1, world_size=2)
-    assert len(random_sampler) == 8
-    assert sorted([*random_sampler, *other]) == list(range(16))
+    assert isinstance(random_sampler, ShuffleSampler)
+    assert len(random_sampler) == len(other) == 10
+    assert set(random_sampler) | set(other) == set(range(16))
+    one_pass = DataConfig()
+    shards = [
+        build_sampler("random", SINGLE, one_pass, seed=1, rank=r, world_size=2) for r in (0, 1)
+    ]
+    assert len(shards[0]) == 8
+    assert sorted([*shards[0], *shards[1]]) == list(range(16))
     with pytest.raises(ValueError, match="unknown sampler"):
         build_sampler("balanced", SINGLE, cfg)
+
+
+def test_shuffle_sampler_passes_are_permutations_and_deterministic():
+    sampler = ShuffleSampler(7, epoch_length=17, seed=3)
+    sequence = sampler.global_indices()
+    assert len(sequence) == 17
+    assert sorted(sequence[:7]) == list(range(7)) and sorted(sequence[7:14]) == list(range(7))
+    assert np.array_equal(sequence, ShuffleSampler(7, epoch_length=17, seed=3).global_indices())
+    sampler.set_epoch(1)
+    assert not np.array_equal(sampler.global_indices(), sequence)
+    assert np.array_equal(sampler.global_indices(0), sequence)
+    ranks = [ShuffleSampler(7, epoch_length=17, seed=3, rank=r, world_size=3) for r in range(3)]
+    assert [len(r) for r in ranks] == [6, 6, 6]  # padded to 18 by repeating from the start
+    merged = [i for r in ranks for i in r]
+    assert sorted(merged) == sorted([*sequence.tolist(), int(sequence[0])])
+    with pytest.raises(ValueError, match="at least one item"):
+        ShuffleSampler(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from mlcnc.data.dataset import BadImageError, MultiLabelDataset, build_dataset, read_image
 from mlcnc.data.readers import (
@@ -23,7 +23,7 @@ from mlcnc.data.readers import (
     read_voc,
     write_csv_split,
 )
-from mlcnc.data.samplers import ClassAwareSampler
+from mlcnc.data.samplers import ClassAwareSampler, ShuffleSampler
 
 __all__ = [
     "DATASET_NAMES",
@@ -33,6 +33,7 @@ __all__ = [
     "DataError",
     "MultiLabelDataset",
     "MultiLabelSplit",
+    "ShuffleSampler",
     "build_dataset",
     "build_sampler",
     "build_splits",
@@ -65,7 +66,8 @@ class DataConfig:
                       (off: deterministic evaluation); pass to ``build_transforms``.
     num_workers:      DataLoader worker processes.
     num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
-    epoch_length:     samples per epoch of the class-aware sampler (None = max_c n_c x C).
+    epoch_length:     samples per epoch of either sampler (None: class-aware max_c n_c x C,
+                      random one pass over the training images).
     skip_bad_images:  skip unreadable images with a logged warning instead of failing.
     head_threshold, tail_threshold: class groups from training counts n_c:
                       head n_c >= head_threshold, tail n_c < tail_threshold, medium between.
@@ -139,8 +141,9 @@ def build_sampler(
     rank: int = 0,
     world_size: int = 1,
 ) -> Sampler[int]:
-    """The training sampler: ``class_aware`` (spec B4) or ``random`` (a shuffling
-    DistributedSampler). Both are deterministic per (seed, epoch) via ``set_epoch`` and give
+    """The training sampler: ``class_aware`` (spec B4) or ``random`` (uniform shuffling).
+    Both take ``cfg.epoch_length`` samples per epoch (random: default one pass over the
+    data), so a fixed epoch length gives every method the same steps; both are deterministic per (seed, epoch) via ``set_epoch`` and give
     each rank a disjoint share; do not let the launcher add its own distributed sampler."""
     if kind == "class_aware":
         return ClassAwareSampler(
@@ -152,8 +155,8 @@ def build_sampler(
             world_size=world_size,
         )
     if kind == "random":
-        return DistributedSampler(
-            np.arange(len(labels)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        return ShuffleSampler(
+            len(labels), epoch_length=cfg.epoch_length, seed=seed, rank=rank, world_size=world_size
         )
     raise ValueError(f"unknown sampler {kind!r}; choose 'random' or 'class_aware'")
 

@@ -1,5 +1,8 @@
-"""Class-aware sampling (spec B4), deterministic per (seed, epoch) and split by rank.
+"""Training samplers, deterministic per (seed, epoch) and split by rank: class-aware
+sampling (spec B4) and uniform shuffling (``ShuffleSampler``), both with a settable epoch
+length so that methods with either sampler can train the same number of steps.
 
+Class-aware sampling:
 The sequence of one epoch: a cycling list of the classes, reshuffled every time it wraps
 (so each block of C draws is a random permutation of the classes); for each class draw,
 the next ``num_samples_cls`` images from that class's own cycling list of positive images,

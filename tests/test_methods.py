@@ -50,7 +50,9 @@ def build(name: str, **changes):
 
 
 def test_every_method_is_registered() -> None:
-    assert set(METHODS.names()) == set(EXPECTED_SAMPLERS)
+    # Methods the library registers (tests may register their own, e.g. test_engine's).
+    shipped = {n for n in METHODS.names() if METHODS.get(n).__module__.startswith("mlcnc.")}
+    assert shipped == set(EXPECTED_SAMPLERS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_SAMPLERS))

@@ -13,6 +13,7 @@ import dataclasses
 import types
 import typing
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -310,6 +311,15 @@ def parse_override(text: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return nested
+
+
+def merge_data_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A saved config's ``data:`` dict with ``key=value`` (or ``data.key=value``) overrides,
+    e.g. to point a checkpoint's dataset at the images on this machine."""
+    for text in overrides:
+        key = text if text.startswith("data.") else f"data.{text}"
+        data = merge_dicts(data, parse_override(key)["data"])
+    return data
 
 
 def load_config(

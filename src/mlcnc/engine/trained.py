@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlcnc.config import Config, config_from_dict, merge_dicts, parse_override
+from mlcnc.config import Config, config_from_dict, merge_data_overrides
 from mlcnc.engine.checkpoint import LAST, load_checkpoint, resolve_checkpoint
 from mlcnc.engine.evaluation import (
     eval_loader,
@@ -111,11 +111,7 @@ def evaluate_checkpoint(
     ckpt_path = resolve_checkpoint(path, LAST)
     state = load_checkpoint(ckpt_path, map_location="cpu")
     saved = state["config"]
-    data = saved["data"]
-    for text in data_overrides:
-        key = text if text.startswith("data.") else f"data.{text}"
-        data = merge_dicts(data, parse_override(key)["data"])
-    cfg = config_from_dict({**saved, "data": data})
+    cfg = config_from_dict({**saved, "data": merge_data_overrides(saved["data"], data_overrides)})
 
     splits = build_splits(cfg.data)
     if split not in splits:

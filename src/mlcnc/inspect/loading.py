@@ -35,17 +35,14 @@ def resolve_split(trained: Any, data: str, overrides: Sequence[str] = ()) -> tup
     with the model's class names), or a split name of the checkpoint's dataset, whose
     ``data:`` config ``overrides`` (``key=value`` or ``data.key=value``) may change, e.g.
     to point at the images on this machine."""
-    from mlcnc.config import config_from_dict, config_to_dict, merge_dicts, parse_override
+    from mlcnc.config import config_from_dict, config_to_dict, merge_data_overrides
     from mlcnc.data import DataConfig, build_splits, read_csv_split
 
     if data.endswith(".csv"):
         if overrides:
             raise ValueError("data overrides apply to the checkpoint's dataset, not to a CSV file")
         return read_csv_split(data, class_names=trained.class_names), data
-    data_dict = config_to_dict(trained.config.data)
-    for text in overrides:
-        key = text if text.startswith("data.") else f"data.{text}"
-        data_dict = merge_dicts(data_dict, parse_override(key)["data"])
+    data_dict = merge_data_overrides(config_to_dict(trained.config.data), overrides)
     data_cfg = config_from_dict(data_dict, DataConfig, "data")
     splits = build_splits(data_cfg)
     if data not in splits:

@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFilter
 
+from mlcnc.data.benchmarks import mlcnc_home
 from mlcnc.data.longtail import class_groups
 
 log = logging.getLogger(__name__)
@@ -498,11 +498,6 @@ def _render_scene(
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def mlcnc_home() -> Path:
-    """``$MLCNC_HOME``, default ``~/.cache/mlcnc``."""
-    return Path(os.environ.get("MLCNC_HOME", Path.home() / ".cache" / "mlcnc")).expanduser()
 
 
 def default_root(config: SyntheticConfig | None = None) -> Path:

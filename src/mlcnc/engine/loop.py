@@ -294,7 +294,9 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
         # A last batch of one sample breaks BatchNorm in training mode: drop only that.
         drop_last=len(sampler) % batch_per_device == 1,
     )
-    eval_transform = data_transforms.build_transforms(recipe, image_size, train=False)
+    eval_transform = data_transforms.build_transforms(
+        recipe, image_size, train=False, eval_flip=cfg.data.eval_flip
+    )
     eval_batch = t.eval_batch_size or batch_per_device
     eval_loaders = {
         name: eval_loader(

@@ -133,7 +133,7 @@ def evaluate_checkpoint(
     from mlcnc.data import transforms as data_transforms
 
     transform = data_transforms.build_transforms(
-        cfg.method.recipe, cfg.data.image_size, train=False
+        cfg.method.recipe, cfg.data.image_size, train=False, eval_flip=cfg.data.eval_flip
     )
     loader = eval_loader(
         build_dataset(splits[split], transform, cfg.data.skip_bad_images),

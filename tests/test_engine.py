@@ -24,7 +24,7 @@ from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlcnc.engine.evaluation import format_map_table, merge_gathered
 from mlcnc.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from mlcnc.losses.base import AllReduce, Criterion
-from mlcnc.methods import METHODS, Method, MethodConfig
+from mlcnc.methods import METHODS, BuildRequest, Method, MethodRecord, register_method
 from mlcnc.models.output import ModelOutput
 
 TINY_METHOD = "engine_test_tiny"
@@ -76,12 +76,13 @@ class CountingBCE(Criterion):
         self.epoch_counts.zero_()
 
 
-if TINY_METHOD not in METHODS:
+def _tiny(request: BuildRequest) -> Method:
+    model = TinyModel(request.num_classes, **request.model)
+    return Method(model, CountingBCE(request.num_classes, **request.loss), "random")
 
-    @METHODS.register(TINY_METHOD)
-    def _tiny(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
-        model = TinyModel(num_classes, **cfg.model)
-        return Method(model, CountingBCE(num_classes, **cfg.loss), "random")
+
+if TINY_METHOD not in METHODS:
+    register_method(MethodRecord(TINY_METHOD, "tiny", _tiny, "random"))
 
 
 def tiny_config(data: Path, out: Path, *overrides: str):

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from mlcnc.cli import main
-from mlcnc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mlcnc.inspect.export import (
     ExportCheckError,
     ProbabilityModel,
@@ -23,6 +22,7 @@ from mlcnc.inspect.export import (
 )
 from mlcnc.inspect.preprocessing import Preprocessing
 from mlcnc.models.output import ModelOutput
+from mlcnc.recipes import IMAGENET_MEAN, IMAGENET_STD
 from tiny_trained import IMAGE_SIZE, tiny_trained_run
 
 

@@ -128,7 +128,8 @@ def test_markdown_report_without_projections():
 
 
 def test_preprocessing_is_read_from_the_transform():
-    from mlcnc.data.transforms import INATURALIST_MEAN, INATURALIST_STD, build_transforms
+    from mlcnc.data.transforms import build_transforms
+    from mlcnc.recipes import INATURALIST_MEAN, INATURALIST_STD
 
     pre = preprocessing_of(build_transforms("official", 96, train=False), 96)
     assert pre.mean == pytest.approx(INATURALIST_MEAN) and pre.std == pytest.approx(INATURALIST_STD)

@@ -37,9 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from mlcnc.config import Config, ConfigError, config_diff, config_to_dict, load_config
+from mlcnc.config import (
+    RUNTIME_ONLY_KEYS,
+    Config,
+    ConfigError,
+    config_diff,
+    config_to_dict,
+    load_config,
+)
+from mlcnc.groups import MAP_GROUPS as GROUPS
 
-GROUPS = ("total", "head", "medium", "tail")
 MODELS = {"regular": "test", "ema": "test_ema"}
 """Which model the table reports -> the prefix of its test metrics in an epoch record."""
 
@@ -47,37 +54,21 @@ RESULT_FILE = "result.json"
 RESERVED_KEYS = ("method.name", "train.seed", "train.output")
 """Config keys the runner sets for every run; an override may not set them."""
 
-IGNORED_KEYS = (
-    "train.output",
-    "train.progress",
-    "train.plots",
-    "train.log_every",
-    "data.num_workers",
-)
+IGNORED_KEYS = RUNTIME_ONLY_KEYS
 """Keys that may differ between a finished run and the planned one (where and how verbose)."""
-
-DISPLAY_NAMES = {
-    "erm": "ERM",
-    "rs": "RS",
-    "rw": "RW",
-    "focal": "Focal",
-    "cb_focal": "CB-Focal",
-    "ldam": "LDAM",
-    "asl": "ASL",
-    "db": "DB",
-    "db_focal": "DB-Focal",
-    "two_way": "Two-way (linear head)",
-    "mlcnc": "MLC-NC",
-    "mlcnc_no_fla": "MLC-NC w/o L_FLA",
-    "mlcnc_no_fpc": "MLC-NC w/o L_FPC",
-    "mlcnc_learnable_etf": "MLC-NC, learnable ETF",
-}
 
 
 def table_order(names: Sequence[str]) -> list[str]:
     """``names`` in the paper's Table 1 order (baselines, MLC-NC, ablations), others last."""
-    known = [m for m in DISPLAY_NAMES if m in names]
-    return known + sorted(set(names) - set(known))
+    from mlcnc.methods import table_order as registered_order
+
+    return registered_order(list(names))
+
+
+def _display(name: str) -> str:
+    from mlcnc.methods import display_name
+
+    return display_name(name)
 
 
 TrainFn = Callable[[Config, Path | None], Mapping[str, Any]]
@@ -168,9 +159,22 @@ def run_config(
     options that this method does not take; one given on the command line that the method
     does not take is an error here, before any run starts.
     """
+    from mlcnc.config import parse_override
     from mlcnc.methods import method_defaults
 
     overrides = [*shared, *own]
+    defaults = method_defaults(method)
+    for text in overrides if defaults is not None else ():
+        for part in ("model", "loss"):
+            given = parse_override(text).get("method", {}).get(part)
+            foreign = sorted(set(given) - set(defaults[part])) if isinstance(given, dict) else []
+            if foreign:
+                key = foreign[0]
+                raise ConfigError(
+                    f"override method.{part}.{key} does not apply to method {method!r} "
+                    f"(its {part} options: {', '.join(sorted(defaults[part])) or 'none'}); "
+                    f"give it for one method as <method>:method.{part}.{key}=..."
+                )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cfg = load_config(
@@ -179,18 +183,6 @@ def run_config(
         )
     for warning in caught:
         log(f"[benchmark] {warning.message}")
-    defaults = method_defaults(method)
-    if defaults is None:
-        return cfg
-    for part in ("model", "loss"):
-        foreign = sorted(set(getattr(cfg.method, part)) - set(defaults[part]))
-        if foreign:
-            key = foreign[0]
-            raise ConfigError(
-                f"override method.{part}.{key} does not apply to method {method!r} "
-                f"(its {part} options: {', '.join(sorted(defaults[part])) or 'none'}); "
-                f"give it for one method as <method>:method.{part}.{key}=..."
-            )
     return cfg
 
 
@@ -363,7 +355,7 @@ def markdown_table(rows: Sequence[MethodRow], caption: str) -> str:
         cells = [_cell(row.mean[g], row.std[g], len(row.seeds)) for g in GROUPS]
         seeds = ",".join(map(str, row.seeds))
         lines.append(
-            f"| {DISPLAY_NAMES.get(row.method, row.method)} | {' | '.join(cells)} | {seeds} |"
+            f"| {_display(row.method)} | {' | '.join(cells)} | {seeds} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -378,7 +370,7 @@ def write_csv(rows: Sequence[MethodRow], path: Path) -> Path:
             writer.writerow(
                 [
                     row.method,
-                    DISPLAY_NAMES.get(row.method, row.method),
+                    _display(row.method),
                     " ".join(map(str, row.seeds)),
                 ]
                 + [f"{v:.4f}" for g in GROUPS for v in (row.mean[g], row.std[g])]
@@ -401,7 +393,7 @@ def write_tables(
     if plot and rows:
         from mlcnc.plots import plot_benchmark
 
-        names = [DISPLAY_NAMES.get(r.method, r.method) for r in rows]
+        names = [_display(r.method) for r in rows]
         files["plot"] = plot_benchmark(
             {n: r.mean for n, r in zip(names, rows, strict=True)},
             output / "results.png",
@@ -425,34 +417,23 @@ def environment_note(command: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-DB_PRESET_OF_DATA = {"coco_lt": "coco", "voc_lt": "voc"}
-"""DB's per-dataset parameters (spec 7.4) for each benchmark; other data take ``voc``."""
-
-
-def _fill_data_dependent_options(configs: Sequence[Config], log: Callable[[str], None]) -> None:
-    """Write the data-dependent options of DB into its run configs, unless given.
-
-    ``method.loss.num_samples`` (the number of training images, for the prior-logit shift)
-    and ``method.loss.preset`` (COCO-LT's or VOC-LT's parameters, by ``data.name``). In the
-    config, they let the config alone rebuild the method (also when a checkpoint is loaded).
-    """
+def _fill_training_size(configs: Sequence[Config], log: Callable[[str], None]) -> None:
+    """Write the number of training images into the configs of the methods whose record
+    needs it (DB's prior-logit shift), unless given, so each run's config alone rebuilds its
+    method (also when its checkpoint is loaded)."""
     from mlcnc.methods import needs_num_samples
 
     sizes: dict[str, int] = {}
     for cfg in configs:
-        if not needs_num_samples(cfg.method.name):
-            continue
-        loss = cfg.method.loss
-        loss.setdefault("preset", DB_PRESET_OF_DATA.get(cfg.data.name, "voc"))
-        if loss.get("num_samples"):
+        if not needs_num_samples(cfg.method.name) or cfg.method.loss.get("num_samples"):
             continue
         key = json.dumps(config_to_dict(cfg.data), sort_keys=True)
         if key not in sizes:
             from mlcnc.data import build_splits
 
             sizes[key] = len(build_splits(cfg.data)["train"].labels)
-            log(f"[benchmark] {sizes[key]} training images (method.loss.num_samples for DB)")
-        loss["num_samples"] = sizes[key]
+            log(f"[benchmark] {sizes[key]} training images (method.loss.num_samples)")
+        cfg.method.loss["num_samples"] = sizes[key]
 
 
 # --------------------------------------------------------------------------- the runner
@@ -505,7 +486,7 @@ def run_benchmark(
                 data, method, seed, run_dir, shared, per_method[method], _silent if quiet else log
             )
             plan.append((method, seed, run_dir, cfg))
-    _fill_data_dependent_options([cfg for *_, cfg in plan], log)
+    _fill_training_size([cfg for *_, cfg in plan], log)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(
         json.dumps(

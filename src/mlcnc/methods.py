@@ -1,11 +1,13 @@
-"""Methods a config picks by name: each builds a model, its criterion and its sampler choice.
+"""Methods a config picks by name: one registered record per method.
 
 A method is what differs between the rows of the paper's Table 1; the backbone, data,
-optimiser and epoch budget come from the rest of the config and are shared.
-
-Registered methods (options of ``method.loss`` / ``method.model`` with their defaults, see
-``method_defaults``; any other option name is an error that lists the allowed ones; an
-ablation's fixed values are not options of it):
+optimiser and epoch budget come from the rest of the config and are shared. Its record
+(``MethodRecord``) holds everything about it in one place: its builder, its model and loss
+options as typed structures with their defaults (and where each default comes from), its
+sampler, its display name, and what it needs from the data (class counts, the training-set
+size, per-dataset presets such as DB's). ``resolve_options`` fills a config's options from
+the record, so ``mlcnc config show``, ``train``, ``benchmark`` and ``evaluate`` all see the
+same values.
 
 | name                | model                  | criterion (loss options)                          | sampler     |
 |---------------------|------------------------|---------------------------------------------------|-------------|
@@ -20,61 +22,73 @@ ablation's fixed values are not options of it):
 | cb_focal            | linear head            | class-balanced focal (beta=0.99, gamma=2, alpha)  | random      |
 | ldam                | cosine head            | multi-label LDAM (max_margin=0.5, scale=30)       | random      |
 | asl                 | linear head            | ASL (gamma_neg=4, gamma_pos=0, clip=0.05)         | random      |
-| db                  | linear head            | DB without focal term (preset=voc, num_samples..) | class_aware |
+| db                  | linear head            | DB without focal term (preset by dataset)         | class_aware |
 | db_focal            | linear head            | DB-Focal (as db, plus gamma=2, balance_param=2)   | class_aware |
 | two_way             | linear head            | two-way loss (tp=4, tn=1)                         | class_aware |
 
-Linear-head model options: ``dropout`` (0.0) and ``classifier`` (``linear``; ``cosine`` for
-LDAM). Samplers follow the benchmark's setting for each baseline: RS and DB are defined with
+Samplers follow the benchmark's setting for each baseline: RS and DB are defined with
 class-aware sampling; the two-way loss gets MLC-NC's sampler so it differs from MLC-NC only
 in the representation. ``method.sampler`` overrides any of them.
 
 Choices (fixed before any run, never tuned on test): RW weights w_c proportional to
 n_c^-1/2 (``sqrt_inv``; ``inv`` gives n_c^-1), mean 1; CB-Focal beta 0.99 (the grid of the
 class-balanced paper is 0.9 / 0.99 / 0.999); LDAM on a cosine classifier with s = 30, as
-LDAM is defined on normalised features and weights.
-
-"db_focal" is the DB repository's configuration (spec 7.4; ``focal=True``): re-balanced
-weights, negative-tolerant regularisation and the focal term; "db" is the same without the
-focal term (plain weighted BCE). Both take the per-dataset ``preset`` (``voc``: lambda 5,
-mu 0.3; ``coco``: lambda 2, mu 0.2) and need the number of training images (``num_samples``,
-from ``build_method`` or ``method.loss.num_samples``); ``mlcnc benchmark`` fills both in.
+LDAM is defined on normalised features and weights. "db_focal" is the DB repository's
+configuration (spec 7.4; ``focal=True``); "db" is the same without the focal term. Both take
+the per-dataset ``preset`` (``voc``: lambda 5, mu 0.3; ``coco``: lambda 2, mu 0.2), chosen
+from ``data.name`` unless given, and the number of training images (``num_samples``, from
+the training split unless given).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from mlcnc.losses.base import Criterion
+from mlcnc.recipes import RecipeName, get_recipe
 from mlcnc.registry import Registry
+from mlcnc.schema import (
+    Bool,
+    ConfigError,
+    Fraction,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    describe_error,
+    did_you_mean,
+    section,
+)
 
 SamplerKind = Literal["random", "class_aware"]
 
 
-@dataclass
+@section
 class MethodConfig:
     """The ``method:`` part of a config.
 
     name:       a registered method (``mlcnc``, ``erm``, ...; see ``METHODS.names()``).
     backbone:   torchvision ResNet name or any timm model with spatial features.
     pretrained: True (the backbone's canonical ImageNet weights), False, or a local file.
-    recipe:     ``paper`` or ``official`` (spec A2), for methods that have recipes.
-    model:      extra keyword options for the model builder.
-    loss:       extra keyword options for the criterion.
+    recipe:     ``paper`` or ``official`` (``mlcnc.recipes``), for methods that have recipes.
+    model:      the model builder's options (``resolve_options`` fills in the defaults).
+    loss:       the criterion's options (likewise).
     sampler:    override of the method's own sampler choice (None keeps it).
     """
 
-    name: str = "mlcnc"
-    backbone: str = "resnet50"
-    pretrained: bool | str = True
-    recipe: str = "paper"
+    name: Str = "mlcnc"
+    backbone: Str = "resnet50"
+    pretrained: Bool | Str = True
+    recipe: RecipeName = "paper"
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
     sampler: SamplerKind | None = None
@@ -87,284 +101,521 @@ class Method:
     sampler: SamplerKind
 
 
-MethodBuilder = Callable[..., Method]
-"""``builder(cfg, num_classes, class_freq) -> Method``; builders of the methods in
-``needs_num_samples`` also take the keyword ``num_samples``."""
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a builder gets: the method config, its resolved options and the data's facts.
 
-METHODS: Registry[MethodBuilder] = Registry("method")
+    class_freq (C,) training positives per class; num_samples the number of training images.
+    """
+
+    cfg: MethodConfig
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    num_classes: int
+    class_freq: np.ndarray
+    num_samples: int | None
+
+
+Builder = Callable[[BuildRequest], Method]
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """Everything about one method.
+
+    model_options / loss_options: ``section`` classes whose fields are the options and their
+        defaults (None: free-form options the builder checks itself).
+    data_defaults: ``data.name`` -> loss options that dataset implies (DB's preset).
+    finalize: fills the options that depend on others (the recipe's switches, DB's preset
+        values), so the resolved config says exactly what runs.
+    needs_num_samples: the builder needs the number of training images.
+    source: where the method and its defaults come from.
+    """
+
+    name: str
+    display_name: str
+    build: Builder
+    sampler: SamplerKind
+    model_options: type | None = None
+    loss_options: type | None = None
+    data_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    finalize: Callable[[MethodConfig, dict[str, Any], dict[str, Any]], None] | None = None
+    needs_num_samples: bool = False
+    source: str = ""
+
+
+METHODS: Registry[MethodRecord] = Registry("method")
+
+
+def register_method(record: MethodRecord) -> MethodRecord:
+    """Add a method; refuses a name that is taken."""
+    return METHODS.register(record.name)(record)
+
+
+def table_order(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``names`` in registration order (the paper's Table 1: baselines, MLC-NC, ablations)."""
+    order = list(METHODS.registered())
+    known = [m for m in order if m in names]
+    return known + sorted(set(names) - set(known))
+
+
+def display_name(name: str) -> str:
+    """The method's name in tables (``CB-Focal``); the registry name for unknown ones."""
+    return METHODS.get(name).display_name if name in METHODS else name
+
+
+# --------------------------------------------------------------------------- options
+def _defaults(options: type | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    return {f.name: _field_default(f) for f in dataclasses.fields(options)}
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"option {f.name} has no default")
+
+
+def method_defaults(name: str) -> dict[str, dict[str, Any]] | None:
+    """``{"model": {option: default}, "loss": {...}}`` of method ``name``; None for a method
+    registered with free-form options."""
+    record = METHODS.get(name)
+    if record.model_options is None and record.loss_options is None:
+        return None
+    return {"model": _defaults(record.model_options), "loss": _defaults(record.loss_options)}
+
+
+def needs_num_samples(name: str) -> bool:
+    """Whether method ``name`` needs the number of training images."""
+    return METHODS.get(name).needs_num_samples
+
+
+def _check_part(
+    cfg: MethodConfig, part: str, options: type | None, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``given`` validated against the ``options`` section, defaults filled in."""
+    if options is None:
+        return dict(given)
+    names = [f.name for f in dataclasses.fields(options)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        allowed = ", ".join(sorted(names)) or "none"
+        raise ConfigError(
+            f"method {cfg.name!r}: unknown {part} option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {allowed}{did_you_mean(unknown[0], names)}"
+        )
+    try:
+        value = TypeAdapter(options).validate_python(dict(given))
+    except ValidationError as error:
+        raise ConfigError(describe_error(error, options, prefix=f"method.{part}")) from None
+    return dataclasses.asdict(value)
+
+
+def resolve_options(
+    cfg: MethodConfig, data_name: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The method's model and loss options: its defaults <- the dataset's defaults <- the
+    config's values, checked, with the dependent ones filled in (``MethodRecord.finalize``).
+    Idempotent: resolving resolved options gives them back."""
+    record = METHODS.get(cfg.name)
+    data_loss = record.data_defaults.get(data_name or "", {})
+    model = _check_part(cfg, "model", record.model_options, cfg.model)
+    loss = _check_part(cfg, "loss", record.loss_options, {**data_loss, **cfg.loss})
+    if record.finalize is not None:
+        record.finalize(cfg, model, loss)
+    return model, loss
 
 
 def build_method(
-    cfg: MethodConfig, num_classes: int, class_freq: np.ndarray, num_samples: int | None = None
+    cfg: MethodConfig,
+    num_classes: int,
+    class_freq: np.ndarray,
+    num_samples: int | None = None,
+    data_name: str | None = None,
 ) -> Method:
     """Build the named method for ``num_classes`` classes with training counts ``class_freq``.
 
-    ``num_samples`` is the number of training images (N); it goes to the methods that need
-    it (``needs_num_samples``: DB's prior-logit shift), the others do not take it.
+    ``num_samples`` is the number of training images (N), for the methods that need it;
+    ``data_name`` picks dataset-dependent defaults where the options do not set them.
     """
     class_freq = np.asarray(class_freq)
     if class_freq.shape != (num_classes,):
         raise ValueError(f"class_freq must have shape ({num_classes},), got {class_freq.shape}")
-    builder = METHODS.get(cfg.name)
-    extra = {"num_samples": num_samples} if needs_num_samples(cfg.name) else {}
-    method = builder(cfg, num_classes, class_freq, **extra)
+    record = METHODS.get(cfg.name)
+    model, loss = resolve_options(cfg, data_name)
+    method = record.build(BuildRequest(cfg, model, loss, num_classes, class_freq, num_samples))
     if cfg.sampler is not None:
         method.sampler = cfg.sampler
     return method
 
 
-OptionDefaults = dict[str, dict[str, Any]]
-"""``{"model": {option: default}, "loss": {option: default}}``."""
-
-_DECLARED: dict[str, Callable[[], OptionDefaults]] = {}
-_NEEDS_NUM_SAMPLES: set[str] = set()
-
-
-def method_defaults(name: str) -> OptionDefaults | None:
-    """The ``method.model`` / ``method.loss`` options method ``name`` accepts, with defaults.
-
-    None for a method registered without declaring them (its builder checks its own).
-    """
-    METHODS.get(name)  # a clear error for an unknown name
-    declared = _DECLARED.get(name)
-    return None if declared is None else declared()
-
-
-def needs_num_samples(name: str) -> bool:
-    """Whether method ``name`` needs the number of training images (``build_method``'s N)."""
-    METHODS.get(name)
-    return name in _NEEDS_NUM_SAMPLES
-
-
-def method_options(
-    cfg: MethodConfig, part: Literal["loss", "model"], defaults: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``defaults`` updated with ``cfg.<part>``, refusing option names not in ``defaults``."""
-    given = getattr(cfg, part)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        allowed = ", ".join(sorted(defaults)) or "none"
-        raise ValueError(
-            f"method {cfg.name!r}: unknown {part} option(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {allowed}"
-        )
-    return {**defaults, **given}
-
-
-def _checked_options(cfg: MethodConfig) -> OptionDefaults:
-    defaults = method_defaults(cfg.name)
-    assert defaults is not None, f"method {cfg.name!r} declares no options"
-    return {part: method_options(cfg, part, defaults[part]) for part in ("model", "loss")}
-
-
 # --------------------------------------------------------------------------- MLC-NC
-MLCNC_VARIANTS: dict[str, OptionDefaults] = {
-    "mlcnc": {"model": {}, "loss": {}},
-    # Without L_FLA: alpha = 0 and no warm-up (MLC-NC's warm-up trains L_FLA alone).
-    "mlcnc_no_fla": {"model": {}, "loss": {"alpha": 0.0, "warmup_epochs": 0}},
-    # Without L_FPC: beta = 0.
-    "mlcnc_no_fpc": {"model": {}, "loss": {"beta": 0.0}},
-    # A learnable classifier (initialised at the ETF) instead of the fixed one.
-    "mlcnc_learnable_etf": {"model": {"classifier_trainable": True}, "loss": {}},
-}
-"""MLC-NC and its ablations: the options each one fixes (so they are not options of it)."""
+@section
+class MLCNCModelOptions:
+    """MLCNCHead's options (spec section 1; defaults of the authors' code, spec 9).
+
+    classifier_trainable: None = the recipe's choice (``mlcnc.recipes``).
+    """
+
+    embed_dim: PositiveInt = 768
+    num_heads: PositiveInt = 8
+    attn_dropout: Fraction = 0.1
+    proj_dim: PositiveInt = 20
+    alpha_att: float = 1.0
+    classifier_trainable: Bool | None = None
+    etf_seed: Int = 0
 
 
-def _keyword_defaults(fn: Callable[..., Any], exclude: set[str]) -> dict[str, Any]:
-    """The keyword parameters of ``fn`` (minus ``exclude``) with their defaults."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
-        if name not in exclude and p.default is not inspect.Parameter.empty
-    }
+@section
+class MLCNCLossOptions:
+    """MLCNCLoss's options (paper section 4.1 and spec 2.4: alpha 0.5, beta 0.1, tau 0.5,
+    Tp 4, Tn 1, 5 warm-up epochs). legacy_warmup / prototype_mode: None = the recipe's."""
+
+    alpha: NonNegativeFloat = 0.5
+    beta: NonNegativeFloat = 0.1
+    tau1: PositiveFloat = 0.5
+    tau2: PositiveFloat | None = None
+    tp: PositiveFloat = 4.0
+    tn: PositiveFloat = 1.0
+    warmup_epochs: NonNegativeInt = 5
+    legacy_warmup: Bool | None = None
+    prototype_mode: Literal["per_epoch", "cumulative"] | None = None
+    fpc_reduction: Literal["positive_mean", "per_sample"] = "positive_mean"
 
 
-def _mlcnc_defaults(fixed: OptionDefaults) -> OptionDefaults:
-    """MLCNCHead's and MLCNCLoss's keyword options, less those the variant fixes."""
-    from mlcnc.losses import MLCNCLoss
-    from mlcnc.models.head import MLCNCHead
+def _without(options: type, fixed: Mapping[str, Any], name: str) -> type:
+    """A copy of the ``options`` section without the fields an ablation fixes."""
+    kept = [
+        (f.name, f.type, dataclasses.field(default=_field_default(f)))
+        for f in dataclasses.fields(options)
+        if f.name not in fixed
+    ]
+    plain = dataclasses.make_dataclass(name, kept)
+    plain.__module__ = __name__
+    return section(plain)
 
-    model = _keyword_defaults(MLCNCHead.__init__, {"self", "in_features", "num_classes"})
-    loss = _keyword_defaults(MLCNCLoss.__init__, {"self", "num_classes", "proj_dim", "recipe"})
-    return {
-        "model": {k: v for k, v in model.items() if k not in fixed["model"]},
-        "loss": {k: v for k, v in loss.items() if k not in fixed["loss"]},
-    }
+
+def _finalize_mlcnc() -> Callable[[MethodConfig, dict[str, Any], dict[str, Any]], None]:
+    """Fill the switches left to the recipe (None) with the recipe's values."""
+
+    def finalize(cfg: MethodConfig, model: dict[str, Any], loss: dict[str, Any]) -> None:
+        recipe = get_recipe(cfg.recipe)
+        switches = (
+            (model, "classifier_trainable", recipe.classifier_trainable),
+            (loss, "legacy_warmup", recipe.legacy_warmup),
+            (loss, "prototype_mode", recipe.prototype_mode),
+        )
+        for options, key, value in switches:
+            if key in options and options[key] is None:
+                options[key] = value
+
+    return finalize
 
 
-def _register_mlcnc(name: str, fixed: OptionDefaults) -> None:
-    _DECLARED[name] = lambda: _mlcnc_defaults(fixed)
+def _register_mlcnc(name: str, display: str, fixed: Mapping[str, Mapping[str, Any]]) -> None:
+    model_options = (
+        _without(MLCNCModelOptions, fixed["model"], f"{name}_model")
+        if fixed["model"]
+        else MLCNCModelOptions
+    )
+    loss_options = (
+        _without(MLCNCLossOptions, fixed["loss"], f"{name}_loss")
+        if fixed["loss"]
+        else MLCNCLossOptions
+    )
 
-    @METHODS.register(name)
-    def build(cfg: MethodConfig, num_classes: int, class_freq: np.ndarray) -> Method:
+    def build(request: BuildRequest) -> Method:
         from mlcnc.losses import MLCNCLoss
         from mlcnc.models import create_model
 
-        _checked_options(cfg)
-        # Only the options given (and the fixed ones) are passed: the recipe fills the rest.
-        model_options = {**cfg.model, **fixed["model"]}
-        loss_options = {**cfg.loss, **fixed["loss"]}
+        cfg = request.cfg
         model = create_model(
-            num_classes,
+            request.num_classes,
             backbone=cfg.backbone,
             pretrained=cfg.pretrained,
             recipe=cfg.recipe,
-            **model_options,
+            **{**request.model, **fixed["model"]},
         )
         criterion = MLCNCLoss(
-            num_classes, proj_dim=model.proj_dim, recipe=cfg.recipe, **loss_options
+            request.num_classes,
+            proj_dim=model.proj_dim,
+            recipe=cfg.recipe,
+            **{**request.loss, **fixed["loss"]},
         )
         return Method(model=model, criterion=criterion, sampler="class_aware")
 
-
-for _name, _fixed in MLCNC_VARIANTS.items():
-    _register_mlcnc(_name, _fixed)
+    register_method(
+        MethodRecord(
+            name=name,
+            display_name=display,
+            build=build,
+            sampler="class_aware",
+            model_options=model_options,
+            loss_options=loss_options,
+            finalize=_finalize_mlcnc(),
+            source="Tao et al., AAAI 2025; defaults of the authors' code (spec 9)",
+        )
+    )
 
 
 # --------------------------------------------------------------------------- linear-head baselines
-LINEAR_MODEL_OPTIONS: dict[str, Any] = {"dropout": 0.0, "classifier": "linear"}
+@section
+class LinearModelOptions:
+    """The linear head on the pooled backbone feature (``models.linear``)."""
 
-CriterionFactory = Callable[..., Criterion]
+    dropout: Fraction = 0.0
+    classifier: Literal["linear", "cosine"] = "linear"
+
+
+@section
+class CosineModelOptions:
+    """LDAM's head: a normalised (cosine) classifier (LDAM is defined on unit vectors)."""
+
+    dropout: Fraction = 0.0
+    classifier: Literal["linear", "cosine"] = "cosine"
+
+
+@section
+class NoOptions:
+    """A loss without options."""
+
+
+@section
+class ReweightOptions:
+    """RW: w_c proportional to n_c^-1/2 (``sqrt_inv``) or n_c^-1 (``inv``), mean 1."""
+
+    mode: Literal["sqrt_inv", "inv"] = "sqrt_inv"
+
+
+@section
+class FocalOptions:
+    """Focal loss (Lin et al., ICCV 2017): gamma 2, no alpha balancing."""
+
+    gamma: NonNegativeFloat = 2.0
+    alpha: Fraction | None = None
+
+
+@section
+class ClassBalancedFocalOptions:
+    """CB-Focal (Cui et al., CVPR 2019)."""
+
+    beta: Fraction = 0.99
+    gamma: NonNegativeFloat = 2.0
+    alpha: Fraction | None = None
+
+
+@section
+class LDAMOptions:
+    """LDAM (Cao et al., NeurIPS 2019): margins up to 0.5, scale s = 30 (their code)."""
+
+    max_margin: PositiveFloat = 0.5
+    scale: PositiveFloat = 30.0
+
+
+@section
+class AsymmetricOptions:
+    """ASL (Ridnik et al., ICCV 2021): the authors' training script's gamma_neg 4,
+    gamma_pos 0, clip 0.05."""
+
+    gamma_neg: NonNegativeFloat = 4.0
+    gamma_pos: NonNegativeFloat = 0.0
+    clip: Fraction = 0.05
+
+
+@section
+class DBOptions:
+    """DB (Wu et al., ECCV 2020; DB repository's configs, spec 7.4). ``preset`` gives the
+    per-dataset values (voc or coco); set values override it. num_samples: None = the
+    training split's size."""
+
+    preset: Literal["voc", "coco"] = "voc"
+    map_alpha: float | None = None
+    map_beta: float | None = None
+    map_mu: float | None = None
+    neg_scale: PositiveFloat | None = None
+    init_bias: float | None = None
+    num_samples: PositiveInt | None = None
+
+
+@section
+class DBFocalOptions(DBOptions):
+    """DB-Focal: DB plus the focal term (gamma 2, balance_param 2; DB's configs)."""
+
+    gamma: NonNegativeFloat = 2.0
+    balance_param: PositiveFloat = 2.0
+
+
+@section
+class TwoWayOptions:
+    """The two-way loss (Kobayashi, CVPR 2023): Tp 4, Tn 1."""
+
+    tp: PositiveFloat = 4.0
+    tn: PositiveFloat = 1.0
+
+
+DB_PRESET_OF_DATA: dict[str, dict[str, Any]] = {
+    "voc_lt": {"preset": "voc"},
+    "coco_lt": {"preset": "coco"},
+}
+"""DB's per-dataset parameters (spec 7.4) for each benchmark; other data take ``voc``."""
+
+
+def _finalize_db(cfg: MethodConfig, model: dict[str, Any], loss: dict[str, Any]) -> None:
+    """Write the preset's values into the options that are not set."""
+    from mlcnc.losses.baselines import DB_PRESETS
+
+    preset = dataclasses.asdict(DB_PRESETS[loss["preset"]])
+    for key, value in preset.items():
+        if loss.get(key) is None:
+            loss[key] = value
+
+
+CriterionFactory = Callable[[BuildRequest], Criterion]
 
 
 def _register_linear(
     name: str,
+    display: str,
     sampler: SamplerKind,
-    loss: Mapping[str, Any],
-    model: Mapping[str, Any] | None = None,
-    needs_size: bool = False,
-) -> Callable[[CriterionFactory], CriterionFactory]:
-    """Register a linear-head method whose criterion is ``factory(class_freq, **loss options)``
-    (``factory(class_freq, num_samples, **loss options)`` with ``needs_size``)."""
+    loss_options: type,
+    criterion: CriterionFactory,
+    *,
+    model_options: type = LinearModelOptions,
+    source: str = "",
+    db: bool = False,
+) -> None:
+    def build(request: BuildRequest) -> Method:
+        from mlcnc.models.linear import LinearHeadModel
 
-    def register(factory: CriterionFactory) -> CriterionFactory:
-        _DECLARED[name] = lambda: {
-            "model": {**LINEAR_MODEL_OPTIONS, **(model or {})},
-            "loss": dict(loss),
-        }
-        if needs_size:
-            _NEEDS_NUM_SAMPLES.add(name)
+        head = LinearHeadModel(
+            request.cfg.backbone, request.cfg.pretrained, request.num_classes, **request.model
+        )
+        return Method(model=head, criterion=criterion(request), sampler=sampler)
 
-        @METHODS.register(name)
-        def build(
-            cfg: MethodConfig,
-            num_classes: int,
-            class_freq: np.ndarray,
-            num_samples: int | None = None,
-        ) -> Method:
-            from mlcnc.models.linear import LinearHeadModel
-
-            options = _checked_options(cfg)
-            loss_options = options["loss"]
-            if needs_size:
-                size = loss_options.pop("num_samples") or num_samples
-                if size is None:
-                    raise ValueError(
-                        f"method {name!r} needs the number of training images: pass "
-                        "build_method(..., num_samples=N) or set method.loss.num_samples"
-                    )
-                criterion = factory(class_freq, int(size), **loss_options)
-            else:
-                criterion = factory(class_freq, **loss_options)
-            head = LinearHeadModel(cfg.backbone, cfg.pretrained, num_classes, **options["model"])
-            return Method(model=head, criterion=criterion, sampler=sampler)
-
-        return factory
-
-    return register
+    register_method(
+        MethodRecord(
+            name=name,
+            display_name=display,
+            build=build,
+            sampler=sampler,
+            model_options=model_options,
+            loss_options=loss_options,
+            data_defaults=DB_PRESET_OF_DATA if db else {},
+            finalize=_finalize_db if db else None,
+            needs_num_samples=db,
+            source=source,
+        )
+    )
 
 
-@_register_linear("rs", "class_aware", loss={})
-@_register_linear("erm", "random", loss={})
-def _bce(class_freq: np.ndarray) -> Criterion:
+def _bce(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import BCECriterion
 
     return BCECriterion()
 
 
-@_register_linear("rw", "random", loss={"mode": "sqrt_inv"})
-def _rw(class_freq: np.ndarray, mode: str) -> Criterion:
+def _rw(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import ReweightedBCECriterion
 
-    return ReweightedBCECriterion(class_freq, mode)
+    return ReweightedBCECriterion(request.class_freq, **request.loss)
 
 
-@_register_linear("focal", "random", loss={"gamma": 2.0, "alpha": None})
-def _focal(class_freq: np.ndarray, gamma: float, alpha: float | None) -> Criterion:
+def _focal(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import FocalCriterion
 
-    return FocalCriterion(gamma, alpha)
+    return FocalCriterion(**request.loss)
 
 
-@_register_linear("cb_focal", "random", loss={"beta": 0.99, "gamma": 2.0, "alpha": None})
-def _cb_focal(class_freq: np.ndarray, beta: float, gamma: float, alpha: float | None) -> Criterion:
+def _cb_focal(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import ClassBalancedFocalCriterion
 
-    return ClassBalancedFocalCriterion(class_freq, beta, gamma, alpha)
+    return ClassBalancedFocalCriterion(request.class_freq, **request.loss)
 
 
-# LDAM: its normalised (cosine) classifier, scale s = 30, margins up to 0.5.
-@_register_linear(
-    "ldam", "random", loss={"max_margin": 0.5, "scale": 30.0}, model={"classifier": "cosine"}
-)
-def _ldam(class_freq: np.ndarray, max_margin: float, scale: float) -> Criterion:
+def _ldam(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import LDAMCriterion
 
-    return LDAMCriterion(class_freq, max_margin, scale)
+    return LDAMCriterion(request.class_freq, **request.loss)
 
 
-@_register_linear("asl", "random", loss={"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05})
-def _asl(class_freq: np.ndarray, gamma_neg: float, gamma_pos: float, clip: float) -> Criterion:
+def _asl(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import AsymmetricCriterion
 
-    return AsymmetricCriterion(gamma_neg, gamma_pos, clip)
+    return AsymmetricCriterion(**request.loss)
 
 
-DB_OPTIONS: dict[str, Any] = {
-    "preset": "voc",
-    "map_alpha": None,
-    "map_beta": None,
-    "map_mu": None,
-    "neg_scale": None,
-    "init_bias": None,
-    "num_samples": None,
-}
-"""DB's options: a per-dataset ``preset`` (``voc`` or ``coco``, spec 7.4) whose values the
-other options override when set; ``num_samples`` overrides the training-set size."""
+def _db_criterion(focal: bool) -> CriterionFactory:
+    def make(request: BuildRequest) -> Criterion:
+        from mlcnc.losses.baselines import DBParams, DistributionBalancedCriterion
+
+        options = dict(request.loss)
+        size = options.pop("num_samples") or request.num_samples
+        if size is None:
+            raise ConfigError(
+                f"method {request.cfg.name!r} needs the number of training images: pass "
+                "build_method(..., num_samples=N) or set method.loss.num_samples"
+            )
+        options.pop("preset")
+        params = DBParams(**{f.name: options.pop(f.name) for f in dataclasses.fields(DBParams)})
+        return DistributionBalancedCriterion(
+            request.class_freq, int(size), params, focal=focal, **options
+        )
+
+    return make
 
 
-def _db_criterion(
-    class_freq: np.ndarray, num_samples: int, preset: str, focal: bool, **options: Any
-) -> Criterion:
-    from mlcnc.losses.baselines import DB_PRESETS, DistributionBalancedCriterion
-
-    if preset not in DB_PRESETS:
-        raise ValueError(f"unknown DB preset {preset!r}; choose one of: {', '.join(DB_PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(DB_PRESETS[preset])}
-    changed = {k: options.pop(k) for k in fields if options.get(k) is not None}
-    for k in fields:
-        options.pop(k, None)
-    params = dataclasses.replace(DB_PRESETS[preset], **changed)
-    return DistributionBalancedCriterion(class_freq, num_samples, params, focal=focal, **options)
-
-
-@_register_linear("db", "class_aware", loss=DB_OPTIONS, needs_size=True)
-def _db(class_freq: np.ndarray, num_samples: int, **options: Any) -> Criterion:
-    return _db_criterion(class_freq, num_samples, focal=False, **options)
-
-
-@_register_linear(
-    "db_focal",
-    "class_aware",
-    loss={**DB_OPTIONS, "gamma": 2.0, "balance_param": 2.0},
-    needs_size=True,
-)
-def _db_focal(class_freq: np.ndarray, num_samples: int, **options: Any) -> Criterion:
-    return _db_criterion(class_freq, num_samples, focal=True, **options)
-
-
-@_register_linear("two_way", "class_aware", loss={"tp": 4.0, "tn": 1.0})
-def _two_way(class_freq: np.ndarray, tp: float, tn: float) -> Criterion:
+def _two_way(request: BuildRequest) -> Criterion:
     from mlcnc.losses.baselines import TwoWayCriterion
 
-    return TwoWayCriterion(tp, tn)
+    return TwoWayCriterion(**request.loss)
+
+
+# Registration order is the paper's Table 1 order: baselines, then MLC-NC and its ablations.
+_register_linear("erm", "ERM", "random", NoOptions, _bce, source="plain BCE")
+_register_linear("rs", "RS", "class_aware", NoOptions, _bce, source="BCE, class-aware sampling")
+_register_linear("rw", "RW", "random", ReweightOptions, _rw, source="BCE, inverse-frequency weights")
+_register_linear("focal", "Focal", "random", FocalOptions, _focal, source="Lin et al., ICCV 2017")
+_register_linear(
+    "cb_focal", "CB-Focal", "random", ClassBalancedFocalOptions, _cb_focal,
+    source="Cui et al., CVPR 2019",
+)  # fmt: skip
+_register_linear(
+    "ldam", "LDAM", "random", LDAMOptions, _ldam, model_options=CosineModelOptions,
+    source="Cao et al., NeurIPS 2019 (multi-label form)",
+)  # fmt: skip
+_register_linear(
+    "asl", "ASL", "random", AsymmetricOptions, _asl, source="Ridnik et al., ICCV 2021"
+)
+_register_linear(
+    "db", "DB", "class_aware", DBOptions, _db_criterion(focal=False), db=True,
+    source="Wu et al., ECCV 2020, without the focal term (DB repository, spec 7.4)",
+)  # fmt: skip
+_register_linear(
+    "db_focal", "DB-Focal", "class_aware", DBFocalOptions, _db_criterion(focal=True), db=True,
+    source="Wu et al., ECCV 2020 (DB repository's configuration, spec 7.4)",
+)  # fmt: skip
+_register_linear(
+    "two_way", "Two-way (linear head)", "class_aware", TwoWayOptions, _two_way,
+    source="Kobayashi, CVPR 2023",
+)  # fmt: skip
+
+MLCNC_VARIANTS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "mlcnc": ("MLC-NC", {"model": {}, "loss": {}}),
+    # Without L_FLA: alpha = 0 and no warm-up (MLC-NC's warm-up trains L_FLA alone).
+    "mlcnc_no_fla": ("MLC-NC w/o L_FLA", {"model": {}, "loss": {"alpha": 0.0, "warmup_epochs": 0}}),
+    # Without L_FPC: beta = 0.
+    "mlcnc_no_fpc": ("MLC-NC w/o L_FPC", {"model": {}, "loss": {"beta": 0.0}}),
+    # A learnable classifier (initialised at the ETF) instead of the fixed one.
+    "mlcnc_learnable_etf": (
+        "MLC-NC, learnable ETF",
+        {"model": {"classifier_trainable": True}, "loss": {}},
+    ),
+}
+"""MLC-NC and its ablations: display name and the options each one fixes (so they are not
+options of it)."""
+
+for _name, (_display, _fixed) in MLCNC_VARIANTS.items():
+    _register_mlcnc(_name, _display, _fixed)

@@ -13,7 +13,18 @@ from typing import Any
 
 import numpy as np
 
-GROUP_NAMES = ("head", "medium", "tail")
+from mlcnc.groups import CLASS_GROUPS, MAP_GROUPS
+
+GROUP_NAMES = CLASS_GROUPS  # (kept as an alias)
+
+SPLIT_METRICS: tuple[str, ...] = (*(f"map_{g}" for g in MAP_GROUPS), "CF1", "OF1")
+"""The metrics each evaluated split and model writes, as ``<split>[_ema]/<metric>``."""
+
+
+def selection_metrics(ema: bool = True) -> list[str]:
+    """The metric names a run can select its best checkpoint on (val, regular and EMA)."""
+    variants = ("val", "val_ema") if ema else ("val",)
+    return [f"{variant}/{metric}" for variant in variants for metric in SPLIT_METRICS]
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -169,6 +180,17 @@ def f1_scores(scores: Any, targets: Any, threshold: float = 0.5) -> dict[str, fl
         "OR": 100.0 * orr,
         "OF1": 100.0 * float(_safe_ratio(2 * op * orr, op + orr)),
     }
+
+
+def per_class_f1(scores: Any, targets: Any, threshold: float = 0.5) -> np.ndarray:
+    """F1 (%) of each class at ``threshold``, (C,); 0 where a class is neither predicted nor
+    positive (the same counts as ``f1_scores``)."""
+    scores, targets = _check_scores_targets(scores, targets)
+    predicted = scores >= threshold
+    positive = targets == 1
+    true_pos = (predicted & positive).sum(axis=0).astype(np.float64)
+    denominator = (predicted.sum(axis=0) + positive.sum(axis=0)).astype(np.float64)
+    return 100.0 * _safe_ratio(2 * true_pos, denominator)
 
 
 def _safe_ratio(numerator: Any, denominator: Any) -> np.ndarray:

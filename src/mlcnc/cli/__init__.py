@@ -3,12 +3,18 @@
 A module takes part by defining ``register(subparsers)``, which adds its parser and sets
 ``func`` (called with the parsed arguments, returning an exit code). Modules import their
 heavy dependencies inside ``func`` so that ``mlcnc --help`` stays fast.
+
+``key=value`` config overrides may stand anywhere on the command line, before or after the
+options. A user error (a bad config key or value, bad data) is printed as one line naming
+the key or file, exit code 2 for usage and config errors, 1 for data errors; ``--debug`` (or
+``MLCNC_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -17,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcnc",
         description="Long-tailed multi-label classification with MLC-NC and its baselines.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks of errors (or MLCNC_DEBUG=1)"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -27,13 +36,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` words after the options join the overrides."""
+    from mlcnc.config import is_override
+
+    args, extra = parser.parse_known_args(argv)
+    overrides = [word for word in extra if is_override(word)]
+    unknown = [word for word in extra if not is_override(word)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.command} takes no key=value overrides: {' '.join(overrides)}")
+        args.overrides = [*(args.overrides or []), *overrides]
+    return args
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (config, data, missing files): one line, no trace."""
+    from mlcnc.data.readers import DataError
+    from mlcnc.schema import ConfigError
+
+    return (ConfigError, DataError, FileNotFoundError)
+
+
+def exit_code(error: BaseException) -> int:
+    """2 for usage and config errors, 1 for data and checkpoint errors."""
+    from mlcnc.schema import ConfigError
+
+    return 2 if isinstance(error, ConfigError) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    debug = args.debug or os.environ.get("MLCNC_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except user_error_types() as error:
+        if debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"mlcnc {args.command}: error: {message}", file=sys.stderr)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

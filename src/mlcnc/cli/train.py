@@ -45,47 +45,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--list-configs", action="store_true", help="list the shipped configs and exit"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config (every key and value) and exit without training",
+    )
     parser.set_defaults(func=run)
+
+
+def resolve_train_config(args: argparse.Namespace):
+    """The config ``mlcnc train`` would run: the file (or the resumed run's own config) with
+    the overrides, ``--seed`` and ``--output``; and a name for the run folder."""
+    from mlcnc.config import config_from_dict, load_config, merge_dicts, parse_override
+    from mlcnc.engine.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.output is not None:
+        overrides.append(f"train.output={args.output}")
+    if args.resume and args.config is None:
+        # Resume with the run's own config (plus any overrides, which are then checked).
+        data = load_checkpoint(resolve_checkpoint(args.resume, LAST))["config"]
+        for text in overrides:
+            data = merge_dicts(data, parse_override(text))
+        return config_from_dict(data), Path(args.resume).name
+    name = args.config or DEFAULT_CONFIG
+    return load_config(name, overrides), Path(name).stem
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # e.g. first-use data generation
-    from mlcnc.config import (
-        ConfigError,
-        config_from_dict,
-        load_config,
-        merge_dicts,
-        parse_override,
-        shipped_configs,
-    )
-    from mlcnc.engine import NonFiniteLossError, train
-    from mlcnc.engine.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+    from mlcnc.config import shipped_configs
 
     if args.list_configs:
         print("\n".join(shipped_configs()))
         return 0
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    if args.output is not None:
-        overrides.append(f"train.output={args.output}")
+    cfg, name = resolve_train_config(args)
+    if args.dry_run:
+        print(
+            f"config OK: method {cfg.method.name} ({cfg.method.recipe} recipe, "
+            f"{cfg.method.backbone}) on {cfg.data.name}, {cfg.optim.epochs} epochs, "
+            f"global batch {cfg.optim.batch_size}; `mlcnc config show` prints all of it"
+        )
+        return 0
+    from mlcnc.engine import NonFiniteLossError, train
+
     try:
-        if args.resume and args.config is None:
-            # Resume with the run's own config (plus any overrides, which are then checked).
-            data = load_checkpoint(resolve_checkpoint(args.resume, LAST))["config"]
-            for text in overrides:
-                data = merge_dicts(data, parse_override(text))
-            cfg = config_from_dict(data)
-            name = Path(args.resume).name
-        else:
-            cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
-            name = Path(args.config or DEFAULT_CONFIG).stem
         result = train(cfg, config_name=name, resume=args.resume, force=args.force)
-    except (ConfigError, FileNotFoundError, NonFiniteLossError) as error:
+    except NonFiniteLossError as error:
         print(f"mlcnc train: error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, (ConfigError, FileNotFoundError)) else 1
+        return 1
     if result.global_rank == 0:
         print()
         print(result.table())

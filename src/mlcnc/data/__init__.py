@@ -7,7 +7,6 @@ The engine uses: ``DataConfig`` (the ``data:`` part of a config), ``build_splits
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +23,7 @@ from mlcnc.data.readers import (
     write_csv_split,
 )
 from mlcnc.data.samplers import ClassAwareSampler, ShuffleSampler
+from mlcnc.schema import Bool, NonNegativeInt, PositiveInt, Str, section
 
 __all__ = [
     "DATASET_NAMES",
@@ -48,7 +48,7 @@ DatasetName = Literal["synthetic", "voc_lt", "coco_lt", "csv"]
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "voc_lt", "coco_lt", "csv")
 
 
-@dataclass
+@section
 class DataConfig:
     """The ``data:`` part of a config.
 
@@ -64,6 +64,8 @@ class DataConfig:
     image_size:       training crop and evaluation size in pixels.
     eval_flip:        flip at random at evaluation time, as the released MLC-NC code does
                       (off: deterministic evaluation); pass to ``build_transforms``.
+    augment:          training augmentation (crop, flip, colour jitter); false trains on
+                      the deterministic evaluation transform (exactness checks, debugging).
     num_workers:      DataLoader worker processes.
     num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
     epoch_length:     samples per epoch of either sampler (None: class-aware max_c n_c x C,
@@ -74,36 +76,29 @@ class DataConfig:
     """
 
     name: DatasetName = "synthetic"
-    synthetic_root: str | None = None
-    voc2012_root: str | None = None
-    voc2007_root: str | None = None
-    coco_root: str | None = None
-    voc_lt_split_file: str | None = None
-    coco_lt_split_file: str | None = None
-    train_csv: str | None = None
-    val_csv: str | None = None
-    test_csv: str | None = None
-    image_size: int = 224
-    eval_flip: bool = False
-    num_workers: int = 4
-    num_samples_cls: int = 1
-    epoch_length: int | None = None
-    skip_bad_images: bool = False
-    head_threshold: int = 100
-    tail_threshold: int = 20
+    synthetic_root: Str | None = None
+    voc2012_root: Str | None = None
+    voc2007_root: Str | None = None
+    coco_root: Str | None = None
+    voc_lt_split_file: Str | None = None
+    coco_lt_split_file: Str | None = None
+    train_csv: Str | None = None
+    val_csv: Str | None = None
+    test_csv: Str | None = None
+    image_size: PositiveInt = 224
+    eval_flip: Bool = False
+    augment: Bool = True
+    num_workers: NonNegativeInt = 4
+    num_samples_cls: PositiveInt = 1
+    epoch_length: PositiveInt | None = None
+    skip_bad_images: Bool = False
+    head_threshold: NonNegativeInt = 100
+    tail_threshold: NonNegativeInt = 20
 
     def __post_init__(self) -> None:
-        if self.name not in DATASET_NAMES:
-            raise ValueError(
-                f"unknown dataset {self.name!r}; choose one of: {', '.join(DATASET_NAMES)}"
-            )
-        if self.image_size < 1 or self.num_workers < 0 or self.num_samples_cls < 1:
-            raise ValueError(
-                "data: image_size and num_samples_cls must be >= 1 and num_workers >= 0"
-            )
         if self.tail_threshold > self.head_threshold:
             raise ValueError(
-                f"data: tail_threshold ({self.tail_threshold}) must not exceed "
+                f"tail_threshold ({self.tail_threshold}) must not exceed "
                 f"head_threshold ({self.head_threshold})"
             )
 

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from mlcnc.data.readers import MultiLabelSplit
-
-GROUP_NAMES = ("head", "medium", "tail")
+from mlcnc.groups import CLASS_GROUPS as GROUP_NAMES
 
 
 def class_groups(class_freq: np.ndarray, head: int = 100, tail: int = 20) -> dict[str, np.ndarray]:

@@ -9,8 +9,8 @@ Output: float32 (3, image_size, image_size), normalised.
 - eval: resize the short side to image_size * 256 / 224 -> center crop -> float ->
   normalise; deterministic. The released code also flips at random at test time; that is
   only available explicitly (``eval_flip=True``).
-- normalisation: ``paper`` ImageNet statistics (the backbone's); ``official`` the
-  iNaturalist statistics the released code uses.
+- normalisation: the recipe's statistics (``mlcnc.recipes``: ImageNet for ``paper``,
+  the iNaturalist statistics of the released code for ``official``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,7 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INATURALIST_MEAN = (0.466, 0.471, 0.380)
-INATURALIST_STD = (0.195, 0.194, 0.192)
-
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "paper": (IMAGENET_MEAN, IMAGENET_STD),
-    "official": (INATURALIST_MEAN, INATURALIST_STD),
-}
-RECIPES = tuple(NORMALIZATION)
+from mlcnc.recipes import get_recipe
 
 
 def eval_resize_size(image_size: int) -> int:
@@ -41,11 +32,10 @@ def build_transforms(
     recipe: str, image_size: int, train: bool, *, eval_flip: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``recipe``'s training or evaluation transform (see the module docstring)."""
-    if recipe not in NORMALIZATION:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    normalization = get_recipe(recipe)
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    mean, std = NORMALIZATION[recipe]
+    mean, std = normalization.mean, normalization.std
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
     if train:
         steps = [

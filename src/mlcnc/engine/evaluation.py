@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mlcnc import metrics
+from mlcnc.groups import MAP_GROUPS as GROUP_COLUMNS
 
 
 @dataclass
@@ -73,7 +74,6 @@ def eval_loader(
     )
 
 
-@torch.no_grad()
 def predict(
     model: nn.Module,
     loader: DataLoader,
@@ -81,42 +81,64 @@ def predict(
     keep_projections: bool = False,
     limit_batches: int | None = None,
 ) -> Predictions:
-    """Run ``model`` (the plain module, not a DDP wrapper) over this rank's loader under the
-    run's precision, gather every rank's rows and merge them (see :func:`merge_gathered`)."""
-    was_training = model.training
-    model.eval()
-    indices, scores, targets, projections = [], [], [], []
+    """``predict_models`` for one model."""
+    return predict_models(
+        {"model": model}, loader, fabric, "model" if keep_projections else None, limit_batches
+    )["model"]
+
+
+@torch.no_grad()
+def predict_models(
+    models: Mapping[str, nn.Module],
+    loader: DataLoader,
+    fabric: Any,
+    keep_projections: str | None = None,
+    limit_batches: int | None = None,
+) -> dict[str, Predictions]:
+    """Run every model of ``models`` (plain modules, not DDP wrappers) over this rank's loader
+    in one pass, so each image is decoded once for all of them (e.g. the regular and the EMA
+    model), under the run's precision; gather every rank's rows and merge them (see
+    :func:`merge_gathered`). ``keep_projections`` names the model whose projections to keep.
+    """
+    was_training = {name: model.training for name, model in models.items()}
+    for model in models.values():
+        model.eval()
+    indices, targets = [], []
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    projections: list[torch.Tensor] = []
     for batch_index, (images, batch_targets, batch_indices) in enumerate(loader):
         if limit_batches is not None and batch_index >= limit_batches:
             break
         images = images.to(fabric.device, non_blocking=True)
-        with fabric.autocast():
-            output = model(images)
-        scores.append(torch.sigmoid(output.logits.float()))
+        for name, model in models.items():
+            with fabric.autocast():
+                output = model(images)
+            scores[name].append(torch.sigmoid(output.logits.float()))
+            if name == keep_projections and output.projections is not None:
+                projections.append(output.projections.float())
         targets.append(batch_targets.to(fabric.device).to(torch.uint8))
         indices.append(batch_indices.to(fabric.device).long())
-        if keep_projections and output.projections is not None:
-            projections.append(output.projections.float())
-    model.train(was_training)
-    local = {
-        "indices": torch.cat(indices),
-        "scores": torch.cat(scores),
-        "targets": torch.cat(targets),
-    }
+    for name, model in models.items():
+        model.train(was_training[name])
+    local = {"indices": torch.cat(indices), "targets": torch.cat(targets)}
+    local |= {f"scores/{name}": torch.cat(rows) for name, rows in scores.items()}
     if projections:
         local["projections"] = torch.cat(projections)
     if fabric.world_size > 1:
         local = fabric.all_gather(local)  # each (W, n, ...): every rank has n rows (padding)
     local = {k: v.cpu().numpy() for k, v in local.items()}
-    names = [k for k in local if k != "indices"]
-    unique, merged = merge_gathered(local["indices"], *(local[k] for k in names))
-    values = dict(zip(names, merged, strict=True))
-    return Predictions(
-        indices=unique,
-        scores=values["scores"],
-        targets=values["targets"],
-        projections=values.get("projections"),
-    )
+    keys = [k for k in local if k != "indices"]
+    unique, merged = merge_gathered(local["indices"], *(local[k] for k in keys))
+    values = dict(zip(keys, merged, strict=True))
+    return {
+        name: Predictions(
+            indices=unique,
+            scores=values[f"scores/{name}"],
+            targets=values["targets"],
+            projections=values.get("projections") if name == keep_projections else None,
+        )
+        for name in models
+    }
 
 
 def score_predictions(
@@ -158,7 +180,6 @@ def collapse_diagnostics(predictions: Predictions, model: nn.Module) -> dict[str
     }
 
 
-GROUP_COLUMNS = ("total", "head", "medium", "tail")
 
 
 def format_map_table(rows: Sequence[tuple[str, Mapping[str, float]]], title: str = "") -> str:

@@ -1,9 +1,15 @@
 """The training loop, on Lightning Fabric; read it top to bottom.
 
-``train(cfg)`` builds Fabric (launching, DDP, precision), then per process: data and
-samplers -> method (model, criterion, sampler kind) -> Adam + OneCycle -> EMA -> epochs of
-(forward, loss dict, backward, step, schedule, EMA) -> prototype update over all ranks ->
-evaluation of the regular and EMA models on val and test -> metrics, checkpoints, plots.
+``train(cfg)`` builds Fabric (launching, DDP, precision), then each process runs ``_run``,
+which reads in four parts:
+
+1. ``_setup``: data and samplers -> method (model, criterion, sampler kind) -> optimiser and
+   schedule -> EMA -> state restored from a checkpoint when resuming;
+2. ``_train_epoch``: forward, loss dict, backward, step, schedule, EMA; prototype update
+   over all ranks at the end;
+3. ``_evaluate``: the regular and the EMA model scored from one pass over each split (each
+   image decoded once);
+4. ``_select_and_save``: best-on-val selection, checkpoints, the metrics line and plots.
 
 Reproducibility: all RNGs are reseeded at the start of every epoch from (seed, epoch, rank)
 and the samplers are seeded per (seed, epoch), so a run resumed from an epoch-end checkpoint
@@ -28,11 +34,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mlcnc.config import (
+    RUNTIME_ONLY_KEYS,
     Config,
     ConfigError,
     config_diff,
     config_from_dict,
     config_to_dict,
+    resolve_config,
     save_config,
 )
 from mlcnc.data import build_dataset, build_sampler, build_splits
@@ -51,24 +59,13 @@ from mlcnc.engine.evaluation import (
     collapse_diagnostics,
     eval_loader,
     format_map_table,
-    predict,
+    predict_models,
     score_predictions,
 )
 from mlcnc.engine.optim import build_optimizer, build_scheduler
 from mlcnc.engine.run_folder import GROUPS, RunFolder, default_run_dir
 from mlcnc.losses.base import Criterion
-from mlcnc.methods import build_method
-
-# Keys that may differ when resuming: they change where or how verbosely a run goes, not
-# what it computes.
-RESUME_IGNORED_KEYS = (
-    "train.output",
-    "train.progress",
-    "train.plots",
-    "train.log_every",
-    "train.checkpoint_every",
-    "data.num_workers",
-)
+from mlcnc.methods import Method, build_method
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -207,7 +204,7 @@ def train(
             differing = [
                 k
                 for k in config_diff(config_to_dict(saved), config_to_dict(cfg))
-                if k not in RESUME_IGNORED_KEYS
+                if k not in RUNTIME_ONLY_KEYS
             ]
             if differing and not force:
                 raise ConfigError(
@@ -221,6 +218,7 @@ def train(
             cfg.train.output = str(run_dir)
     if cfg is None:
         raise ValueError("train() needs a config or a run to resume")
+    cfg = resolve_config(cfg)
     fabric = make_fabric(cfg)
     return fabric.launch(_run, cfg, config_name, resume_state)
 
@@ -238,7 +236,95 @@ def _seed_all(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
+@dataclass
+class _Run:
+    """What one process holds during a run (built by ``_setup``)."""
+
+    fabric: Fabric
+    cfg: Config
+    folder: RunFolder
+    class_names: list[str]
+    class_freq: np.ndarray
+    groups: dict[str, np.ndarray]
+    num_train_samples: int
+    method: Method
+    model: Any  # the Fabric-wrapped ModelWithLoss (DDP under several processes)
+    optimizer: Any  # the Fabric-wrapped optimizer
+    scheduler: Any
+    ema: Any
+    sampler: Any
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    steps_per_epoch: int
+    start_epoch: int = 0
+    step: int = 0
+    best: dict[str, Any] | None = None
+    last_ap: np.ndarray | None = None
+
+    @property
+    def net(self) -> nn.Module:
+        return self.method.model
+
+    @property
+    def criterion(self) -> Criterion:
+        return self.method.criterion
+
+    @property
+    def rank(self) -> int:
+        return self.fabric.global_rank
+
+    @property
+    def world(self) -> int:
+        return self.fabric.world_size
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.fabric.all_reduce(tensor, reduce_op="sum") if self.world > 1 else tensor
+
+    def checkpoint_state(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Tensors and plain types only: ``torch.load(weights_only=True)`` reads it."""
+        t = self.cfg.train
+        return {
+            "model": plain_state_dict(self.net),
+            "ema": plain_state_dict(self.ema.module) if self.ema is not None else None,
+            "criterion": plain_state_dict(self.criterion),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,  # epochs completed; training continues at this (0-based) epoch
+            "step": self.step,
+            "sampler": {"kind": self.method.sampler, "seed": t.seed, "epoch": epoch},
+            "config": config_to_dict(self.cfg),
+            "class_names": self.class_names,
+            "class_freq": self.class_freq.tolist(),
+            "num_train_samples": self.num_train_samples,
+            "metrics": record,
+            "best": self.best,
+        }
+
+
 def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | None) -> TrainResult:
+    run = _setup(fabric, cfg, config_name, resume_state)
+    o, t = cfg.optim, cfg.train
+    show = run.rank == 0 and t.progress
+    epochs_bar = tqdm(
+        total=o.epochs, initial=run.start_epoch, desc="epochs", unit="epoch", disable=not show
+    )
+    record: dict[str, Any] = {}
+    for epoch in range(run.start_epoch, o.epochs):
+        record = _train_epoch(run, epoch)
+        last_epoch = epoch + 1 == o.epochs
+        if last_epoch or (epoch + 1) % t.eval_every == 0:
+            record |= _evaluate(run)
+        _select_and_save(run, epoch, record)
+        epochs_bar.update(1)
+        fabric.barrier()
+    epochs_bar.close()
+    return _finish(run, record)
+
+
+def _setup(
+    fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | None
+) -> _Run:
+    """Data, method, optimiser, schedule and EMA of one process; restored when resuming."""
     t, o = cfg.train, cfg.optim
     world, rank = fabric.world_size, fabric.global_rank
     if t.num_threads is not None:
@@ -265,22 +351,29 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
     class_names = list(train_split.class_names)
     class_freq = train_split.labels.sum(axis=0).astype(np.int64)
     groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
-    num_classes = len(class_names)
 
     # Method: model, criterion, sampler kind. Same init on every rank (seeded above).
-    method = build_method(cfg.method, num_classes, class_freq, num_samples=len(train_split.labels))
-    net, criterion = method.model, method.criterion
-    if resume_state is not None:
-        net.load_state_dict(resume_state["model"])
-        criterion.load_state_dict(resume_state["criterion"])
-
-    recipe = cfg.method.recipe
-    image_size = cfg.data.image_size
-    train_set = build_dataset(
-        train_split,
-        data_transforms.build_transforms(recipe, image_size, train=True),
-        cfg.data.skip_bad_images,
+    method = build_method(
+        cfg.method,
+        len(class_names),
+        class_freq,
+        num_samples=len(train_split.labels),
+        data_name=cfg.data.name,
     )
+    if resume_state is not None:
+        method.model.load_state_dict(resume_state["model"])
+        method.criterion.load_state_dict(resume_state["criterion"])
+
+    recipe, image_size = cfg.method.recipe, cfg.data.image_size
+    eval_transform = data_transforms.build_transforms(
+        recipe, image_size, train=False, eval_flip=cfg.data.eval_flip
+    )
+    train_transform = (
+        data_transforms.build_transforms(recipe, image_size, train=True)
+        if cfg.data.augment
+        else eval_transform
+    )
+    train_set = build_dataset(train_split, train_transform, cfg.data.skip_bad_images)
     sampler = build_sampler(
         method.sampler, train_split.labels, cfg.data, seed=t.seed, rank=rank, world_size=world
     )
@@ -293,9 +386,6 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
         pin_memory=pin,
         # A last batch of one sample breaks BatchNorm in training mode: drop only that.
         drop_last=len(sampler) % batch_per_device == 1,
-    )
-    eval_transform = data_transforms.build_transforms(
-        recipe, image_size, train=False, eval_flip=cfg.data.eval_flip
     )
     eval_batch = t.eval_batch_size or batch_per_device
     eval_loaders = {
@@ -315,201 +405,233 @@ def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | Non
         steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
 
     # Optimisation: Adam (coupled L2 groups) + OneCycle per step; EMA of the weights.
-    optimizer = build_optimizer(net, o)
+    optimizer = build_optimizer(method.model, o)
     scheduler = build_scheduler(optimizer, o, steps_per_epoch)
-    model, fabric_optimizer = fabric.setup(ModelWithLoss(net, criterion), optimizer)
-    criterion.to(fabric.device)
+    model, fabric_optimizer = fabric.setup(ModelWithLoss(method.model, method.criterion), optimizer)
+    method.criterion.to(fabric.device)
     # The loader is not passed through fabric.setup_dataloaders: its wrapper would call
     # sampler.set_epoch with its own count of epochs in this process, which breaks resume.
     ema = None
     if t.ema_decay > 0:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(net, decay=t.ema_decay, use_warmup=t.ema_warmup)
-    start_epoch, step = 0, 0
-    best = None
+        ema = ModelEmaV3(method.model, decay=t.ema_decay, use_warmup=t.ema_warmup)
+    run = _Run(
+        fabric=fabric,
+        cfg=cfg,
+        folder=folder,
+        class_names=class_names,
+        class_freq=class_freq,
+        groups=groups,
+        num_train_samples=len(train_split.labels),
+        method=method,
+        model=model,
+        optimizer=fabric_optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        sampler=sampler,
+        train_loader=train_loader,
+        eval_loaders=eval_loaders,
+        steps_per_epoch=steps_per_epoch,
+    )
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         if ema is not None and resume_state.get("ema") is not None:
             ema.module.load_state_dict(resume_state["ema"])
-        start_epoch, step = int(resume_state["epoch"]), int(resume_state["step"])
-        best = resume_state.get("best")
+        run.start_epoch, run.step = int(resume_state["epoch"]), int(resume_state["step"])
+        run.best = resume_state.get("best")
         folder.load_records()
-        folder.truncate_records(start_epoch)
+        folder.truncate_records(run.start_epoch)
+    return run
 
-    def checkpoint_state(epoch: int, record: dict[str, Any]) -> dict[str, Any]:
-        """Tensors and plain types only: ``torch.load(weights_only=True)`` reads it."""
-        return {
-            "model": plain_state_dict(net),
-            "ema": plain_state_dict(ema.module) if ema is not None else None,
-            "criterion": plain_state_dict(criterion),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,  # epochs completed; training continues at this (0-based) epoch
-            "step": step,
-            "sampler": {"kind": method.sampler, "seed": t.seed, "epoch": epoch},
-            "config": config_to_dict(cfg),
-            "class_names": class_names,
-            "class_freq": class_freq.tolist(),
-            "num_train_samples": len(train_split.labels),
-            "metrics": record,
-            "best": best,
-        }
 
-    def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-        return fabric.all_reduce(tensor, reduce_op="sum") if world > 1 else tensor
+class _FiniteWatch:
+    """Finds a NaN / inf loss without a host synchronisation on every step.
 
-    show = rank == 0 and t.progress
-    epochs_bar = tqdm(
-        total=o.epochs, initial=start_epoch, desc="epochs", unit="epoch", disable=not show
-    )
-    last_ap: np.ndarray | None = None
-    record: dict[str, Any] = {}
-    for epoch in range(start_epoch, o.epochs):
-        _seed_all(t.seed, epoch, rank)
-        sampler.set_epoch(epoch)
-        criterion.set_epoch(epoch)
-        model.train()
-        criterion.train()
+    Each step only updates device tensors (the first bad step and its terms); ``check``
+    reads them, summed over ranks, at the log points and at the end of the epoch, and stops
+    the run naming the first bad step and every term.
+    """
 
-        # ---- one training epoch --------------------------------------------------------
-        term_sums: dict[str, torch.Tensor] = {}
-        images_seen = 0
-        started = time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch * o.batch_size,
-            desc=f"epoch {epoch + 1}/{o.epochs}",
-            unit="img",
-            leave=False,
-            disable=not show,
+    def __init__(self, device: torch.device, first_step: int) -> None:
+        self.step = torch.tensor(first_step, device=device)
+        self.bad_step = torch.tensor(-1, device=device)
+        self.bad_terms: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def update(self, losses: dict[str, torch.Tensor]) -> None:
+        self.step += 1
+        terms = torch.stack([value.detach().float() for value in losses.values()])
+        first = ~torch.isfinite(terms[0]) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, self.step, self.bad_step)
+        if self.bad_terms is None:
+            self.names, self.bad_terms = list(losses), terms
+        else:
+            self.bad_terms = torch.where(first, terms, self.bad_terms)
+
+    def check(self, run: _Run, epoch: int) -> None:
+        bad = (self.bad_step >= 0).float()
+        if run.world > 1:
+            bad = run.fabric.all_reduce(bad, reduce_op="sum")
+        if bad.item() == 0:
+            return
+        if int(self.bad_step.item()) >= 0:
+            step = int(self.bad_step.item())
+            values = self.bad_terms.tolist() if self.bad_terms is not None else []
+            terms = ", ".join(f"{k}={v:.6g}" for k, v in zip(self.names, values, strict=True))
+            where = f"step {step} (epoch {epoch + 1})"
+        else:
+            where, terms = f"epoch {epoch + 1}", "on another rank"
+        last = run.folder.checkpoints / LAST
+        kept = (
+            f"the last good checkpoint is {last}"
+            if last.is_file()
+            else "no checkpoint was saved yet"
         )
-        for batch_index, (images, targets, _) in enumerate(train_loader):
-            if batch_index >= steps_per_epoch:
-                break
-            images, targets = fabric.to_device((images, targets))
-            losses = model(images, targets)  # float32 dict: total + every term
-            _check_finite(losses, step + 1, epoch, fabric, folder)
-            fabric_optimizer.zero_grad(set_to_none=True)
-            fabric.backward(losses["total"])
-            if o.grad_clip is not None:
-                fabric.clip_gradients(model, fabric_optimizer, max_norm=o.grad_clip)
-            fabric_optimizer.step()
-            scheduler.step()
-            step += 1
-            if ema is not None:
-                ema.update(net, step=step)
-            for name, value in losses.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value.detach()
-            images_seen += images.shape[0] * world
-            bar.update(images.shape[0] * world)
-            if step % t.log_every == 0:
-                bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-                folder.log_scalars(
-                    {f"step/loss_{k}": v.item() for k, v in losses.items()}
-                    | {"step/lr": scheduler.get_last_lr()[0]},
-                    step,
-                )
-        bar.close()
-        seconds = time.perf_counter() - started
-        # Prototypes from this epoch's positives, summed over all ranks (spec B3).
-        criterion.end_epoch(all_reduce_sum)
+        raise NonFiniteLossError(
+            f"non-finite loss at {where} on at least one rank: {terms}; stopping; {kept}"
+        )
 
-        num_batches = min(batch_index + 1, steps_per_epoch) if steps_per_epoch else 0
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        for name, total in term_sums.items():
-            record[f"loss/{name}"] = float(all_reduce_sum(total.reshape(1)).item()) / (
-                num_batches * world
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One epoch of training; returns its record (epoch, step, mean loss terms, speed)."""
+    cfg, fabric = run.cfg, run.fabric
+    o, t = cfg.optim, cfg.train
+    _seed_all(t.seed, epoch, run.rank)
+    run.sampler.set_epoch(epoch)
+    run.criterion.set_epoch(epoch)
+    run.model.train()
+    run.criterion.train()
+    watch = _FiniteWatch(fabric.device, run.step)
+    term_sums: dict[str, torch.Tensor] = {}
+    images_seen, num_batches = 0, 0
+    started = time.perf_counter()
+    bar = tqdm(
+        total=run.steps_per_epoch * o.batch_size,
+        desc=f"epoch {epoch + 1}/{o.epochs}",
+        unit="img",
+        leave=False,
+        disable=not (run.rank == 0 and t.progress),
+    )
+    for batch_index, (images, targets, _) in enumerate(run.train_loader):
+        if batch_index >= run.steps_per_epoch:
+            break
+        images, targets = fabric.to_device((images, targets))
+        losses = run.model(images, targets)  # float32 dict: total + every term
+        watch.update(losses)
+        run.optimizer.zero_grad(set_to_none=True)
+        fabric.backward(losses["total"])
+        if o.grad_clip is not None:
+            fabric.clip_gradients(run.model, run.optimizer, max_norm=o.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.step += 1
+        num_batches += 1
+        if run.ema is not None:
+            run.ema.update(run.net, step=run.step)
+        for name, value in losses.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach()
+        images_seen += images.shape[0] * run.world
+        bar.update(images.shape[0] * run.world)
+        if run.step % t.log_every == 0:
+            watch.check(run, epoch)
+            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+            run.folder.log_scalars(
+                {f"step/loss_{k}": v.item() for k, v in losses.items()}
+                | {"step/lr": run.scheduler.get_last_lr()[0]},
+                run.step,
             )
-        record["lr"] = float(scheduler.get_last_lr()[0])
-        record["img_per_s"] = images_seen / max(seconds, 1e-9)
-        record["epoch_seconds"] = seconds
+    bar.close()
+    watch.check(run, epoch)
+    seconds = time.perf_counter() - started
+    # Prototypes from this epoch's positives, summed over all ranks (spec B3).
+    run.criterion.end_epoch(run.all_reduce_sum)
 
-        # ---- evaluation: regular and EMA models, val and test --------------------------
-        last_epoch = epoch + 1 == o.epochs
-        if last_epoch or (epoch + 1) % t.eval_every == 0:
-            eval_started = time.perf_counter()
-            for split, loader in eval_loaders.items():
-                variants = [("", net)] + ([("_ema", ema.module)] if ema is not None else [])
-                for suffix, candidate in variants:
-                    keep = suffix == "" and split == "test"
-                    predictions = predict(candidate, loader, fabric, keep, t.limit_eval_batches)
-                    if rank != 0:
-                        continue
-                    scored = score_predictions(predictions, groups, class_names)
-                    for g, value in scored["map"].items():
-                        record[f"{split}{suffix}/map_{g}"] = value
-                    record[f"{split}{suffix}/CF1"] = scored["f1"]["CF1"]
-                    record[f"{split}{suffix}/OF1"] = scored["f1"]["OF1"]
-                    if keep:
-                        last_ap = scored["ap"]
-                        for k, v in collapse_diagnostics(predictions, net).items():
-                            record[f"{split}/{k}"] = v
-            record["eval_seconds"] = time.perf_counter() - eval_started
-            record = fabric.broadcast(record, src=0)
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": run.step}
+    for name, total in term_sums.items():
+        summed = run.all_reduce_sum(total.reshape(1))
+        record[f"loss/{name}"] = float(summed.item()) / (num_batches * run.world)
+    record["lr"] = float(run.scheduler.get_last_lr()[0])
+    record["img_per_s"] = images_seen / max(seconds, 1e-9)
+    record["epoch_seconds"] = seconds
+    return record
 
-        # ---- selection, checkpoints, logs ----------------------------------------------
-        improved = False
-        if "val" in eval_loaders and t.select_metric in record:
-            value = _num(record[t.select_metric])
-            if best is None or value > _num(best.get(t.select_metric)):
-                best, improved = {**record, "select_metric": t.select_metric}, True
-        if rank == 0:
-            state = None
-            if last_epoch or (epoch + 1) % t.checkpoint_every == 0:
-                state = checkpoint_state(epoch + 1, record)
-                save_checkpoint(state, folder.checkpoints / LAST)
-            if improved:
-                state = state or checkpoint_state(epoch + 1, record)
-                save_checkpoint(state, folder.checkpoints / BEST)
-            folder.log_epoch(record, step)
-            tqdm.write(_epoch_line(record, o.epochs))
-        epochs_bar.update(1)
-        fabric.barrier()
-    epochs_bar.close()
 
+def _evaluate(run: _Run) -> dict[str, Any]:
+    """Val and test metrics of the regular and the EMA model, from one pass over each
+    split's images; on every rank (rank 0 computes, then broadcasts)."""
+    started = time.perf_counter()
+    models = {"": run.net} | ({"_ema": run.ema.module} if run.ema is not None else {})
+    record: dict[str, Any] = {}
+    for split, loader in run.eval_loaders.items():
+        keep = "" if split == "test" else None  # the regular model's test projections (NC)
+        predictions = predict_models(
+            models, loader, run.fabric, keep, run.cfg.train.limit_eval_batches
+        )
+        if run.rank != 0:
+            continue
+        for suffix, prediction in predictions.items():
+            scored = score_predictions(prediction, run.groups, run.class_names)
+            for g, value in scored["map"].items():
+                record[f"{split}{suffix}/map_{g}"] = value
+            record[f"{split}{suffix}/CF1"] = scored["f1"]["CF1"]
+            record[f"{split}{suffix}/OF1"] = scored["f1"]["OF1"]
+            if suffix == keep:
+                run.last_ap = scored["ap"]
+                for k, v in collapse_diagnostics(prediction, run.net).items():
+                    record[f"{split}/{k}"] = v
+    record["eval_seconds"] = time.perf_counter() - started
+    return run.fabric.broadcast(record, src=0)
+
+
+def _select_and_save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """Best-on-val selection, then (rank 0) the checkpoints and the epoch's metrics line."""
+    t = run.cfg.train
+    improved = False
+    if "val" in run.eval_loaders and t.select_metric in record:
+        value = _num(record[t.select_metric])
+        if run.best is None or value > _num(run.best.get(t.select_metric)):
+            run.best, improved = {**record, "select_metric": t.select_metric}, True
+    if run.rank != 0:
+        return
+    last_epoch = epoch + 1 == run.cfg.optim.epochs
+    state = None
+    if last_epoch or (epoch + 1) % t.checkpoint_every == 0:
+        state = run.checkpoint_state(epoch + 1, record)
+        save_checkpoint(state, run.folder.checkpoints / LAST)
+    if improved:
+        state = state or run.checkpoint_state(epoch + 1, record)
+        save_checkpoint(state, run.folder.checkpoints / BEST)
+    run.folder.log_epoch(record, run.step)
+    tqdm.write(_epoch_line(record, run.cfg.optim.epochs))
+
+
+def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
+    """Per-class AP and plots (rank 0), and the run's result."""
+    folder = run.folder
     # On rank 0 the history covers the whole run (also across a resume).
-    history = list(folder.records) if rank == 0 else [record]
+    history = list(folder.records) if run.rank == 0 else [record]
     best_on_test = max(
         (r for r in history if r.get("test/map_total") is not None),
         key=lambda r: r["test/map_total"],
         default=None,
     )
-    if rank == 0 and history:
-        if last_ap is not None:
-            folder.write_per_class(class_names, class_freq, groups, {"test_ap": last_ap})
-        if t.plots:
-            folder.write_plots(class_names, class_freq, groups, last_ap)
+    if run.rank == 0 and history:
+        if run.last_ap is not None:
+            folder.write_per_class(
+                run.class_names, run.class_freq, run.groups, {"test_ap": run.last_ap}
+            )
+        if run.cfg.train.plots:
+            folder.write_plots(run.class_names, run.class_freq, run.groups, run.last_ap)
     folder.close()
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=folder.path,
         last=history[-1] if history else {},
-        best=best,
+        best=run.best,
         best_on_test=best_on_test,
         history=history,
-        global_rank=rank,
-    )
-
-
-def _check_finite(
-    losses: dict[str, torch.Tensor], step: int, epoch: int, fabric: Fabric, folder: RunFolder
-) -> None:
-    """Stop on a NaN / inf loss on any rank, naming the step and every term."""
-    bad = torch.tensor(
-        0.0 if torch.isfinite(losses["total"]).item() else 1.0, device=losses["total"].device
-    )
-    if fabric.world_size > 1:
-        bad = fabric.all_reduce(bad, reduce_op="sum")
-    if bad.item() == 0:
-        return
-    terms = ", ".join(f"{k}={v.item():.6g}" for k, v in losses.items())
-    last = folder.checkpoints / LAST
-    kept = (
-        f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-    )
-    raise NonFiniteLossError(
-        f"non-finite loss at step {step} (epoch {epoch + 1}) on at least one rank: {terms}; "
-        f"stopping; {kept}"
+        global_rank=run.rank,
     )
 
 

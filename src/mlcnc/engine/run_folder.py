@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from mlcnc.engine.checkpoint import CHECKPOINT_DIR
+from mlcnc.groups import MAP_GROUPS as GROUPS
 
-GROUPS = ("total", "head", "medium", "tail")
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc3")
 
 

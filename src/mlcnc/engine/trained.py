@@ -25,6 +25,7 @@ from mlcnc.engine.evaluation import (
     predict,
     score_predictions,
 )
+from mlcnc.metrics import per_class_f1
 
 
 @dataclass
@@ -157,7 +158,7 @@ def evaluate_checkpoint(
         trained = _rebuild(state, cfg, ckpt_path, use_ema, fabric.device)
         predictions = predict(trained.model, loader, fabric)
         scored = score_predictions(predictions, groups, class_names, threshold)
-        per_class_f1 = _per_class_f1(predictions.scores, predictions.targets, threshold)
+        class_f1 = per_class_f1(predictions.scores, predictions.targets, threshold)
         result["models"][name] = {
             "map": scored["map"],
             "f1": scored["f1"],
@@ -168,7 +169,7 @@ def evaluate_checkpoint(
                     "test_positives": int(predictions.targets[:, c].sum()),
                     "group": group_of.get(c, ""),
                     "ap": _percent(scored["ap"][c]),
-                    "f1": float(per_class_f1[c]),
+                    "f1": float(class_f1[c]),
                 }
                 for c in range(len(class_names))
             ],
@@ -182,17 +183,6 @@ def evaluate_checkpoint(
 
 def _percent(value: float) -> float | None:
     return None if np.isnan(value) else float(100.0 * value)
-
-
-def _per_class_f1(scores: np.ndarray, targets: np.ndarray, threshold: float) -> np.ndarray:
-    """F1 (%) per class at ``threshold``; 0 where a class is never predicted nor positive."""
-    predicted = scores >= threshold
-    positive = targets == 1
-    true_pos = (predicted & positive).sum(axis=0)
-    denominator = predicted.sum(axis=0) + positive.sum(axis=0)
-    return np.divide(
-        200.0 * true_pos, denominator, out=np.zeros(scores.shape[1]), where=denominator > 0
-    )
 
 
 def to_json(result: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -15,15 +13,10 @@ from mlcnc.losses.functional import (
     two_way_loss,
 )
 from mlcnc.models.output import ModelOutput
+from mlcnc.recipes import get_recipe
 
 PROTOTYPE_MODES = ("per_epoch", "cumulative")
 
-RECIPES: dict[str, dict[str, Any]] = {
-    # The paper: only L_FLA during warm-up; prototypes of the previous epoch (mu_{t-1}).
-    "paper": {"legacy_warmup": False, "prototype_mode": "per_epoch"},
-    # The released code: zero-weighted terms kept in the graph; cumulative prototypes.
-    "official": {"legacy_warmup": True, "prototype_mode": "cumulative"},
-}
 
 
 class MLCNCLoss(Criterion):
@@ -61,11 +54,9 @@ class MLCNCLoss(Criterion):
         fpc_reduction: str = "positive_mean",
     ) -> None:
         super().__init__()
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-        defaults = RECIPES[recipe]
-        self.legacy_warmup = defaults["legacy_warmup"] if legacy_warmup is None else legacy_warmup
-        self.prototype_mode = prototype_mode or defaults["prototype_mode"]
+        defaults = get_recipe(recipe)
+        self.legacy_warmup = defaults.legacy_warmup if legacy_warmup is None else legacy_warmup
+        self.prototype_mode = prototype_mode or defaults.prototype_mode
         if self.prototype_mode not in PROTOTYPE_MODES:
             raise ValueError(
                 f"prototype_mode must be one of {PROTOTYPE_MODES}, got {prototype_mode!r}"

@@ -70,6 +70,30 @@ class TimmBackbone(nn.Module):
         return features
 
 
+def backbone_names() -> list[str]:
+    """Every name ``create_backbone`` accepts: torchvision's ResNets and timm's models."""
+    import timm
+
+    return [*TORCHVISION_RESNETS, *(n for n in timm.list_models() if n not in TORCHVISION_RESNETS)]
+
+
+def check_backbone_name(name: str) -> str | None:
+    """None when ``name`` is a known backbone, else a message with the nearest names."""
+    if name in TORCHVISION_RESNETS:
+        return None
+    names = backbone_names()
+    if name in names:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; nearest: {', '.join(close)}" if close else ""
+    return (
+        f"not a torchvision ResNet ({', '.join(TORCHVISION_RESNETS)}) nor a timm model "
+        f"(timm.list_models()){hint}"
+    )
+
+
 def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
     """Build backbone ``name`` with ``pretrained`` weights (True, False or a local file)."""
     from_file = isinstance(pretrained, (str, Path))

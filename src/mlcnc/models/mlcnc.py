@@ -9,13 +9,7 @@ from torch import Tensor, nn
 from mlcnc.models.backbone import create_backbone
 from mlcnc.models.head import MLCNCHead
 from mlcnc.models.output import ModelOutput
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # The paper: a fixed ETF classifier (a buffer, never trained, not in the optimizer).
-    "paper": {"classifier_trainable": False},
-    # The released code: the ETF classifier is an nn.Parameter and is trained (spec B0.1).
-    "official": {"classifier_trainable": True},
-}
+from mlcnc.recipes import get_recipe
 
 
 class MLCNC(nn.Module):
@@ -54,12 +48,12 @@ def create_model(
 ) -> MLCNC:
     """Build MLC-NC for ``num_classes`` classes.
 
-    recipe: "paper" or "official" (spec A2); sets ``classifier_trainable``.
+    recipe: "paper" or "official" (``mlcnc.recipes``); sets ``classifier_trainable``.
     pretrained: True (ImageNet weights; the paper's setting), False, or a local file.
     options (override the recipe): embed_dim=768, num_heads=8, attn_dropout=0.1,
     proj_dim=20, classifier_trainable, etf_seed=0, alpha_att=1.0.
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    head_options = {**RECIPES[recipe], **options}
+    head_options = dict(options)
+    if head_options.get("classifier_trainable") is None:  # None: the recipe's choice
+        head_options["classifier_trainable"] = get_recipe(recipe).classifier_trainable
     return MLCNC(create_backbone(backbone, pretrained), num_classes, **head_options)

@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mlcnc.cli import main
-from mlcnc.inspect.export import (
+from mlcnc.analysis.export import (
     ExportCheckError,
     ProbabilityModel,
     check_export,
@@ -20,7 +19,8 @@ from mlcnc.inspect.export import (
     read_metadata,
     run_exported,
 )
-from mlcnc.inspect.preprocessing import Preprocessing
+from mlcnc.analysis.preprocessing import Preprocessing
+from mlcnc.cli import main
 from mlcnc.models.output import ModelOutput
 from mlcnc.recipes import IMAGENET_MEAN, IMAGENET_STD
 from tiny_trained import IMAGE_SIZE, tiny_trained_run

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from mlcnc import metrics
+from mlcnc.analysis.collapse import markdown_report
+from mlcnc.analysis.preprocessing import preprocessing_of
 from mlcnc.cli import main
-from mlcnc.inspect.collapse import markdown_report
-from mlcnc.inspect.preprocessing import preprocessing_of
 from tiny_trained import tiny_trained_run
 
 

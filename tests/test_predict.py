@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from mlcnc.cli import main
-from mlcnc.data.transforms import build_transforms
-from mlcnc.inspect.attention import ContactSheet, attention_overlay
-from mlcnc.inspect.predict import (
+from mlcnc.analysis.attention import ContactSheet, attention_overlay
+from mlcnc.analysis.predict import (
     ImagePrediction,
     PredictionWriter,
     find_images,
     predict_images,
     select_classes,
 )
-from mlcnc.inspect.preprocessing import preprocessing_of
+from mlcnc.analysis.preprocessing import preprocessing_of
+from mlcnc.cli import main
+from mlcnc.data.transforms import build_transforms
 from mlcnc.models.output import ModelOutput
 from tiny_trained import tiny_trained_run
 

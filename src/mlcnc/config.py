@@ -62,7 +62,7 @@ Precision = Literal["auto", "32-true", "64-true", "16-mixed", "bf16-mixed", "16-
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
-@section
+@section(key="optim")
 class OptimConfig:
     """The ``optim:`` part: Adam with coupled L2 and a per-step OneCycle schedule (spec B4).
 
@@ -90,7 +90,7 @@ class OptimConfig:
     grad_clip: PositiveFloat | None = None
 
 
-@section
+@section(key="train")
 class TrainConfig:
     """The ``train:`` part: where and how the loop runs.
 

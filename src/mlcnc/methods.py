@@ -72,7 +72,7 @@ from mlcnc.schema import (
 SamplerKind = Literal["random", "class_aware"]
 
 
-@section
+@section(key="method")
 class MethodConfig:
     """The ``method:`` part of a config.
 

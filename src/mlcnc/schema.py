@@ -29,9 +29,25 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names it and what is allowed."""
 
 
-def section(cls: type[T]) -> type[T]:
-    """A config section: a validated dataclass that refuses unknown keys."""
-    return pydantic_dataclass(config=ConfigDict(extra="forbid", validate_assignment=False))(cls)
+def section(cls: type[T] | None = None, *, key: str = "") -> Any:
+    """A config section: a validated dataclass that refuses unknown keys. Building one
+    directly with a bad value raises a one-line ConfigError naming ``key.field``."""
+
+    def make(plain: type[T]) -> type[T]:
+        validated = pydantic_dataclass(config=ConfigDict(extra="forbid"))(plain)
+        checked_init = validated.__init__
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                checked_init(self, *args, **kwargs)
+            except ValidationError as error:
+                raise ConfigError(describe_error(error, validated, prefix=key)) from None
+
+        __init__.__doc__ = checked_init.__doc__
+        validated.__init__ = __init__  # type: ignore[method-assign]
+        return validated
+
+    return make if cls is None else make(cls)
 
 
 # Typed values with their allowed ranges; the names say what they hold.

@@ -36,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mlcnc.inspect.export import (
+    from mlcnc.analysis.export import (
         SUFFIX,
         ExportCheckError,
         check_export,
         export_metadata,
         export_model,
     )
-    from mlcnc.inspect.loading import check_images, load_for_inspection
+    from mlcnc.analysis.loading import check_images, load_for_inspection
 
     if args.check_count < 2:
         raise SystemExit("mlcnc export: --check-count must be >= 2")

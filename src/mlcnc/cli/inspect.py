@@ -40,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mlcnc.analysis.collapse import collapse_report
+    from mlcnc.analysis.loading import load_for_inspection, pick_device, resolve_split
     from mlcnc.data import DataError
-    from mlcnc.inspect.collapse import collapse_report
-    from mlcnc.inspect.loading import load_for_inspection, pick_device, resolve_split
 
     device = pick_device(args.device)
     trained, _ = load_for_inspection(args.checkpoint, not args.no_ema, device)

@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mlcnc.inspect.attention import ContactSheet, write_attention_maps
-    from mlcnc.inspect.loading import load_for_inspection, pick_device
-    from mlcnc.inspect.predict import PredictionWriter, find_images, predict_images
+    from mlcnc.analysis.attention import ContactSheet, write_attention_maps
+    from mlcnc.analysis.loading import load_for_inspection, pick_device
+    from mlcnc.analysis.predict import PredictionWriter, find_images, predict_images
 
     if args.batch_size < 1 or args.workers < 0:
         raise SystemExit("mlcnc predict: --batch-size must be >= 1 and --workers >= 0")

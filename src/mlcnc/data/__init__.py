@@ -48,7 +48,7 @@ DatasetName = Literal["synthetic", "voc_lt", "coco_lt", "csv"]
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "voc_lt", "coco_lt", "csv")
 
 
-@section
+@section(key="data")
 class DataConfig:
     """The ``data:`` part of a config.
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mlcnc.inspect.preprocessing import Preprocessing
+from mlcnc.analysis.preprocessing import Preprocessing
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mlcnc.analysis.preprocessing import Preprocessing
 from mlcnc.data.dataset import BadImageError, read_image
-from mlcnc.inspect.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 """Suffixes collected from folders (what ``mlcnc.data.read_image`` decodes); files named

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mlcnc.inspect.preprocessing import Preprocessing, preprocessing_of
+from mlcnc.analysis.preprocessing import Preprocessing, preprocessing_of
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -60,8 +60,8 @@ def check_images(
     export on, and where they came from: ``inputs`` (files and folders) if given, else the
     checkpoint's test split; unreadable files are passed over. Raises ValueError if fewer
     than 2 readable images are found."""
+    from mlcnc.analysis.predict import find_images
     from mlcnc.data import BadImageError, build_splits, read_image
-    from mlcnc.inspect.predict import find_images
 
     if inputs:
         paths, source = find_images(inputs), "the given images"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from mlcnc.inspect.predict import ImagePrediction
+from mlcnc.analysis.predict import ImagePrediction
 
 
 def attention_overlay(

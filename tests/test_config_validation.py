@@ -203,3 +203,29 @@ def test_bad_yaml_file_is_one_line_naming_the_file(tmp_path: Path) -> None:
     bad.write_text("optim:\n  lr: [1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml line \d+: not valid YAML"):
         load_config(str(bad))
+
+
+def test_a_checkpoint_of_the_previous_version_still_loads(tmp_path_factory) -> None:
+    """Version 0.1.0 wrote the config as given (method options not filled in, no
+    ``data.augment``); such a checkpoint rebuilds the same model."""
+    import torch
+    from tiny_trained import tiny_trained_run
+
+    from mlcnc.engine import load_trained
+
+    run = tiny_trained_run(tmp_path_factory)
+    state = torch.load(run.checkpoint, weights_only=True)
+    old = state["config"]
+    given_model = {
+        key: old["method"]["model"][key] for key in ("embed_dim", "num_heads", "proj_dim")
+    }
+    old["method"]["model"], old["method"]["loss"] = given_model, {"warmup_epochs": 0}
+    del old["data"]["augment"]
+    old_path = tmp_path_factory.mktemp("old") / "old.ckpt"
+    torch.save(state, old_path)
+    trained = load_trained(old_path, use_ema=False)
+    current = load_trained(run.checkpoint, use_ema=False)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(trained.model(images).logits, current.model(images).logits)
+    assert trained.config.method.model == current.config.method.model

@@ -202,7 +202,7 @@ def write_problems(problems: Iterable[ImageProblem], path: str | Path) -> Path:
 def summarize(problems: Sequence[ImageProblem], splits: Mapping[str, MultiLabelSplit]) -> str:
     """One line: how many images were checked and how many problems of each kind."""
     total = sum(len(s) for s in splits.values())
-    head = f"checked {total} images in {len(splits)} split(s) ({', '.join(splits)})"
+    head = f"checked {total} image{'' if total == 1 else 's'} in {len(splits)} split(s) ({', '.join(splits)})"
     if not problems:
         return f"{head}: no problems"
     kinds: dict[str, int] = {}

@@ -253,3 +253,17 @@ def test_build_splits_synthetic_reads_the_benchmark_folder(tiny_csv_dataset, mon
     assert list(splits) == ["train", "val", "test"] and len(splits["val"]) == 8
     build_splits(DataConfig(name="synthetic", synthetic_root=str(tmp_path)))
     assert calls == [None, tmp_path]
+
+
+def test_a_limit_above_pillows_own_is_honoured(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from mlcnc.data.dataset import probe_image
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after
+    path = bad_inputs.huge_png(tmp_path / "huge.png")  # 400 M pixels: Pillow refuses > 179 M
+    info = probe_image(path, max_pixels=400_000_000)
+    assert (info.format, info.width, info.height, info.mode) == ("PNG", 20000, 20000, "1")
+    assert probe_image(path, max_pixels=None).width == 20000
+    with pytest.raises(BadImageError, match="above the limit of 399,999,999"):
+        probe_image(path, max_pixels=399_999_999)

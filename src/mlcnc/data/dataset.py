@@ -55,13 +55,12 @@ class BadImageError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What an image file's header says: Pillow format, size, pixel mode, frame count."""
+    """What an image file's header says: Pillow format, size and pixel mode."""
 
     format: str
     width: int
     height: int
     mode: str
-    frames: int
 
 
 def probe_image(
@@ -73,13 +72,7 @@ def probe_image(
     decoding, see ``read_image``). ``BadImageError`` saying why not."""
     path = Path(path)
     with _open_image(path, max_pixels) as image:
-        info = ImageInfo(
-            image.format or "?",
-            image.width,
-            image.height,
-            image.mode,
-            int(getattr(image, "n_frames", 1)),
-        )
+        info = ImageInfo(image.format or "?", image.width, image.height, image.mode)
         if verify:
             try:
                 image.verify()
@@ -174,7 +167,8 @@ def _rgb_pixels(image: Image.Image, path: Path) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image)
-    if mode in _SIXTEEN_BIT_MODES:  # 16-bit grey: scale 0..65535 to 0..255 (not clip)
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and image.format == "PNG"):
+        # 16-bit grey (older Pillows say "I" for PNG): scale 0..65535 to 0..255, not clip
         grey = np.asarray(image).astype(np.uint32)
         grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)

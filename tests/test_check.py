@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import bad_inputs
 from mlcnc.data.check import (
@@ -63,7 +64,7 @@ def _hostile_csv(folder: Path) -> Path:
 
 
 BAD = {
-    6: "2000 x 2000 = 4,000,000 pixels is above the limit of 1,000,000",
+    6: "4,000,000 pixels is above the limit of 1,000,000 (2000 x 2000)",
     7: "corrupt PNG data",
     8: "not an image file (a text file",
     9: "a folder, not an image file",
@@ -76,7 +77,8 @@ BAD = {
 }
 
 
-def test_check_split_reports_every_problem_with_its_line(tmp_path):
+def test_check_split_reports_every_problem_with_its_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # None below sets it
     csv_path = _hostile_csv(tmp_path)
     split = read_csv_split(csv_path)
     problems = check_split(split, max_pixels=1_000_000, workers=3, progress=False)

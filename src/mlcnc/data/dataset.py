@@ -156,8 +156,8 @@ def _identify(handle, path: Path, max_pixels: int | None) -> Image.Image:
         image.close()
         raise BadImageError(
             path,
-            f"{width} x {height} = {width * height:,} pixels is above the limit of "
-            f"{max_pixels:,}; {_limit_hint(max_pixels)}",
+            f"{width * height:,} pixels is above the limit of {max_pixels:,} "
+            f"({width} x {height}); {_limit_hint(max_pixels)}",
         )
     return image
 

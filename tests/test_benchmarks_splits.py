@@ -191,6 +191,10 @@ def test_voc_lt_reproduces_reference(voc_trees, shared_benchmarks):
     train, test = splits["train"], splits["test"]
     assert len(train) == 1142
     assert train.image_paths[0] == base / "VOC2012" / "JPEGImages" / "2008_000023.jpg"
+    split_file = shared_benchmarks / LOCAL_COPY["voc_lt"]
+    assert train.source == str(split_file) and train.lines == list(range(1, 1143))
+    assert train.where(4) == f"{split_file}, line 5"
+    assert test.where(1).endswith("ImageSets/Main/test.txt, line 2")
     _check_against_reference(train, stats, gt)
     assert [len(v) for v in class_groups(train.class_freq).values()] == [6, 6, 8]
     assert [p.stem for p in test.image_paths] == ["000001", "000002", "000003"]
@@ -270,6 +274,8 @@ def test_coco_lt_reproduces_reference(coco_tree, shared_benchmarks):
     splits = build_coco_lt(root, shared_benchmarks / LOCAL_COPY["coco_lt"])
     train, test = splits["train"], splits["test"]
     assert [int(p.stem) for p in train.image_paths] == ids
+    assert train.source.endswith("img_id.pkl") and train.lines[-1] == 1909
+    assert test.where(0).endswith("instances_val2017.json, image id 139")
     assert len(train.class_names) == 80 and train.class_names[0] == "category1"
     _check_against_reference(train, stats, gt)
     assert [len(v) for v in class_groups(train.class_freq).values()] == [22, 33, 25]

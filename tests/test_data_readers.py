@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,17 +66,20 @@ def test_csv_explicit_class_names_and_subfolder(tmp_path):
         ("image,labels\na.png,cat\nb.png,cow\n", r"train\.csv, line 3: unknown class name 'cow'"),
         ("image,labels\na.png,cat\nb.png,dog,extra\n", r"train\.csv, line 3: malformed row"),
         ("image,labels\na.png,cat;;dog\n", r"train\.csv, line 2: empty class name"),
-        ("image,labels\na.png,cat\nb.png,dog\na.png,dog\n", r"line 4: duplicate image entry 'a\.png' \(first on line 2\)"),
+        ("image,labels\na.png,cat\nb.png,dog\na.png,dog\n", r"line 4: duplicate image entry 'a\.png' \(the same file as line 2\)"),
+        ("image,labels\na.png,cat\n./b.png,dog\nb.png,dog\n", r"line 4: duplicate image entry 'b\.png' \(the same file as line 3\)"),
+        ("image,labels\na.png,cat\nsub/../a.png,dog\n", r"line 3: duplicate image entry 'sub/\.\./a\.png' \(the same file as line 2\)"),
         ("image,labels\n", r"train\.csv: the dataset is empty"),
-        ("", r"train\.csv, line 1: header must be 'image,labels'"),
-        ("path,classes\na.png,cat\n", r"line 1: header must be 'image,labels'"),
+        ("", r"train\.csv, line 1: the file is empty; the first line must be the header 'image,labels'"),
+        ("path,classes\na.png,cat\n", r"line 1: header must be 'image,labels', got 'path,classes'; make the first line exactly: image,labels"),
+        ("image,labels\na.png,cat\nb.png,\"" + "x" * 140_000 + "\"\n", r"train\.csv, line 3: not a readable CSV line \(field larger than field limit"),
     ],
 )  # fmt: skip
 def test_csv_bad_input_names_file_and_line(tmp_path, text, message):
     path = _csv(tmp_path, text)
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
     with pytest.raises(DataError, match=message):
-        read_csv_split(path)
+        read_csv_split(path, check_files=True)
 
 
 def test_csv_missing_file_and_duplicate_class_list(tmp_path):
@@ -168,10 +172,27 @@ def test_voc_errors_name_the_file(tmp_path):
         read_voc(root, ["c"])
     (root / "Annotations" / "b.xml").write_text(_voc_xml([("dog", 0)]))
     (root / "JPEGImages" / "b.jpg").unlink()
-    with pytest.raises(DataError, match=r"b\.jpg: image file not found"):
-        read_voc(root, ["b"])
-    with pytest.raises(DataError, match=r"duplicate image entry 'a'"):
+    read_voc(root, ["b"])  # images are not looked at unless asked
+    with pytest.raises(DataError, match=r"VOC, row 1: image file not found: .*b\.jpg"):
+        read_voc(root, ["b"], check_files=True)
+    (root / "Annotations" / "a.xml").write_text(_voc_xml([("dog", 0)]))
+    with pytest.raises(
+        DataError, match=r"trainval\.txt, line 2: image file not found: .*JPEGImages/b\.jpg$"
+    ):
+        read_voc(root, check_files=True)
+    assert read_voc(root).lines == [1, 2] and read_voc(root).where(1).endswith(
+        "trainval.txt, line 2"
+    )
+    with pytest.raises(DataError, match=r"duplicate image entry 'a' \(entry 2, first at entry 1\)"):
         read_voc(root, ["a", "a"])
+    (root / "ImageSets" / "Main" / "dup.txt").write_text("a\n\nb\na 1\n")
+    with pytest.raises(
+        DataError, match=r"dup\.txt: duplicate image entry 'a' \(line 4, first on line 1\)"
+    ):
+        read_voc(root, "dup")
+    (root / "ImageSets" / "Main" / "latin.txt").write_bytes(b"a\r\nb\xe9\r\n")
+    with pytest.raises(DataError, match=r"latin\.txt, line 2: not UTF-8 text \(byte 0xe9\)"):
+        read_voc(root, "latin")
     with pytest.raises(DataError, match=r"test\.txt: image-set list not found"):
         read_voc(root, "test")
     with pytest.raises(DataError, match="not a VOC year folder"):
@@ -253,8 +274,12 @@ def test_coco_errors(tmp_path):
     with pytest.raises(DataError, match="duplicate image entry 1"):
         read_coco(annotation, tmp_path / "img", image_ids=[1, 1])
     (tmp_path / "img" / f"{2:012d}.jpg").unlink()
-    with pytest.raises(DataError, match=r"000000000002\.jpg: image file not found \(image id 2\)"):
-        read_coco(annotation, tmp_path / "img")
+    split = read_coco(annotation, tmp_path / "img")
+    assert (split.lines, split.line_kind) == ([1, 2], "image id")
+    with pytest.raises(
+        DataError, match=r"a\.json, image id 2: image file not found: .*000000000002\.jpg$"
+    ):
+        read_coco(annotation, tmp_path / "img", check_files=True)
     with pytest.raises(DataError, match="COCO annotation file not found"):
         read_coco(tmp_path / "missing.json", tmp_path / "img")
     bad = write_coco_json(tmp_path / "b.json", tmp_path / "img", [1], [_ann(1, 5)])
@@ -276,3 +301,72 @@ def test_coco_file_that_is_not_an_instances_file(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(DataError, match=rf"{name}: not a COCO instances file"):
             read_coco(tmp_path / name, tmp_path)
+
+
+# ------------------------------------------------- encodings, line numbers, paths
+
+
+def test_bom_and_crlf_in_csv_and_class_list(tmp_path):
+    path = _csv(tmp_path, "")
+    path.write_bytes(b"\xef\xbb\xbfimage,labels\r\na.png,dog\r\n\r\nb.png,cat;dog\r\n")
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfdog\r\ncat\r\n")
+    split = read_csv_split(path)
+    assert split.class_names == ["dog", "cat"]  # no '\ufeffdog', no 'cat\r'
+    np.testing.assert_array_equal(split.labels, [[1, 0], [1, 1]])
+    assert split.lines == [2, 4]  # the blank line 3 is skipped, numbers stay true
+    assert split.where(1) == f"{path}, line 4"
+
+
+@pytest.mark.parametrize(
+    ("csv_bytes", "classes_bytes", "message"),
+    [
+        (b"image,labels\na.png,caf\xe9\n", None, r"train\.csv, line 2: not UTF-8 text \(byte 0xe9 in the labels\); save the file as UTF-8"),
+        (b"image,labels\na.png,cat\n", b"cat\ncaf\xe9\n", r"classes\.txt, line 2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"),
+        (b"image,lab\xe9ls\na.png,cat\n", None, r"train\.csv, line 1: header must be 'image,labels', got 'image,lab\\xe9ls'"),
+    ],
+)  # fmt: skip
+def test_non_utf8_text_names_the_file_and_line(tmp_path, csv_bytes, classes_bytes, message):
+    path = _csv(tmp_path, "")
+    path.write_bytes(csv_bytes)
+    if classes_bytes is not None:
+        (tmp_path / "classes.txt").write_bytes(classes_bytes)
+    with pytest.raises(DataError, match=message):
+        read_csv_split(path)
+
+
+def test_non_utf8_image_path_round_trips_as_bytes(tmp_path):
+    name = b"caf\xe9.png"  # a latin-1 file name on a UTF-8 system
+    (tmp_path / os.fsdecode(name)).write_bytes(b"x")
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"image,labels\n" + name + b",cat\n")
+    split = read_csv_split(path, check_files=True)
+    assert os.fsencode(split.image_paths[0]) == os.fsencode(tmp_path) + b"/" + name
+    out = write_csv_split(split, tmp_path / "copy" / "train.csv")
+    assert out.read_bytes() == b"image,labels\r\n../" + name + b",cat\r\n"
+    assert read_csv_split(out).image_paths[0].resolve() == split.image_paths[0].resolve()
+    (tmp_path / os.fsdecode(name)).unlink()
+    with pytest.raises(DataError) as err:
+        read_csv_split(path, check_files=True)
+    assert str(err.value).endswith(r"caf\xe9.png")  # shown as an escape, printable
+    str(err.value).encode("utf-8")
+
+
+def test_missing_files_are_refused_all_in_one_line(tmp_path):
+    path = _csv(tmp_path, "image,labels\na.png,cat\nx.png,cat\nsub,cat\nbroken.png,cat\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DataError) as err:
+        read_csv_split(path, check_files=True)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}, line 3: image file not found: {tmp_path / 'x.png'}")
+    assert message.endswith("(and 2 more bad image paths; `mlcnc data check` lists them all)")
+
+
+def test_subset_keeps_line_numbers_unless_the_source_changes(tmp_path):
+    split = read_csv_split(_csv(tmp_path, "image,labels\na.png,cat\n\nb.png,\nc.png,cat\n"))
+    assert split.lines == [2, 4, 5]
+    assert split.subset([2, 0]).lines == [5, 2]
+    assert split.subset([2, 0], source="other.csv").lines is None
+    with pytest.raises(DataError, match="2 line numbers for 1 images"):
+        MultiLabelSplit([Path("a")], np.zeros((1, 1)), ["a"], "s", [1, 2])

@@ -1,10 +1,11 @@
-"""MultiLabelDataset (decoding, bad-image errors and skipping), DataConfig, build_splits."""
+"""read_image (every mode, first frame, pixel limit, bad files), MultiLabelDataset, DataConfig,
+build_splits."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import bad_inputs
 from mlcnc.data import (
     BadImageError,
     DataConfig,
@@ -79,45 +81,126 @@ def test_decoding_modes_and_formats(tmp_path):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (None, "cannot read image file"),
-        (b"", "image file is empty"),
-        (b"this is not an image at all", "cannot decode image"),
-        (_encoded(fmt="JPEG")[:300], "cannot decode image"),  # truncated JPEG
-        (_encoded()[:100], "cannot decode image"),  # truncated PNG
+        (None, "file not found"),
+        (b"", r"empty file \(0 bytes\)"),
+        (b"this is not an image at all", r"not an image file \(a text file"),
+        (b"\x00\x01\x02\x03binary", r"not an image file \(unrecognised data"),
+        (_encoded(fmt="JPEG")[:300], "corrupt JPEG header"),  # cut inside the header
+        (_encoded(fmt="JPEG", size=(64, 48))[:1500], "cannot decode JPEG image"),  # truncated
+        (_encoded()[:100], "cannot decode PNG image"),  # truncated PNG
+        (_encoded(fmt="BMP"), "unsupported image format BMP; convert it to PNG or JPEG"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "corrupt PNG header"),
     ],
 )
-def test_bad_image_errors_name_the_file(tmp_path, data, message):
+def test_bad_image_errors_name_the_file_and_the_line(tmp_path, data, message):
     images = {"good.png": _encoded()} if data is None else {"good.png": _encoded(), "bad.png": data}
-    split = _split(tmp_path, images, [[1, 0]] * len(images))
-    if data is None:  # missing file: listed but not on disk
-        split = MultiLabelSplit(
-            [*split.image_paths, tmp_path / "bad.png"], np.array([[1, 0], [0, 1]]), ["a", "b"], "t"
-        )
-    dataset = build_dataset(split)
+    _split(tmp_path, images, [[1, 0]] * len(images))  # writes the files
+    split = MultiLabelSplit(
+        [tmp_path / "good.png", tmp_path / "bad.png"],
+        np.array([[1, 0], [0, 1]]),
+        ["a", "b"],
+        "train.csv",
+        [2, 5],
+    )
     with pytest.raises(BadImageError, match=rf"bad\.png: {message}"):
+        read_image(tmp_path / "bad.png")
+    dataset = build_dataset(split)
+    assert dataset[0][2] == 0
+    with pytest.raises(BadImageError, match=rf"bad\.png: {message}.*listed at train\.csv, line 5"):
         dataset[1]
 
 
-def test_skip_bad_images_substitutes_next_good_item_and_counts(tmp_path, caplog):
+def test_a_bad_image_is_never_replaced_by_another(tmp_path):
+    """The old skip mode returned the next good item; now every index is its own row or an
+    error, with or without skip_bad_images (bad rows are dropped before the run)."""
     split = _split(
         tmp_path,
-        {"0.png": _encoded(), "1.png": b"broken", "2.png": b"", "3.png": _encoded("L")},
-        [[1, 0], [0, 1], [1, 1], [0, 1]],
+        {"0.png": _encoded(), "1.png": b"broken", "2.png": _encoded("L")},
+        [[1, 0], [0, 1], [1, 1]],
     )
-    dataset = build_dataset(split, skip_bad_images=True)
-    with caplog.at_level(logging.WARNING, logger="mlcnc.data.dataset"):
-        image, target, index = dataset[1]
-    assert index == 3  # 1 and 2 are bad: the next good item, with its own target
-    torch.testing.assert_close(target, torch.tensor([0.0, 1.0]))
-    assert image.shape == (3, 12, 20)
-    assert dataset.num_skipped == 2
-    assert "1.png" in caplog.text and "2.png" in caplog.text
-    dataset[2]
-    assert dataset.num_skipped == 2  # counted once per file
-    assert dataset[0][2] == 0
-    all_bad = build_dataset(_split(tmp_path / "x", {"a.png": b"x"}, [[1, 0]]), skip_bad_images=True)
-    with pytest.raises(BadImageError, match="no readable image"):
-        all_bad[0]
+    for skip in (False, True):
+        dataset = build_dataset(split, skip_bad_images=skip)
+        assert [dataset[i][2] for i in (0, 2)] == [0, 2]
+        with pytest.raises(BadImageError, match=r"1\.png") as err:
+            dataset[1]
+        assert ("drops bad rows before a run" in str(err.value)) == skip
+    loader = DataLoader(build_dataset(split), batch_size=3)
+    with pytest.raises(BadImageError, match=r"1\.png"):
+        next(iter(loader))
+
+
+def test_first_frame_of_animations(tmp_path):
+    for fmt, suffix in (("GIF", "gif"), ("PNG", "png"), ("WEBP", "webp")):  # GIF, APNG, WebP
+        path = bad_inputs.animated(tmp_path / f"anim.{suffix}", fmt)
+        with Image.open(path) as image:
+            assert getattr(image, "n_frames", 1) == 2, fmt  # really animated
+        image = read_image(path)
+        assert image.shape == (3, 6, 8) and image.dtype == torch.uint8
+        expected = torch.tensor(bad_inputs.RED, dtype=torch.uint8)[:, None, None].expand(3, 6, 8)
+        torch.testing.assert_close(image, expected, atol=2, rtol=0)
+    split = MultiLabelSplit([tmp_path / "anim.gif"] * 1 + [tmp_path / "anim.webp"],
+                            np.array([[1, 0], [0, 1]]), ["a", "b"], "t")  # fmt: skip
+    images, _, _ = next(iter(DataLoader(build_dataset(split), batch_size=2)))
+    assert images.shape == (2, 3, 6, 8)  # collation works: one frame each
+
+
+def test_every_pixel_mode_becomes_uint8_rgb(tmp_path):
+    cases = {
+        "palette": bad_inputs.palette_png(tmp_path / "p.png"),
+        "16-bit": bad_inputs.sixteen_bit_png(tmp_path / "g16.png"),
+        "grey+alpha": bad_inputs.grey_alpha_png(tmp_path / "la.png"),
+    }
+    bits = np.array([[0, 1, 1, 0], [1, 0, 0, 1]], dtype=bool)
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    cases["1-bit"] = (tmp_path / "bits.png", np.repeat(bits[:, :, None] * 255, 3, 2))
+    rgba = np.random.default_rng(4).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    cases["RGBA"] = (tmp_path / "rgba.png", rgba[:, :, :3])
+    grey = rgba[:, :, 0]
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    cases["grey"] = (tmp_path / "grey.png", np.repeat(grey[:, :, None], 3, 2))
+    for name, (path, expected) in cases.items():
+        image = read_image(path)
+        assert image.dtype == torch.uint8 and image.shape[0] == 3, name
+        np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected, err_msg=name)
+    cmyk = read_image(bad_inputs.cmyk_jpeg(tmp_path / "cmyk.jpg"))
+    assert cmyk.shape == (3, 6, 8)
+    assert (cmyk[0] >= 250).all() and (cmyk[1:] <= 5).all()  # (0, 255, 255, 0) CMYK is red
+
+
+def test_pixel_limit_is_applied_from_the_header_before_decoding(tmp_path, monkeypatch):
+    path = bad_inputs.huge_png(tmp_path / "huge.png")
+    assert path.stat().st_size < 100_000  # a small file that would decode to 1.2 GB
+
+    def no_decoding(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    with pytest.raises(BadImageError, match=r"huge\.png: 400,000,000 pixels is above the limit "
+                       r"of 89,478,485; shrink the image or raise data\.max_image_pixels"):  # fmt: skip
+        read_image(path)
+    small = tmp_path / "small.png"
+    small.write_bytes(_encoded(size=(20, 12)))
+    with pytest.raises(
+        BadImageError, match=r"240 pixels is above the limit of 239 \(20 x 12\); shrink"
+    ):
+        read_image(small, max_pixels=239)
+    split = MultiLabelSplit([small], np.array([[1, 0]]), ["a", "b"], "t")
+    with pytest.raises(BadImageError, match="above the limit of 100"):
+        build_dataset(split, max_pixels=100)[0]
+    monkeypatch.undo()
+    assert read_image(small, max_pixels=240).shape == (3, 12, 20)
+
+
+def test_non_utf8_file_name_is_read(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: not UTF-8
+    (tmp_path / name).write_bytes(_encoded())
+    assert read_image(tmp_path / name).shape == (3, 12, 20)
+    (tmp_path / name).write_bytes(b"junk")
+    with pytest.raises(BadImageError) as err:
+        read_image(tmp_path / name)
+    assert r"caf\xe9.png: not an image file" in str(err.value)
+    str(err.value).encode("utf-8")  # printable: no lone surrogates
 
 
 def test_data_config_fields_defaults_and_validation():
@@ -172,3 +255,17 @@ def test_build_splits_synthetic_reads_the_benchmark_folder(tiny_csv_dataset, mon
     assert list(splits) == ["train", "val", "test"] and len(splits["val"]) == 8
     build_splits(DataConfig(name="synthetic", synthetic_root=str(tmp_path)))
     assert calls == [None, tmp_path]
+
+
+def test_a_limit_above_pillows_own_is_honoured(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from mlcnc.data.dataset import probe_image
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after
+    path = bad_inputs.huge_png(tmp_path / "huge.png")  # 400 M pixels: Pillow refuses > 179 M
+    info = probe_image(path, max_pixels=400_000_000)
+    assert (info.format, info.width, info.height, info.mode) == ("PNG", 20000, 20000, "1")
+    assert probe_image(path, max_pixels=None).width == 20000
+    with pytest.raises(BadImageError, match="above the limit of 399,999,999"):
+        probe_image(path, max_pixels=399_999_999)

@@ -1,9 +1,13 @@
-"""``mlcnc data``: dataset statistics and long-tailed subsets.
+"""``mlcnc data``: check a dataset's images, dataset statistics and long-tailed subsets.
 
-mlcnc data stats --csv train.csv                   # your own data (CSV format)
+mlcnc data check --config voc_lt data.voc2012_root=... # every image of every split
+mlcnc data check --csv train.csv --csv test.csv    # your own data (CSV format)
+mlcnc data stats --csv train.csv --plot freq.png   # your own data (CSV format)
 mlcnc data stats --data synthetic --split test     # the embedded benchmark
 mlcnc data stats --data voc_lt --voc2012-root VOCdevkit/VOC2012 --voc2007-root VOCdevkit/VOC2007
 mlcnc data make-longtail --csv full.csv --out lt/train.csv --max 800 --min 1 --seed 0
+
+Bad input is one line on stderr naming the file and line, and exit code 1.
 """
 
 from __future__ import annotations
@@ -18,6 +22,33 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="dataset statistics and long-tailed subsets")
     commands = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser(
+        "check",
+        help="check every image of a dataset; list all problems (file:line: image: reason)",
+        description="Name the dataset with --config NAME [key=value ...] (as for train) or "
+        "with --csv FILE (repeatable). Exit code 1 if any image is bad.",
+    )
+    source = check.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="a config name or YAML file (its data: part is read)")
+    source.add_argument(
+        "--csv", type=Path, action="append", help="a split in the CSV format (repeatable)"
+    )
+    check.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    check.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
+    check.add_argument(
+        "--max-pixels",
+        type=int,
+        help="largest image in pixels (default: the config's data.max_image_pixels, "
+        "else 89,478,485)",
+    )
+    check.add_argument("--workers", type=int, help="threads (default: up to 8)")
+    check.add_argument(
+        "--decode",
+        action="store_true",
+        help="decode every image fully (slower; finds truncated JPEGs)",
+    )
+    check.set_defaults(func=_reporting_errors(_check))
 
     stats = commands.add_parser(
         "stats",
@@ -39,9 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--coco-root", help="folder with annotations/, train2017/, val2017/")
     stats.add_argument("--split-file", help="local copy of the benchmark's split file")
     _add_thresholds(stats)
-    stats.add_argument(
-        "--plot", type=Path, default=Path("class_freq.png"), help="bar plot PNG to write"
-    )
+    stats.add_argument("--plot", type=Path, help="also write a class-frequency bar plot (PNG)")
     stats.add_argument("--json", type=Path, help="also write the statistics as JSON")
     stats.add_argument("--top", type=int, default=10, help="co-occurring class pairs to list")
     stats.set_defaults(func=_reporting_errors(_stats))
@@ -59,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     subset.add_argument("--min", type=int, default=1, help="target floor of the last class")
     subset.add_argument("--pareto-shape", type=float, default=6.0, help="Pareto shape b")
     subset.add_argument("--seed", type=int, default=0)
+    subset.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_thresholds(subset)
     subset.set_defaults(func=_reporting_errors(_make_longtail))
 
@@ -84,10 +114,11 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=int, default=20, help="tail: n_c < TAIL")
 
 
-def _read_csv(csv: Path, classes: Path | None):
+def _read_csv(csv: Path, classes: Path | None, check_files: bool = True):
     from mlcnc.data.readers import read_class_list, read_csv_split
 
-    return read_csv_split(csv, read_class_list(classes) if classes else None)
+    names = read_class_list(classes) if classes else None
+    return read_csv_split(csv, names, check_files=check_files)
 
 
 def _load_split(args: argparse.Namespace):
@@ -112,20 +143,22 @@ def _load_split(args: argparse.Namespace):
 
 def _stats(args: argparse.Namespace) -> int:
     from mlcnc.data.longtail import class_groups, dataset_stats
-    from mlcnc.plots import plot_class_frequency
 
     split = _load_split(args)
     stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
     groups = class_groups(split.class_freq, args.head, args.tail)
     print(_format_stats(stats, groups))
-    plot_class_frequency(
-        split.class_freq,
-        args.plot,
-        class_names=split.class_names,
-        groups=groups,
-        title=f"{Path(split.source).name}: {len(split)} images per class",
-    )
-    print(f"class-frequency plot: {args.plot}")
+    if args.plot is not None:
+        from mlcnc.plots import plot_class_frequency
+
+        plot_class_frequency(
+            split.class_freq,
+            args.plot,
+            class_names=split.class_names,
+            groups=groups,
+            title=f"{Path(split.source).name}: {len(split)} images per class",
+        )
+        print(f"class-frequency plot: {args.plot}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(stats, indent=2))
@@ -157,10 +190,53 @@ def _format_stats(stats: dict, groups: dict) -> str:
     return "\n".join(lines)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from mlcnc.data.check import check_splits, summarize
+    from mlcnc.data.dataset import DEFAULT_MAX_IMAGE_PIXELS
+
+    max_pixels = args.max_pixels
+    if args.config is not None:
+        from mlcnc.config import load_config
+        from mlcnc.data import build_splits
+
+        data = load_config(args.config, list(args.overrides)).data
+        splits = build_splits(data)
+        if max_pixels is None:  # the key may be absent from older configs
+            max_pixels = getattr(data, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    else:
+        if args.overrides:
+            raise ValueError(f"key=value overrides need --config, got {' '.join(args.overrides)}")
+        splits = {}
+        for csv in args.csv:
+            name = str(csv)
+            if name in splits:
+                raise ValueError(f"{csv}: given twice with --csv")
+            splits[name] = _read_csv(csv, args.classes, check_files=False)
+    if max_pixels is None:
+        max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+    if max_pixels < 1:
+        raise ValueError(f"--max-pixels must be >= 1, got {max_pixels}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    problems = check_splits(splits, max_pixels, args.workers, decode=args.decode)
+    for problem in problems:
+        print(problem)
+    print(summarize(problems, splits))
+    return 1 if problems else 0
+
+
 def _make_longtail(args: argparse.Namespace) -> int:
     from mlcnc.data.longtail import class_groups, dataset_stats, make_longtail_subset
-    from mlcnc.data.readers import write_csv_split
+    from mlcnc.data.readers import CLASSES_FILE, DataError, write_csv_split
 
+    inputs = [args.csv, args.classes or args.csv.parent / CLASSES_FILE]
+    for given in inputs:
+        if _same_file(args.out, given):
+            raise DataError(
+                f"{args.out}: writing it would overwrite the input {given}; choose another --out"
+            )
+    if args.out.exists() and not args.overwrite:
+        raise DataError(f"{args.out}: already exists; pass --overwrite to replace it")
     full = _read_csv(args.csv, args.classes)
     indices = make_longtail_subset(
         full.labels, args.max, args.min, pareto_shape=args.pareto_shape, seed=args.seed
@@ -171,3 +247,13 @@ def _make_longtail(args: argparse.Namespace) -> int:
     print(_format_stats(stats, class_groups(subset.class_freq, args.head, args.tail)))
     print(f"wrote {len(subset)} of {len(full)} images to {args.out}")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (same resolved path, or the same inode)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False

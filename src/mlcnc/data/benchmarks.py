@@ -13,6 +13,7 @@ ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -21,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlcnc.data.readers import DataError, MultiLabelSplit, read_coco, read_voc
+from mlcnc.data.readers import DataError, MultiLabelSplit, read_coco, read_id_list, read_voc
 
 RAW_URL = "https://raw.githubusercontent.com/wutong16/DistributionBalancedLoss/master/{path}"
 """Canonical location of the split files (the DistributionBalancedLoss repository)."""
@@ -153,12 +154,21 @@ def fetch_split_file(
 
 def read_split_ids(benchmark: str, path: str | Path) -> list[str]:
     """The image ids of a split file, one per line, in file order (count checked)."""
+    return _split_ids(benchmark, path)[0]
+
+
+def _split_ids(benchmark: str, path: str | Path) -> tuple[list[str], list[int]]:
+    """The image ids of a split file and their line numbers (for messages)."""
     spec = _spec(benchmark)
-    path = Path(path)
-    ids = [line.strip() for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
+    ids, lines = read_id_list(path, f"{benchmark} split file")
     if len(ids) != spec.num_ids:
         raise DataError(f"{path}: expected {spec.num_ids} image ids, found {len(ids)}")
-    return ids
+    return ids, lines
+
+
+def _listed_by(split: MultiLabelSplit, path: Path, lines: list[int]) -> MultiLabelSplit:
+    """``split`` with rows located in the split file that listed them."""
+    return dataclasses.replace(split, source=str(path), lines=lines, line_kind="line")
 
 
 def build_voc_lt(
@@ -167,9 +177,11 @@ def build_voc_lt(
     split_file: str | Path | None = None,
 ) -> dict[str, MultiLabelSplit]:
     """VOC-LT: ``train`` = the listed VOC2012 trainval images (split-file order),
-    ``test`` = VOC2007 test. Roots are the VOCdevkit/VOC2012 and VOCdevkit/VOC2007 folders."""
-    ids = read_split_ids("voc_lt", fetch_split_file("voc_lt", split_file))
-    train = read_voc(voc2012_root, ids)
+    ``test`` = VOC2007 test. Roots are the VOCdevkit/VOC2012 and VOCdevkit/VOC2007 folders.
+    Image files are not checked here (``mlcnc.data.check`` does)."""
+    path = fetch_split_file("voc_lt", split_file)
+    ids, lines = _split_ids("voc_lt", path)
+    train = _listed_by(read_voc(voc2012_root, ids), path, lines)
     return {"train": train, "test": read_voc(voc2007_root, "test")}
 
 
@@ -179,17 +191,20 @@ def build_coco_lt(
 ) -> dict[str, MultiLabelSplit]:
     """COCO-LT: ``train`` = the listed COCO2017 train images (split-file order),
     ``test`` = all 5,000 val2017 images. ``coco_root`` holds ``annotations/``,
-    ``train2017/`` and ``val2017/``."""
+    ``train2017/`` and ``val2017/``. Image files are not checked here (``mlcnc.data.check``
+    does)."""
     root = Path(coco_root)
     path = fetch_split_file("coco_lt", split_file)
-    ids = read_split_ids("coco_lt", path)
-    if not all(i.isdigit() for i in ids):
-        raise DataError(f"{path}: COCO-LT image ids must be integers")
+    ids, lines = _split_ids("coco_lt", path)
+    for image_id, line in zip(ids, lines, strict=True):
+        if not image_id.isdigit():
+            raise DataError(f"{path}, line {line}: COCO-LT image id {image_id!r} is not an integer")
     train = read_coco(
         root / "annotations" / "instances_train2017.json",
         root / "train2017",
         [int(i) for i in ids],
     )
+    train = _listed_by(train, path, lines)
     test = read_coco(root / "annotations" / "instances_val2017.json", root / "val2017")
     return {"train": train, "test": test}
 

@@ -4,6 +4,7 @@ multi-label dataset.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -95,6 +96,11 @@ def pareto_reference_counts(
         raise ValueError(
             f"need num_classes >= 1 and 0 <= min_count <= max_count, got {num_classes}, "
             f"{min_count}, {max_count}"
+        )
+    if not (math.isfinite(shape) and shape > 0):
+        raise ValueError(
+            f"the Pareto shape (--pareto-shape) must be a finite number > 0, got {shape} "
+            "(default 6)"
         )
     # Pareto with scale 1: pdf(x) = b / x^(b+1) for x >= 1; ppf(q) = (1 - q)^(-1/b).
     x = np.linspace(1.0, 0.01 ** (-1.0 / shape), num_classes)

@@ -2,8 +2,15 @@
 
 Three sources: Pascal VOC (VOCdevkit XML), COCO (instances JSON via pycocotools) and the
 generic CSV format a user's own data comes in (``image,labels`` with ``;``-separated class
-names). Every reader checks that each image file exists and fails with an error naming the
-file (and line) at fault; nothing is silently dropped.
+names). Readers parse annotations and fail on the first annotation error with a
+``DataError`` naming the file and line. They do not open images: ``mlcnc.data.check``
+checks every image file of a split (all problems at once), and ``check_files=True`` makes
+a reader refuse missing files itself.
+
+Text files (CSV, classes.txt, VOC image-set lists, split files) must be UTF-8; a BOM at the
+start and CRLF line ends are accepted. An image path in a CSV may hold bytes that are not
+UTF-8 (a file name from another system): they are kept as the same bytes on disk
+(``surrogateescape``) and shown as ``\\xNN`` in messages (``show_path``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import contextlib
 import csv
 import io
 import os
+import re
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +44,66 @@ class DataError(ValueError):
     """Bad dataset input; the message names the file (and line) at fault."""
 
 
+def show_path(path: str | Path) -> str:
+    """``path`` as printable text: bytes of a file name that are not UTF-8 (held as
+    surrogate escapes) appear as ``\\xNN`` instead of breaking ``print``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The text of a UTF-8 file, without a leading BOM; ``DataError`` naming the file (and
+    the line of the first byte that is not UTF-8) otherwise. ``what`` names the file's role
+    in messages (``class list``, ``image-set list``...)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{show_path(path)}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{show_path(path)}: is a folder, not a {what}") from None
+    except OSError as err:
+        raise DataError(f"{show_path(path)}: cannot read the {what} ({err.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{show_path(path)}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def text_lines(text: str) -> list[str]:
+    """Lines of ``text`` split at LF, CRLF or CR only (``str.splitlines`` also splits at
+    form feeds and Unicode separators, which would shift line numbers)."""
+    lines = re.split(r"\r\n|\n|\r", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def file_problem(path: str | Path) -> tuple[str | None, os.stat_result | None]:
+    """Why ``path`` cannot be an image file (None if it is a non-empty regular file,
+    symbolic links followed), and its ``os.stat`` result when it exists."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symbolic link (to {show_path(os.readlink(path))})", None
+        return "file not found", None
+    except NotADirectoryError:
+        return "file not found (a folder on its path is a file)", None
+    except PermissionError:
+        return "permission denied", None
+    except OSError as err:
+        return f"cannot read ({err.strerror or err})", None
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder, not an image file", info
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a device, pipe or socket)", info
+    if info.st_size == 0:
+        return "empty file (0 bytes)", info
+    return None, info
+
+
 @dataclass
 class MultiLabelSplit:
     """One split of a multi-label dataset.
@@ -43,12 +112,18 @@ class MultiLabelSplit:
     labels:      (N, C) uint8 multi-hot matrix, row i for ``image_paths[i]``.
     class_names: C class names, in label-column order.
     source:      the file (or folder) the split was read from, for messages.
+    lines:       optional N locators of the rows in ``source``: 1-based line numbers (CSV,
+                 VOC image-set list, benchmark split file) or, with ``line_kind="image
+                 id"``, COCO image ids. None when rows have none (an explicit id list).
+    line_kind:   what ``lines`` holds: ``line`` or ``image id``.
     """
 
     image_paths: list[Path]
     labels: np.ndarray
     class_names: list[str]
     source: str
+    lines: list[int] | None = None
+    line_kind: str = "line"
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.uint8)
@@ -61,6 +136,20 @@ class MultiLabelSplit:
             )
         if not self.image_paths:
             raise DataError(f"{self.source}: the dataset is empty (no images)")
+        if self.lines is not None:
+            self.lines = [int(n) for n in self.lines]
+            if len(self.lines) != len(self.image_paths):
+                raise DataError(
+                    f"{self.source}: {len(self.lines)} line numbers for "
+                    f"{len(self.image_paths)} images"
+                )
+
+    def where(self, row: int) -> str:
+        """Where row ``row`` comes from, for messages: ``train.csv, line 12``,
+        ``instances_val2017.json, image id 139``, or ``VOC2012, row 3`` without lines."""
+        if self.lines is None:
+            return f"{show_path(self.source)}, row {row + 1}"
+        return f"{show_path(self.source)}, {self.line_kind} {self.lines[row]}"
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -82,13 +171,17 @@ class MultiLabelSplit:
     def subset(
         self, indices: Sequence[int] | np.ndarray, source: str | None = None
     ) -> MultiLabelSplit:
-        """The rows ``indices`` (in that order), same classes."""
+        """The rows ``indices`` (in that order), same classes. Line numbers are kept unless
+        a new ``source`` is named (they would point into the wrong file)."""
         indices = np.asarray(indices, dtype=np.int64)
+        keep_lines = self.lines is not None and source in (None, self.source)
         return MultiLabelSplit(
             image_paths=[self.image_paths[i] for i in indices],
             labels=self.labels[indices],
             class_names=list(self.class_names),
             source=source or self.source,
+            lines=[self.lines[i] for i in indices] if keep_lines else None,
+            line_kind=self.line_kind,
         )
 
 
@@ -100,14 +193,15 @@ def read_voc(
     image_set: str | Sequence[str] = "trainval",
     *,
     use_difficult: bool = True,
-    check_files: bool = True,
+    check_files: bool = False,
 ) -> MultiLabelSplit:
     """Read a VOCdevkit year folder (``.../VOCdevkit/VOC2007`` or ``VOC2012``).
 
     image_set: the name of a list in ``ImageSets/Main`` (``trainval``, ``test``...) or an
     explicit sequence of image ids (their order is kept). An image is positive for a class
     if its XML has at least one object of that class; objects marked ``difficult`` count
-    as positives (the VOC-LT protocol) unless ``use_difficult=False``.
+    as positives (the VOC-LT protocol) unless ``use_difficult=False``. Rows carry the line
+    numbers of the image-set list. ``check_files``: refuse missing image files here.
     """
     root = Path(voc_root)
     annotations = root / "Annotations"
@@ -116,16 +210,17 @@ def read_voc(
             f"{root}: not a VOC year folder (no Annotations/); pass the folder that holds "
             "Annotations/, JPEGImages/ and ImageSets/, e.g. VOCdevkit/VOC2012"
         )
+    lines: list[int] | None = None
     if isinstance(image_set, str):
         list_file = root / "ImageSets" / "Main" / f"{image_set}.txt"
         if not list_file.is_file():
             raise DataError(f"{list_file}: image-set list not found")
-        image_ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        image_ids, lines = read_id_list(list_file, "image-set list")
         source = str(list_file)
     else:
         image_ids = [str(i) for i in image_set]
         source = str(root)
-    _refuse_duplicates(image_ids, source)
+    _refuse_duplicates(image_ids, source, lines)
 
     class_index = {name: c for c, name in enumerate(VOC_CLASSES)}
     labels = np.zeros((len(image_ids), len(VOC_CLASSES)), dtype=np.uint8)
@@ -138,11 +233,21 @@ def read_voc(
             if difficult and not use_difficult:
                 continue
             labels[row, class_index[name]] = 1
-        image_path = root / "JPEGImages" / f"{image_id}.jpg"
-        if check_files and not image_path.is_file():
-            raise DataError(f"{image_path}: image file not found (listed in {source})")
-        image_paths.append(image_path)
-    return MultiLabelSplit(image_paths, labels, list(VOC_CLASSES), source)
+        image_paths.append(root / "JPEGImages" / f"{image_id}.jpg")
+    split = MultiLabelSplit(image_paths, labels, list(VOC_CLASSES), source, lines)
+    if check_files:
+        refuse_missing_files(split)
+    return split
+
+
+def read_id_list(path: str | Path, what: str) -> tuple[list[str], list[int]]:
+    """The first token of every non-blank line of a UTF-8 text file, and its line number."""
+    ids, lines = [], []
+    for number, line in enumerate(text_lines(read_text_file(path, what)), start=1):
+        if line.strip():
+            ids.append(line.split()[0])
+            lines.append(number)
+    return ids, lines
 
 
 def _voc_objects(xml_path: Path) -> list[tuple[str, bool]]:
@@ -173,13 +278,14 @@ def read_coco(
     *,
     include_crowd: bool = False,
     drop_degenerate_boxes: bool = True,
-    check_files: bool = True,
+    check_files: bool = False,
 ) -> MultiLabelSplit:
     """Read a COCO instances JSON with pycocotools.
 
     Classes are the JSON's categories in category-id order (COCO's 80, for COCO-LT).
     image_ids: images to read, in that order; None reads every image of the JSON sorted by id.
-    Images without (kept) annotations are all-negative rows, never dropped.
+    Images without (kept) annotations are all-negative rows, never dropped. The split's
+    ``lines`` are the image ids (``line_kind="image id"``).
 
     Which annotations make a positive:
     - include_crowd: count ``iscrowd=1`` annotations (default False).
@@ -236,29 +342,37 @@ def read_coco(
                     f"category_id {ann['category_id']}"
                 )
             labels[row, column[ann["category_id"]]] = 1
-        image_path = image_dir / coco.imgs[image_id]["file_name"]
-        if check_files and not image_path.is_file():
-            raise DataError(f"{image_path}: image file not found (image id {image_id})")
-        image_paths.append(image_path)
-    return MultiLabelSplit(image_paths, labels, class_names, str(annotation_json))
+        image_paths.append(image_dir / coco.imgs[image_id]["file_name"])
+    split = MultiLabelSplit(
+        image_paths, labels, class_names, str(annotation_json), ids, line_kind="image id"
+    )
+    if check_files:
+        refuse_missing_files(split)
+    return split
 
 
 # --------------------------------------------------------------------------- CSV
 
 
 def read_class_list(path: str | Path) -> list[str]:
-    """One class name per line; blank lines ignored; duplicates refused."""
+    """One class name per line (UTF-8; BOM and CRLF accepted); blank lines ignored;
+    duplicates refused."""
     path = Path(path)
-    names = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+    names: list[str] = []
+    first_line: dict[str, int] = {}
+    for line_number, line in enumerate(text_lines(read_text_file(path, "class list")), start=1):
         name = line.strip()
         if not name:
             continue
-        if name in names:
-            raise DataError(f"{path}, line {line_number}: duplicate class {name!r}")
+        if name in first_line:
+            raise DataError(
+                f"{path}, line {line_number}: duplicate class {name!r} "
+                f"(first on line {first_line[name]})"
+            )
+        first_line[name] = line_number
         names.append(name)
     if not names:
-        raise DataError(f"{path}: no class names")
+        raise DataError(f"{path}: no class names (one name per line)")
     return names
 
 
@@ -266,7 +380,7 @@ def read_csv_split(
     csv_path: str | Path,
     class_names: Sequence[str] | None = None,
     *,
-    check_files: bool = True,
+    check_files: bool = False,
 ) -> MultiLabelSplit:
     """Read a split in the generic CSV format.
 
@@ -274,67 +388,125 @@ def read_csv_split(
     ``labels`` class names separated by ``;`` (may be empty: an all-negative image).
     Classes: ``class_names`` if given, else ``classes.txt`` beside the CSV if present, else
     the sorted names seen in this file (so read val/test with the training split's names).
+    Rows carry their line numbers; two rows naming the same path (after normalisation:
+    ``./img/a.png`` is ``img/a.png``) are refused. ``check_files``: refuse missing image
+    files here (else ``mlcnc.data.check`` finds them).
     """
     csv_path = Path(csv_path)
+    shown = show_path(csv_path)
+    if csv_path.is_dir():
+        raise DataError(f"{shown}: is a folder, not a CSV file")
     if not csv_path.is_file():
-        raise DataError(f"{csv_path}: CSV file not found")
+        raise DataError(f"{shown}: CSV file not found")
     folder = csv_path.absolute().parent  # image paths stay valid if the cwd changes
     rows: list[tuple[int, str, list[str]]] = []
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # tolerate a BOM
+    # surrogateescape: an image path may hold non-UTF-8 bytes (kept as the bytes on disk);
+    # the header and the labels are checked to be UTF-8 below.
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
-            raise DataError(f"{csv_path}, line 1: header must be 'image,labels', got {header}")
-        seen: dict[str, int] = {}
-        for fields in reader:
-            line = reader.line_num
-            if not fields or all(not f.strip() for f in fields):
-                continue
-            if len(fields) != 2 or not fields[0].strip():
+        line = 1
+        try:
+            header = next(reader, None)
+            if header is None:
                 raise DataError(
-                    f"{csv_path}, line {line}: malformed row {fields}; expected 'image,labels'"
+                    f"{shown}, line 1: the file is empty; the first line must be the header "
+                    f"'{','.join(CSV_HEADER)}'"
                 )
-            image = fields[0].strip()
-            if image in seen:
+            if tuple(h.strip() for h in header) != CSV_HEADER:
+                got = ",".join(header)
                 raise DataError(
-                    f"{csv_path}, line {line}: duplicate image entry {image!r} "
-                    f"(first on line {seen[image]})"
+                    f"{shown}, line 1: header must be '{','.join(CSV_HEADER)}', got "
+                    f"'{show_path(got)}'; make the first line exactly: {','.join(CSV_HEADER)}"
                 )
-            seen[image] = line
-            names = (
-                [n.strip() for n in fields[1].split(LABEL_SEPARATOR)] if fields[1].strip() else []
-            )
-            if any(not n for n in names):
-                raise DataError(
-                    f"{csv_path}, line {line}: empty class name in labels {fields[1]!r}"
+            seen: dict[str, int] = {}
+            for fields in reader:
+                line = reader.line_num
+                if not fields or all(not f.strip() for f in fields):
+                    continue
+                if len(fields) != 2 or not fields[0].strip():
+                    raise DataError(
+                        f"{shown}, line {line}: malformed row {show_path(','.join(fields))!r}; "
+                        "expected 'image,labels' (quote an image path that holds a comma)"
+                    )
+                image = fields[0].strip()
+                _refuse_non_utf8(fields[1], shown, line, "labels")
+                key = os.path.normpath(folder / image)
+                if key in seen:
+                    raise DataError(
+                        f"{shown}, line {line}: duplicate image entry {show_path(image)!r} "
+                        f"(the same file as line {seen[key]}); list each image once"
+                    )
+                seen[key] = line
+                names = (
+                    [n.strip() for n in fields[1].split(LABEL_SEPARATOR)]
+                    if fields[1].strip()
+                    else []
                 )
-            rows.append((line, image, names))
+                if any(not n for n in names):
+                    raise DataError(
+                        f"{shown}, line {line}: empty class name in labels {fields[1]!r}"
+                    )
+                rows.append((line, image, names))
+        except csv.Error as err:
+            line = reader.line_num or line
+            raise DataError(f"{shown}, line {line}: not a readable CSV line ({err})") from None
     if not rows:
-        raise DataError(f"{csv_path}: the dataset is empty (no rows after the header)")
+        raise DataError(f"{shown}: the dataset is empty (no rows after the header)")
 
+    origin = "the class names given (the training split's)"
     if class_names is None:
         classes_file = folder / CLASSES_FILE
+        origin = show_path(classes_file)
         if classes_file.is_file():
             class_names = read_class_list(classes_file)
         else:
             class_names = sorted({n for _, _, names in rows for n in names})
             if not class_names:
-                raise DataError(f"{csv_path}: no class names in any row and no {CLASSES_FILE}")
+                raise DataError(f"{shown}: no class names in any row and no {CLASSES_FILE}")
     class_names = list(class_names)
     class_index = {name: c for c, name in enumerate(class_names)}
 
     labels = np.zeros((len(rows), len(class_names)), dtype=np.uint8)
-    image_paths = []
-    for row, (line, image, names) in enumerate(rows):
+    for row, (line, _, names) in enumerate(rows):
         for name in names:
             if name not in class_index:
-                raise DataError(f"{csv_path}, line {line}: unknown class name {name!r}")
+                raise DataError(
+                    f"{shown}, line {line}: unknown class name {name!r}; the "
+                    f"{len(class_names)} known classes come from {origin}"
+                )
             labels[row, class_index[name]] = 1
-        image_path = folder / image
-        if check_files and not image_path.is_file():
-            raise DataError(f"{csv_path}, line {line}: image file not found: {image_path}")
-        image_paths.append(image_path)
-    return MultiLabelSplit(image_paths, labels, class_names, str(csv_path))
+    split = MultiLabelSplit(
+        [folder / image for _, image, _ in rows],
+        labels,
+        class_names,
+        str(csv_path),
+        [line for line, _, _ in rows],
+    )
+    if check_files:
+        refuse_missing_files(split)
+    return split
+
+
+def refuse_missing_files(split: MultiLabelSplit) -> None:
+    """``DataError`` naming the first row whose image path is not a file (missing, broken
+    link, folder, device) and how many more there are; files are not opened (an empty or
+    corrupt file is for ``mlcnc.data.check`` to find)."""
+    bad = []
+    for row, path in enumerate(split.image_paths):
+        problem, info = file_problem(path)
+        if problem is not None and not (info is not None and stat.S_ISREG(info.st_mode)):
+            bad.append((row, path, problem))
+    if not bad:
+        return
+    row, path, problem = bad[0]
+    if problem == "file not found":
+        problem = "image file not found"
+    more = (
+        f" (and {len(bad) - 1} more bad image paths; `mlcnc data check` lists them all)"
+        if len(bad) > 1
+        else ""
+    )
+    raise DataError(f"{split.where(row)}: {problem}: {show_path(path)}{more}")
 
 
 def write_csv_split(
@@ -344,7 +516,7 @@ def write_csv_split(
 
     With ``write_classes`` a ``classes.txt`` beside it fixes the class order; an existing
     one must hold exactly the same classes (it would otherwise change how other CSVs in
-    that folder are read).
+    that folder are read). Non-UTF-8 bytes of file names are written as the same bytes.
     """
     csv_path = Path(csv_path)
     folder = csv_path.parent
@@ -359,8 +531,8 @@ def write_csv_split(
                     f"{csv_path}; write it to another folder"
                 )
         else:
-            classes_file.write_text("".join(f"{n}\n" for n in split.class_names))
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            classes_file.write_text("".join(f"{n}\n" for n in split.class_names), "utf-8")
+    with csv_path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_HEADER)
         for path, row in zip(split.image_paths, split.labels, strict=True):
@@ -370,9 +542,24 @@ def write_csv_split(
     return csv_path
 
 
-def _refuse_duplicates(ids: Sequence[object], source: str) -> None:
-    seen = set()
-    for position, image_id in enumerate(ids, start=1):
+def _refuse_non_utf8(text: str, shown: str, line: int, what: str) -> None:
+    for char in text:
+        if "\udc80" <= char <= "\udcff":  # a byte that is not UTF-8, surrogate-escaped
+            raise DataError(
+                f"{shown}, line {line}: not UTF-8 text (byte 0x{ord(char) - 0xDC00:02x} in "
+                f"the {what}); save the file as UTF-8"
+            )
+
+
+def _refuse_duplicates(
+    ids: Sequence[object], source: str, lines: Sequence[int] | None = None
+) -> None:
+    seen: dict[object, int] = {}
+    for position, image_id in enumerate(ids):
         if image_id in seen:
-            raise DataError(f"{source}: duplicate image entry {image_id!r} (entry {position})")
-        seen.add(image_id)
+            if lines is None:
+                where = f"entry {position + 1}, first at entry {seen[image_id] + 1}"
+            else:
+                where = f"line {lines[position]}, first on line {lines[seen[image_id]]}"
+            raise DataError(f"{source}: duplicate image entry {image_id!r} ({where})")
+        seen[image_id] = position

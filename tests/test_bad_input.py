@@ -1,0 +1,374 @@
+"""Keeps docs/bad_input.md true: every row of its table is a case run here; the output must
+contain the row's message and the result must be the row's (exit code, exception, or a
+returned value)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bad_inputs
+from mlcnc.cli import main
+from mlcnc.data import build_dataset, read_image
+from mlcnc.data.check import check_trainable, drop_bad_rows
+from mlcnc.data.readers import DataError, MultiLabelSplit, read_csv_split
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
+ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
+
+
+def _doc_rows() -> dict[str, tuple[str, str]]:
+    """case -> (message, result) from the doc's table."""
+    rows = {}
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        found = ROW.match(line)
+        if found:
+            case, _, _, message, result = found.groups()
+            assert case not in rows, f"case {case} twice in {DOC.name}"
+            rows[case] = (message, result.strip().strip("`"))
+    return rows
+
+
+Outcome = tuple[str, str]  # (result as the doc writes it, output text)
+CASES: dict[str, Callable[..., Outcome]] = {}
+
+
+def case(name: str):
+    def register(function):
+        CASES[name] = function
+        return function
+
+    return register
+
+
+class Runner:
+    """Runs the real ``mlcnc`` command in-process; returns ("exit N", stdout + stderr)."""
+
+    def __init__(self, capsys) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *argv: str | Path) -> Outcome:
+        self.capsys.readouterr()
+        code = main([str(a) for a in argv])
+        captured = self.capsys.readouterr()
+        return f"exit {code}", captured.out + captured.err
+
+
+def _dataset(folder: Path, rows: list[str], classes: str | None = "a\nb\n") -> Path:
+    """train.csv in ``folder`` with ``rows`` after the header, and classes.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if classes is not None:
+        (folder / "classes.txt").write_text(classes)
+    path = folder / "train.csv"
+    path.write_text("image,labels\n" + "".join(f"{r}\n" for r in rows))
+    return path
+
+
+def _good(folder: Path, name: str = "good.png") -> str:
+    (folder / name).write_bytes(bad_inputs.encoded())
+    return name
+
+
+def _check_one(tmp_path: Path, run: Runner, make: Callable[[Path], object], *extra: str) -> Outcome:
+    """``data check`` of a CSV listing a good image and the one ``make`` writes as bad.xyz."""
+    make(tmp_path / "bad.xyz")
+    return run(
+        "data", "check", "--csv", _dataset(tmp_path, [f"{_good(tmp_path)},a", "bad.xyz,b"]), *extra
+    )
+
+
+# ------------------------------------------------------------------------ images
+
+
+@case("animated-image")
+def _(tmp_path, run):
+    names = []
+    for fmt, suffix in (("GIF", "gif"), ("WEBP", "webp"), ("PNG", "png")):
+        path = bad_inputs.animated(tmp_path / f"anim.{suffix}", fmt)
+        image = read_image(path)
+        assert image.shape == (3, 6, 8) and (image[0] > 250).all() and (image[2] < 5).all()
+        names.append(f"{path.name},a")
+    return run("data", "check", "--csv", _dataset(tmp_path, names))
+
+
+@case("odd-pixel-modes")
+def _(tmp_path, run):
+    paths = [
+        bad_inputs.cmyk_jpeg(tmp_path / "cmyk.jpg"),
+        bad_inputs.palette_png(tmp_path / "palette.png")[0],
+        bad_inputs.grey_alpha_png(tmp_path / "la.png")[0],
+        bad_inputs.sixteen_bit_png(tmp_path / "g16.png")[0],
+    ]
+    (tmp_path / "grey.jpg").write_bytes(bad_inputs.encoded("L", "JPEG"))
+    from PIL import Image
+
+    Image.fromarray(np.eye(4, dtype=bool)).save(tmp_path / "bits.png")
+    paths += [tmp_path / "grey.jpg", tmp_path / "bits.png"]
+    for path in paths:
+        image = read_image(path)
+        assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3, path
+    return run("data", "check", "--csv", _dataset(tmp_path, [f"{p.name},a" for p in paths]))
+
+
+@case("huge-image")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, bad_inputs.huge_png)
+
+
+@case("truncated-png")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, bad_inputs.truncated_png)
+
+
+@case("truncated-jpeg")
+def _(tmp_path, run):
+    result, _ = _check_one(tmp_path, run, bad_inputs.truncated_jpeg)
+    assert result == "exit 0"  # the header check alone cannot see it
+    return run("data", "check", "--csv", tmp_path / "train.csv", "--decode")
+
+
+@case("text-as-image")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, bad_inputs.text_file)
+
+
+@case("folder-as-image")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, Path.mkdir)
+
+
+@case("broken-symlink")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, lambda p: p.symlink_to(tmp_path / "gone.png"))
+
+
+@case("missing-image")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, lambda p: None)
+
+
+@case("empty-image")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, lambda p: p.write_bytes(b""))
+
+
+@case("unsupported-format")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, lambda p: p.write_bytes(bad_inputs.encoded(fmt="BMP")))
+
+
+@case("many-bad-images")
+def _(tmp_path, run):
+    (tmp_path / "dir.png").mkdir()
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a", "gone.png,a", "dir.png,b"])
+    result, text = run("data", "check", "--csv", csv)
+    lines = text.splitlines()
+    assert lines[0] == f"{csv}:3: {tmp_path / 'gone.png'}: file not found"
+    assert lines[1] == f"{csv}:4: {tmp_path / 'dir.png'}: a folder, not an image file"
+    return result, text
+
+
+@case("same-file-twice")
+def _(tmp_path, run):
+    return _check_one(tmp_path, run, lambda p: p.symlink_to(tmp_path / "good.png"))
+
+
+@case("duplicate-path")
+def _(tmp_path, run):
+    (tmp_path / "img").mkdir()
+    _good(tmp_path / "img", "a.png")
+    return run("data", "check", "--csv", _dataset(tmp_path, ["./img/a.png,a", "img/a.png,b"]))
+
+
+@case("train-test-overlap")
+def _(tmp_path, run):
+    train = _dataset(tmp_path, [f"{_good(tmp_path)},a", f"{_good(tmp_path, 'b.png')},b"])
+    test = tmp_path / "test.csv"
+    test.write_text("image,labels\ngood.png,a\n")
+    return run(
+        "data", "check", "--config", "csv", f"data.train_csv={train}", f"data.test_csv={test}"
+    )
+
+
+# ---------------------------------------------------------------- text files
+
+
+@case("non-utf8-csv")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [], classes=None)
+    csv.write_bytes(f"image,labels\n{_good(tmp_path)},caf".encode() + b"\xe9\n")
+    return run("data", "check", "--csv", csv)
+
+
+@case("non-utf8-classes")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    (tmp_path / "classes.txt").write_bytes(b"a\ncaf\xe9\n")
+    return run("data", "check", "--csv", csv)
+
+
+@case("bom-crlf")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [])
+    csv.write_bytes(f"\ufeffimage,labels\r\n{_good(tmp_path)},b;a\r\n".encode())
+    (tmp_path / "classes.txt").write_bytes("\ufeffa\r\nb\r\n".encode())
+    split = read_csv_split(csv)
+    assert split.class_names == ["a", "b"] and split.labels.tolist() == [[1, 1]]
+    return run("data", "check", "--csv", csv)
+
+
+@case("non-utf8-file-name")
+def _(tmp_path, run):
+    name = b"caf\xe9.png"
+    (tmp_path / os.fsdecode(name)).write_bytes(bad_inputs.encoded())
+    csv = _dataset(tmp_path, [])
+    csv.write_bytes(b"image,labels\n" + name + b",a\n")
+    assert read_image(read_csv_split(csv).image_paths[0]).shape == (3, 12, 20)
+    return run("data", "check", "--csv", csv)
+
+
+@case("wrong-header")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [])
+    csv.write_text(f"path,labels\n{_good(tmp_path)},a\n")
+    return run("data", "check", "--csv", csv)
+
+
+@case("empty-csv")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [])
+    csv.write_text("")
+    return run("data", "check", "--csv", csv)
+
+
+@case("header-only-csv")
+def _(tmp_path, run):
+    return run("data", "check", "--csv", _dataset(tmp_path, []))
+
+
+@case("malformed-row")
+def _(tmp_path, run):
+    return run("data", "check", "--csv", _dataset(tmp_path, [f"{_good(tmp_path)},a,b"]))
+
+
+@case("unknown-class")
+def _(tmp_path, run):
+    return run("data", "check", "--csv", _dataset(tmp_path, [f"{_good(tmp_path)},zebra"]))
+
+
+# -------------------------------------------------------------- runs, API
+
+
+@case("bad-image-in-a-run")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a", "gone.png,b"])
+    dataset = build_dataset(read_csv_split(csv))
+    try:
+        dataset[1]
+    except Exception as err:  # the doc names the exception type
+        assert "train.csv, line 3" in str(err)
+        return type(err).__name__, str(err)
+    return "no error", ""
+
+
+@case("skip-bad-images")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, ["gone.png,a", f"{_good(tmp_path)},b", "gone2.png,b"])
+    split = read_csv_split(csv)
+    kept, dropped = drop_bad_rows(split, progress=False)
+    assert kept.lines == [3] and [p.line for p in dropped] == [2, 4]
+    return "returns", "\n".join(str(p) for p in dropped)
+
+
+@case("tiny-training-set")
+def _(tmp_path, run):
+    messages = []
+    for labels, names in (([[1, 0]], ["a", "b"]), ([[1], [0]], ["a"])):
+        split = MultiLabelSplit([tmp_path / f"{i}.png" for i in range(len(labels))], np.array(labels), names, "train.csv")  # fmt: skip
+        with pytest.raises(DataError) as err:
+            check_trainable(split)
+        messages.append(str(err.value))
+    return "DataError", "\n".join(messages)
+
+
+# ------------------------------------------------------------ data commands
+
+
+@case("stats-writes-nothing")
+def _(tmp_path, run, monkeypatch):
+    csv = _dataset(tmp_path / "data", ["a.png,a", "b.png,b"])
+    for name in ("a.png", "b.png"):
+        _good(tmp_path / "data", name)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(tmp_path.rglob("*"))
+    outcome = run("data", "stats", "--csv", csv)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written anywhere
+    return outcome
+
+
+@case("longtail-overwrites-input")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    original = csv.read_bytes()
+    (tmp_path / "link.csv").symlink_to(csv)
+    for out in (tmp_path / "link.csv", tmp_path / "classes.txt", csv):
+        result, text = run("data", "make-longtail", "--csv", csv, "--out", out, "--overwrite")
+        assert result == "exit 1" and "would overwrite the input" in text, text
+    assert csv.read_bytes() == original
+    return result, text
+
+
+@case("longtail-existing-output")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a", f"{_good(tmp_path, 'b.png')},b"])
+    out = tmp_path / "lt" / "train.csv"
+    out.parent.mkdir()
+    out.write_text("keep me")
+    outcome = run("data", "make-longtail", "--csv", csv, "--out", out, "--max", "1")
+    assert out.read_text() == "keep me"
+    result, text = run(
+        "data", "make-longtail", "--csv", csv, "--out", out, "--max", "1", "--overwrite"
+    )
+    assert result == "exit 0", text
+    assert read_csv_split(out).class_names == ["a", "b"]
+    return outcome
+
+
+@case("pareto-shape-zero")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    return run(
+        "data", "make-longtail", "--csv", csv, "--out", tmp_path / "o.csv", "--pareto-shape", "0"
+    )
+
+
+# ------------------------------------------------------------------------- tests
+
+ROWS = _doc_rows()
+
+
+def test_every_documented_case_has_a_test_and_back():
+    assert len(ROWS) >= 30
+    assert sorted(ROWS) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_documented_answer(name, tmp_path, capsys, monkeypatch):
+    message, expected = ROWS[name]
+    function = CASES[name]
+    extra = {"monkeypatch": monkeypatch} if "monkeypatch" in function.__code__.co_varnames else {}
+    result, text = function(tmp_path, Runner(capsys), **extra)
+    assert result == expected, text
+    assert message in text, text
+    assert "Traceback" not in text
+    if result == "exit 1":
+        errors = [line for line in text.splitlines() if ": error: " in line]
+        assert len(errors) <= 1  # a user error is one line

@@ -70,7 +70,12 @@ class DataConfig:
     num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
     epoch_length:     samples per epoch of either sampler (None: class-aware max_c n_c x C,
                       random one pass over the training images).
-    skip_bad_images:  skip unreadable images with a logged warning instead of failing.
+    skip_bad_images:  drop unreadable images from their split before training (listed in the
+                      run folder's dropped_images.csv) instead of stopping.
+    check_images:     check every image of every split before training (exists, header
+                      decodes, supported format, under the pixel limit); all problems at once.
+    max_image_pixels: refuse images with more pixels than this, before decoding (None: no
+                      limit); PIL's default limit.
     head_threshold, tail_threshold: class groups from training counts n_c:
                       head n_c >= head_threshold, tail n_c < tail_threshold, medium between.
     """
@@ -92,6 +97,8 @@ class DataConfig:
     num_samples_cls: PositiveInt = 1
     epoch_length: PositiveInt | None = None
     skip_bad_images: Bool = False
+    check_images: Bool = True
+    max_image_pixels: PositiveInt | None = 89_478_485
     head_threshold: NonNegativeInt = 100
     tail_threshold: NonNegativeInt = 20
 

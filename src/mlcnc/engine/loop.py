@@ -55,6 +55,7 @@ from mlcnc.engine.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from mlcnc.engine.data_check import check_training_split, checked_splits
 from mlcnc.engine.evaluation import (
     collapse_diagnostics,
     eval_loader,
@@ -347,7 +348,9 @@ def _setup(
     fabric.seed_everything(t.seed, verbose=False)
     with fabric.rank_zero_first():
         splits = build_splits(cfg.data)
+    splits = checked_splits(cfg.data, splits, run_dir, progress=rank == 0 and t.progress)
     train_split = splits["train"]
+    check_training_split(train_split)
     class_names = list(train_split.class_names)
     class_freq = train_split.labels.sum(axis=0).astype(np.int64)
     groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
@@ -373,7 +376,8 @@ def _setup(
         if cfg.data.augment
         else eval_transform
     )
-    train_set = build_dataset(train_split, train_transform, cfg.data.skip_bad_images)
+    max_pixels = cfg.data.max_image_pixels
+    train_set = build_dataset(train_split, train_transform, max_pixels=max_pixels)
     sampler = build_sampler(
         method.sampler, train_split.labels, cfg.data, seed=t.seed, rank=rank, world_size=world
     )
@@ -390,7 +394,7 @@ def _setup(
     eval_batch = t.eval_batch_size or batch_per_device
     eval_loaders = {
         name: eval_loader(
-            build_dataset(splits[name], eval_transform, cfg.data.skip_bad_images),
+            build_dataset(splits[name], eval_transform, max_pixels=max_pixels),
             eval_batch,
             cfg.data.num_workers,
             rank,

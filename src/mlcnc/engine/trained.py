@@ -114,7 +114,9 @@ def evaluate_checkpoint(
     saved = state["config"]
     cfg = config_from_dict({**saved, "data": merge_data_overrides(saved["data"], data_overrides)})
 
-    splits = build_splits(cfg.data)
+    from mlcnc.engine.data_check import checked_splits
+
+    splits = checked_splits(cfg.data, build_splits(cfg.data))
     if split not in splits:
         raise ValueError(
             f"dataset {cfg.data.name!r} has no {split!r} split; it has {sorted(splits)}"
@@ -137,7 +139,7 @@ def evaluate_checkpoint(
         cfg.method.recipe, cfg.data.image_size, train=False, eval_flip=cfg.data.eval_flip
     )
     loader = eval_loader(
-        build_dataset(splits[split], transform, cfg.data.skip_bad_images),
+        build_dataset(splits[split], transform, max_pixels=cfg.data.max_image_pixels),
         batch_size or max(cfg.optim.batch_size, 1),
         cfg.data.num_workers,
         pin_memory=fabric.device.type == "cuda",

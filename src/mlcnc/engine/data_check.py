@@ -1,0 +1,57 @@
+"""The data a run uses, checked before training: every image of every split, then the
+training split's shape.
+
+``checked_splits`` runs once per process (every rank computes the same answer from the same
+files, so no broadcast is needed). Without ``data.skip_bad_images`` any problem stops the
+run, all of them listed at once with file and line; with it the bad rows are dropped from
+their split up front and written to ``dropped_images.csv`` in the run folder, so no row is
+ever scored twice or left out silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlcnc.data import DataConfig, MultiLabelSplit
+from mlcnc.data.check import (
+    BadImagesError,
+    check_splits,
+    check_trainable,
+    drop_bad_rows_from_splits,
+    write_problems,
+)
+
+DROPPED_FILE = "dropped_images.csv"
+
+
+def checked_splits(
+    cfg: DataConfig,
+    splits: Mapping[str, MultiLabelSplit],
+    run_dir: Path | None = None,
+    *,
+    progress: bool | None = False,
+    workers: int | None = None,
+) -> dict[str, MultiLabelSplit]:
+    """``splits`` after the image checks of ``cfg`` (see the module docstring)."""
+    if cfg.skip_bad_images:
+        kept, dropped = drop_bad_rows_from_splits(
+            splits, cfg.max_image_pixels, workers, progress=progress
+        )
+        if dropped and run_dir is not None:
+            path = write_problems(dropped, Path(run_dir) / DROPPED_FILE)
+            print(f"skipped {len(dropped)} unreadable image(s) (data.skip_bad_images); see {path}")
+        return kept
+    if cfg.check_images:
+        problems = check_splits(splits, cfg.max_image_pixels, workers, progress=progress)
+        if problems:
+            raise BadImagesError(
+                problems,
+                "fix or remove these rows, or set data.skip_bad_images=true to leave them out",
+            )
+    return dict(splits)
+
+
+def check_training_split(split: MultiLabelSplit) -> None:
+    """One line (DataError) when no method can learn from ``split`` (see check_trainable)."""
+    check_trainable(split)

@@ -85,7 +85,7 @@ def test_paired_sampler_zips_the_rank_shares_of_both_samplers() -> None:
 class IndexImages(Dataset):
     """Item i: an image filled with i, the multi-hot row of ``labels``, i."""
 
-    def __init__(self, labels: np.ndarray, size: int = 32) -> None:
+    def __init__(self, labels: np.ndarray, size: int = 16) -> None:
         self.labels, self.size = labels, size
 
     def __len__(self) -> int:
@@ -120,7 +120,7 @@ def model() -> BBNModel:
 def test_bbn_logits_match_the_mixing_formula(model: BBNModel) -> None:
     model.eval()
     torch.manual_seed(1)
-    pair = torch.randn(2, 2, 3, 32, 32)
+    pair = torch.randn(2, 2, 3, 16, 16)
     model.set_epoch(2)
     assert model.alpha == pytest.approx(0.75)
     out = model(pair)
@@ -152,7 +152,7 @@ def test_bbn_needs_set_epoch_in_training() -> None:
     fresh = BBNModel(num_classes=2, alpha_epochs=3, backbone="resnet18", pretrained=False)
     fresh.train()
     with pytest.raises(RuntimeError, match="set_epoch"):
-        fresh(torch.randn(2, 2, 3, 32, 32))
+        fresh(torch.randn(2, 2, 3, 16, 16))
     with pytest.raises(ValueError, match="two-branch models split a torchvision ResNet"):
         BBNModel(num_classes=2, alpha_epochs=3, backbone="tf_efficientnet_lite0", pretrained=False)
 

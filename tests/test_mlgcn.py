@@ -85,7 +85,7 @@ def model() -> MLGCNModel:
 
 def test_logits_are_pooled_features_times_gcn_classifiers(model: MLGCNModel) -> None:
     model.eval()
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         feature_map = model.backbone(images)
         pooled = feature_map.amax(dim=(2, 3))
@@ -103,7 +103,7 @@ def test_gradients_reach_backbone_and_gcn(model: MLGCNModel) -> None:
     model.train()
     model.zero_grad()
     targets = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
-    loss = BCECriterion()(model(torch.randn(2, 3, 32, 32)), targets)["total"]
+    loss = BCECriterion()(model(torch.randn(2, 3, 16, 16)), targets)["total"]
     loss.backward()
     for name in ("gc1.weight", "gc2.weight", "backbone.layer4.1.conv2.weight"):
         grad = dict(model.named_parameters())[name].grad

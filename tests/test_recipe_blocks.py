@@ -130,7 +130,7 @@ def test_frozen_stages_get_no_gradient_and_stay_fixed() -> None:
     model.train()
     assert not backbone.layer1.training and not backbone.bn1.training
     assert backbone.layer2.training
-    train_step(model, torch.randn(4, 3, 32, 32))
+    train_step(model, torch.randn(4, 3, 16, 16))
     for m in frozen:  # weights and BN running statistics unchanged
         assert all(p.grad is None for p in m.parameters())
         after = snapshot(m)
@@ -145,7 +145,7 @@ def test_norm_eval_keeps_statistics_and_affine_still_trains() -> None:
     backbone.train()
     assert backbone.training and all(not bn.training for bn in batch_norm_layers(backbone))
     stats = {k: v.clone() for k, v in backbone.state_dict().items() if "running" in k}
-    backbone(torch.randn(4, 3, 32, 32)).mean().backward()
+    backbone(torch.randn(4, 3, 16, 16)).mean().backward()
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in stats.items())
     # mmdet's norm_eval leaves the BN affine parameters trainable ...
     assert backbone.layer3[0].bn1.weight.grad is not None
@@ -156,7 +156,7 @@ def test_norm_eval_keeps_statistics_and_affine_still_trains() -> None:
     # Without the option BN statistics do move in train mode (the test can fail).
     plain = create_backbone("resnet18", False).train()
     before = plain.bn1.running_mean.clone()
-    plain(torch.randn(4, 3, 32, 32))
+    plain(torch.randn(4, 3, 16, 16))
     assert not torch.equal(before, plain.bn1.running_mean)
 
 
@@ -178,10 +178,10 @@ def test_pfc_neck_matches_db_order_and_init() -> None:
     assert model.fc.in_features == 8 and torch.equal(model.fc.bias, torch.zeros(3))
     assert torch.equal(model.neck[0].bias, torch.zeros(8))
     model.eval()
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randn(2, 3, 16, 16)
     pooled = model.backbone(images).mean(dim=(2, 3))
     expected = model.fc(model.neck[1](model.neck[0](pooled)))  # no ReLU, dropout off in eval
     assert torch.allclose(model(images).logits, expected, atol=1e-6)
     model.train()
-    out = model(torch.randn(4, 3, 32, 32)).logits
+    out = model(torch.randn(4, 3, 16, 16)).logits
     assert out.shape == (4, 3) and torch.isfinite(out).all()

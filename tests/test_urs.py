@@ -25,7 +25,7 @@ def model() -> URSModel:
 
 def test_cross_branch_outputs(model: URSModel) -> None:
     model.eval()
-    pair = torch.randn(2, 2, 3, 32, 32)
+    pair = torch.randn(2, 2, 3, 16, 16)
     with torch.no_grad():
         out = model(pair)
         h_u, h_r = model.shared(pair[:, 0]), model.shared(pair[:, 1])
@@ -106,7 +106,7 @@ def test_total_loss_is_eq1() -> None:
 def test_training_step_reaches_every_parameter(model: URSModel) -> None:
     model.train()
     model.zero_grad()
-    pair = torch.randn(4, 2, 3, 32, 32)
+    pair = torch.randn(4, 2, 3, 16, 16)
     targets = (torch.rand(4, 2, 3) < 0.5).float()
     losses = URSCriterion()(model(pair), targets)
     assert torch.isfinite(losses["total"])

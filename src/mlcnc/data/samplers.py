@@ -167,13 +167,128 @@ class ClassAwareSampler(_EpochSampler):
         draw_class = order.ravel()[:num_draws]
 
         # Images of every draw: each class's cycling list, reshuffled on every wrap.
-        draws = np.empty((num_draws, self.num_samples_cls), dtype=np.int64)
-        draws_per_class = np.bincount(draw_class, minlength=num_classes)
-        for k, images in enumerate(self._class_images):  # per epoch, not per step
-            needed = int(draws_per_class[k]) * self.num_samples_cls
-            if needed == 0:
-                continue
-            wraps = math.ceil(needed / len(images))
-            stream = rng.permuted(np.tile(images, (wraps, 1)), axis=1).ravel()[:needed]
-            draws[draw_class == k] = stream.reshape(-1, self.num_samples_cls)
+        draws = _class_streams(rng, self._class_images, draw_class, self.num_samples_cls)
         return draws.ravel()[: self.epoch_length]
+
+
+def _class_streams(
+    rng: np.random.Generator, class_images: list[np.ndarray], draw_class: np.ndarray, per_draw: int
+) -> np.ndarray:
+    """The images of every draw, (num_draws, per_draw): for each class, the next images of
+    its own cycling list of positives, reshuffled on every wrap (the class-aware sampler's
+    per-class lists)."""
+    draws = np.empty((len(draw_class), per_draw), dtype=np.int64)
+    draws_per_class = np.bincount(draw_class, minlength=len(class_images))
+    for k, images in enumerate(class_images):  # per epoch, not per step
+        needed = int(draws_per_class[k]) * per_draw
+        if needed == 0:
+            continue
+        wraps = math.ceil(needed / len(images))
+        stream = rng.permuted(np.tile(images, (wraps, 1)), axis=1).ravel()[:needed]
+        draws[draw_class == k] = stream.reshape(-1, per_draw)
+    return draws
+
+
+class ReversedSampler(_EpochSampler):
+    """BBN's reversed sampler for multi-label data (Zhou et al., CVPR 2020, Sec. 3.2).
+
+    BBN draws a class c with probability P_c = w_c / sum_j w_j, w_c = n_max / n_c (so P_c is
+    proportional to 1 / n_c), then an image of that class (``BBN: lib/dataset/baseset.py``,
+    ``get_weight`` and ``sample_class_index_by_weight``; ``lib/dataset/iNaturalist.py``).
+    Multi-label: n_c is the number of training images positive for class c, and the image
+    of a class draw is the next one of that class's cycling list of positive images,
+    reshuffled on wrap, as ``ClassAwareSampler`` takes them (BBN picks it uniformly at
+    random with replacement). Classes are drawn independently (i.i.d. with P_c), not in
+    permuted blocks as in class-aware sampling. Classes without a positive image are never
+    drawn (a warning names them).
+
+    epoch_length: global samples per epoch; None = the number of images N (one reversed
+    image per uniform image, as BBN pairs them). Deterministic per (seed, epoch) and split
+    ``rank::world_size`` like the other samplers; its random stream is distinct from a
+    ``ShuffleSampler`` with the same seed, so the two halves of a pair are independent.
+    """
+
+    stream = 1
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        epoch_length: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"labels must be (N, C), got shape {labels.shape}")
+        positives = labels > 0
+        class_freq = positives.sum(axis=0)
+        empty = np.flatnonzero(class_freq == 0)
+        if len(empty) == len(class_freq):
+            raise ValueError("reversed sampling needs at least one class with a positive image")
+        if len(empty):
+            warnings.warn(
+                f"ReversedSampler: classes {empty.tolist()} have no positive image and are "
+                "never drawn",
+                stacklevel=2,
+            )
+        self.active_classes = np.flatnonzero(class_freq > 0)
+        counts = class_freq[self.active_classes].astype(np.float64)
+        weight = counts.max() / counts
+        self.class_probabilities = weight / weight.sum()
+        """P_c of every active class, (C',)."""
+        self._class_images = [np.flatnonzero(positives[:, c]) for c in self.active_classes]
+        super().__init__(epoch_length or len(labels), seed, rank, world_size, drop_last)
+
+    def _generator(self, epoch: int | None) -> np.random.Generator:
+        epoch = self.epoch if epoch is None else int(epoch)
+        return np.random.Generator(np.random.PCG64([self.seed, epoch, self.stream]))
+
+    def global_indices(self, epoch: int | None = None) -> np.ndarray:
+        """The full (epoch_length,) sequence of one epoch, shared by all ranks."""
+        rng = self._generator(epoch)
+        draw_class = rng.choice(
+            len(self.active_classes), size=self.epoch_length, p=self.class_probabilities
+        )
+        return _class_streams(rng, self._class_images, draw_class, 1).ravel()
+
+
+class PairedSampler(Sampler[tuple[int, int]]):
+    """Yields (i, j) pairs: i from ``first``, j from ``second`` (BBN's and URS's two inputs).
+
+    Both samplers must give the same number of samples per process (same epoch_length,
+    world_size, drop_last); each rank takes its own strided share of each global sequence,
+    so under DDP the ranks' pairs are disjoint positions of both sequences, deterministic
+    per (seed, epoch). ``set_epoch`` and the state go to both. Use with
+    ``mlcnc.data.paired.PairedDataset``.
+    """
+
+    def __init__(self, first: _EpochSampler, second: _EpochSampler) -> None:
+        if len(first) != len(second):
+            raise ValueError(
+                f"PairedSampler: the samplers give {len(first)} and {len(second)} samples per "
+                "process; give them the same epoch_length, world_size and drop_last"
+            )
+        self.first, self.second = first, second
+
+    def set_epoch(self, epoch: int) -> None:
+        self.first.set_epoch(epoch)
+        self.second.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.first.epoch
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"first": self.first.state_dict(), "second": self.second.state_dict()}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        self.first.load_state_dict(state["first"])
+        self.second.load_state_dict(state["second"])
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self.first, self.second, strict=True))

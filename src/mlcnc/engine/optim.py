@@ -1,4 +1,5 @@
-"""Adam with the official parameter groups, and the per-step OneCycle schedule (spec B4)."""
+"""Adam with the official parameter groups and the per-step OneCycle schedule (spec B4);
+SGD and mmcv's step / multi-step schedules with warm-up for the baselines' recipes."""
 
 from __future__ import annotations
 
@@ -56,3 +57,133 @@ def build_scheduler(
         base_momentum=cfg.base_momentum,
         max_momentum=cfg.max_momentum,
     )
+
+
+# --------------------------------------------------------------------------- SGD recipes
+ParamsOrModel = nn.Module | list[dict]
+
+
+def sgd_optimizer(
+    params: ParamsOrModel,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    nesterov: bool = False,
+    decay_norm_and_bias: bool = True,
+) -> torch.optim.SGD:
+    """SGD with momentum (optionally Nesterov) and coupled weight decay.
+
+    ``params``: a model (its trainable parameters) or a list of parameter groups (dicts with
+    ``params`` and optional ``lr``, ``weight_decay``: e.g. ML-GCN's backbone group at lr * 0.1).
+    ``decay_norm_and_bias``: True puts ``weight_decay`` on every trainable parameter, as
+    mmcv's default optimizer builder does for DB's ``optimizer = dict(type='SGD', lr=0.02,
+    momentum=0.9, weight_decay=0.0001)`` (``DB: mllt/apis/train.py``, ``build_optimizer``
+    without paramwise_options); False exempts 1-D tensors and biases (``parameter_groups``).
+    Frozen parameters (``requires_grad=False``) are left out.
+    The gradient-norm clip of DB's recipe (``optimizer_config = dict(grad_clip=dict(
+    max_norm=35, norm_type=2))``) is the engine's ``optim.grad_clip`` (Fabric's
+    ``clip_gradients``), not part of the optimizer.
+    """
+    if lr <= 0:
+        raise ValueError(f"sgd_optimizer: lr must be positive, got {lr}")
+    if nesterov and momentum <= 0:
+        raise ValueError("sgd_optimizer: Nesterov momentum needs momentum > 0")
+    if isinstance(params, nn.Module):
+        if decay_norm_and_bias:
+            groups = [{"params": [p for p in params.parameters() if p.requires_grad]}]
+        else:
+            groups = parameter_groups(params, weight_decay)
+    else:
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("sgd_optimizer: no trainable parameter")
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )
+
+
+WARMUPS = (None, "constant", "linear", "exp")
+
+
+def step_lr_factor(
+    iteration: int,
+    steps_per_epoch: int,
+    milestones: int | list[int] | tuple[int, ...],
+    gamma: float = 0.1,
+    warmup: str | None = "linear",
+    warmup_iters: int = 500,
+    warmup_ratio: float = 1.0 / 3.0,
+    warmup_by_epoch: bool = False,
+    by_epoch: bool = True,
+) -> float:
+    """The learning-rate factor (lr / base lr) of mmcv's ``step`` policy at ``iteration``.
+
+    The defaults with ``milestones=[5, 7]`` are DB's ``lr_config = dict(policy='step',
+    warmup='linear', warmup_iters=500, warmup_ratio=1.0 / 3, step=[5, 7])`` (``DB: configs/
+    */LT_resnet50_pfc_DB.py``; lr 0.02, 8 epochs); the formulas are mmcv 1.0's
+    ``StepLrUpdaterHook.get_lr`` and ``LrUpdaterHook.get_warmup_lr`` / ``before_train_iter``
+    (``mmcv: mmcv/runner/hooks/lr_updater.py``):
+
+    - regular factor: gamma^k, k = number of milestones <= progress, where progress is the
+      0-based epoch ``iteration // steps_per_epoch`` (``by_epoch``) or the iteration itself;
+      an int ``milestones`` s means every s: k = progress // s;
+    - warm-up for iteration t < W (W = ``warmup_iters`` iterations, or that many epochs with
+      ``warmup_by_epoch``): ``linear`` regular * (1 - (1 - t/W)(1 - ratio)), ``constant``
+      regular * ratio, ``exp`` regular * ratio^(1 - t/W); from t = W on, the regular factor.
+    ``iteration`` is the 0-based optimizer step (what ``LambdaLR`` passes).
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if warmup not in WARMUPS:
+        raise ValueError(f"warmup must be one of {WARMUPS}, got {warmup!r}")
+    if warmup is not None and (warmup_iters <= 0 or not 0.0 < warmup_ratio <= 1.0):
+        raise ValueError(
+            f"warm-up needs warmup_iters > 0 and 0 < warmup_ratio <= 1, got {warmup_iters}, "
+            f"{warmup_ratio}"
+        )
+    progress = iteration // steps_per_epoch if by_epoch else iteration
+    if isinstance(milestones, int):
+        if milestones <= 0:
+            raise ValueError(f"a step milestone must be positive, got {milestones}")
+        exponent = progress // milestones
+    else:
+        if sorted(milestones) != list(milestones) or any(m <= 0 for m in milestones):
+            raise ValueError(f"milestones must be positive and increasing, got {milestones}")
+        exponent = sum(1 for m in milestones if progress >= m)
+    regular = gamma**exponent
+    length = warmup_iters * steps_per_epoch if warmup_by_epoch else warmup_iters
+    if warmup is None or iteration >= length:
+        return regular
+    fraction = iteration / length
+    if warmup == "linear":
+        return regular * (1.0 - (1.0 - fraction) * (1.0 - warmup_ratio))
+    if warmup == "constant":
+        return regular * warmup_ratio
+    return regular * warmup_ratio ** (1.0 - fraction)
+
+
+def step_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    milestones: int | list[int] | tuple[int, ...],
+    gamma: float = 0.1,
+    warmup: str | None = "linear",
+    warmup_iters: int = 500,
+    warmup_ratio: float = 1.0 / 3.0,
+    warmup_by_epoch: bool = False,
+    by_epoch: bool = True,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Step / multi-step decay with warm-up (``step_lr_factor``), stepped every iteration.
+
+    Every parameter group keeps its own base lr (ML-GCN's lr-scaled backbone group too).
+    """
+    step_lr_factor(0, steps_per_epoch, milestones, gamma, warmup, warmup_iters, warmup_ratio)
+
+    def factor(iteration: int) -> float:
+        return step_lr_factor(
+            iteration, steps_per_epoch, milestones, gamma, warmup, warmup_iters,
+            warmup_ratio, warmup_by_epoch, by_epoch,
+        )  # fmt: skip
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -3,7 +3,8 @@
 Every loss takes ``logits`` (B, C) and ``targets`` (B, C) with 1 for a positive label and
 0 for a negative, is computed in float32 (the inputs are cast; none of the operations used
 is one autocast lowers), and has a ``reduction``: ``"mean"`` (over all B*C entries, the
-convention of the DB benchmark code), ``"sum"``, or ``"none"`` (the (B, C) entries).
+convention of the DB benchmark code; the default except for ASL, whose authors sum),
+``"sum"``, or ``"none"`` (the (B, C) entries).
 Class statistics (``class_freq``: positives per class in the training split, (C,)) must be
 positive wherever a loss divides by them; a class without training positives is refused
 with an error naming it, never turned into an infinite weight.
@@ -134,6 +135,20 @@ def ldam_margins(class_freq: ClassFreq, max_margin: float = 0.5) -> Tensor:
     return max_margin * margin / margin.max()
 
 
+def effective_number_weights(class_freq: ClassFreq, beta: float = 0.9) -> Tensor:
+    """DB's class-balanced weights w_c = (1 - beta) / (1 - beta^n_c), (C,), not normalised.
+
+    The inverse effective number of Cui et al. (CVPR 2019) exactly as DB's ``CB_weight``
+    computes it (``DB: mllt/models/losses/resample_loss.py``, ``ResampleLoss.CB_weight``):
+    no normalisation to sum C (contrast ``class_balanced_weights``), so with beta 0.9 a class
+    of 1 image weighs 1 and a class of 50 images about 0.1.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"effective_number_weights: beta must be in [0, 1), got {beta}")
+    freq = as_class_freq(class_freq, "effective_number_weights").double()
+    return ((1.0 - beta) / (1.0 - torch.pow(beta, freq))).float()
+
+
 # --------------------------------------------------------------------------- losses
 def bce_loss(
     logits: Tensor, targets: Tensor, class_weight: Tensor | None = None, reduction: str = "mean"
@@ -194,39 +209,158 @@ def ldam_loss(
     return _reduce(F.binary_cross_entropy_with_logits(margined, y, reduction="none"), reduction)
 
 
+CB_MODES = ("average_w", "by_class", "average_n", "min_n")
+"""The sample-weight modes of DB's class-balanced loss (``ResampleLoss.CB_weight``)."""
+
+
+def class_balanced_sample_weights(
+    targets: Tensor, class_freq: Tensor, beta: float = 0.9, mode: str = "average_w"
+) -> Tensor:
+    """DB's class-balanced weight of every entry, (B, 1) or (1, C), broadcast over (B, C).
+
+    With E(n) = (1 - beta^n) / (1 - beta) (the effective number) and w_c = 1 / E(n_c)
+    (``effective_number_weights``), as in ``DB: mllt/models/losses/resample_loss.py``
+    (``ResampleLoss.CB_weight``):
+
+    - ``average_w``: w_i = sum_c y_ic w_c / sum_c y_ic, the mean weight of sample i's positive
+      classes, applied to all C entries of sample i, positive and negative: (B, 1).
+    - ``by_class``: w_c for every entry of class c, positive or negative, whatever the sample:
+      (1, C) (the plain class-balanced weighting of Cui et al.).
+    - ``average_n``: 1 / E(mean_c over positives of n_c), per sample: (B, 1).
+    - ``min_n``: 1 / E(min over positives of n_c), per sample (the rarest positive): (B, 1).
+
+    A row without any positive: DB divides 0 by 0 (NaN) in ``average_w`` / ``average_n``;
+    here it gets the weight of its mode computed over all C classes instead (``average_w``:
+    the mean of w_c; ``average_n``: 1 / E(mean n_c)); ``min_n`` keeps DB's value, its
+    placeholder count 100000 (weight 1 - beta for beta < 1, up to float rounding).
+    No gradient flows through the weights (they depend on targets and counts only).
+    """
+    if mode not in CB_MODES:
+        raise ValueError(f"class-balanced focal: mode must be one of {CB_MODES}, got {mode!r}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"class-balanced focal: beta must be in [0, 1), got {beta}")
+    y = targets.float()
+    freq = class_freq.float().view(1, -1)  # (1, C)
+
+    def inverse_effective(n: Tensor) -> Tensor:
+        return (1.0 - beta) / (1.0 - beta**n)
+
+    count = y.sum(dim=1, keepdim=True)  # (B, 1)
+    has_positive = count > 0
+    if mode == "by_class":
+        return inverse_effective(freq)
+    if mode == "average_w":
+        class_weight = inverse_effective(freq)  # (1, C)
+        mean_pos = (y * class_weight).sum(dim=1, keepdim=True) / count.clamp(min=1.0)
+        return torch.where(has_positive, mean_pos, class_weight.mean(dim=1, keepdim=True))
+    if mode == "average_n":
+        mean_n = (y * freq).sum(dim=1, keepdim=True) / count.clamp(min=1.0)
+        mean_n = torch.where(has_positive, mean_n, freq.mean(dim=1, keepdim=True))
+        return inverse_effective(mean_n)
+    placeholder = torch.full_like(y, 100000.0)  # DB's value for the non-positive entries
+    min_n = torch.where(y > 0, freq.expand_as(y), placeholder).min(dim=1, keepdim=True).values
+    return inverse_effective(min_n)
+
+
+def class_balanced_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    class_freq: Tensor,
+    beta: float = 0.9,
+    gamma: float = 2.0,
+    mode: str = "average_w",
+    reduction: str = "mean",
+    balance_param: float = 2.0,
+) -> Tensor:
+    """CB-Focal as DB's benchmark computes it: ResampleLoss with reweight_func='CB' and focal.
+
+    entry (i, c) = balance_param (1 - p_t)^gamma w BCE(z, y), where BCE is the per-entry
+    binary cross-entropy on the logits, p_t = exp(-BCE(z, y)) computed without the weight
+    (so p_t = sigmoid(z) for a positive and sigmoid(-z) for a negative), and w the
+    class-balanced weight of ``class_balanced_sample_weights(targets, class_freq, beta,
+    mode)``. Gradients flow through (1 - p_t)^gamma, as in DB's code. DB's defaults:
+    beta 0.9, mode ``average_w`` (``ResampleLoss.__init__``'s CB_loss), gamma 2 and
+    balance_param 2 (its ``focal`` dict). Source: ``DB: mllt/models/losses/resample_loss.py``
+    (``forward``, ``CB_weight``); no CB configuration file is published there, so the logit
+    regularisation that ``ResampleLoss`` would also apply under its constructor defaults is
+    not part of this loss (CB-Focal is Cui et al.'s weighting plus the focal term).
+    logits, targets (B, C); class_freq (C,) positives per class in the training split.
+    """
+    z, y = _prepare(logits, targets, "class_balanced_focal_loss")
+    if class_freq.shape != (z.shape[1],):
+        raise ValueError(
+            f"class_balanced_focal_loss: class_freq must have shape ({z.shape[1]},), "
+            f"got {tuple(class_freq.shape)}"
+        )
+    weight = class_balanced_sample_weights(y, class_freq, beta, mode)
+    entry_bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    one_minus_pt = -torch.expm1(-entry_bce)  # 1 - exp(-BCE), exact near 0
+    loss = balance_param * one_minus_pt.pow(gamma) * weight * entry_bce
+    return _reduce(loss, reduction)
+
+
 def asymmetric_loss(
     logits: Tensor,
     targets: Tensor,
     gamma_neg: float = 4.0,
     gamma_pos: float = 0.0,
     clip: float = 0.05,
-    reduction: str = "mean",
+    eps: float = 1e-8,
+    detach_focal_weight: bool = True,
+    reduction: str = "sum",
 ) -> Tensor:
-    """Asymmetric loss, ASL (Ridnik et al., ICCV 2021), with probability shifting.
+    """Asymmetric loss, ASL (Ridnik et al., ICCV 2021), as the authors' code computes it.
 
-    p = sigmoid(z), p_m = max(p - clip, 0) (the shifted probability of negatives);
-    positive entry -(1 - p)^gamma_pos log p, negative entry -p_m^gamma_neg log(1 - p_m).
-    log p uses logsigmoid (the authors clamp p at 1e-8 instead; the two differ only
-    below p = 1e-8). The authors' code sums over entries; ``"mean"`` divides that by B*C.
+    p = sigmoid(z); the negatives' shifted probability p_m = max(p - clip, 0), so
+    1 - p_m = min(1 - p + clip, 1). Positive entry -(1 - p)^gamma_pos log(max(p, eps)),
+    negative entry -p_m^gamma_neg log(max(1 - p_m, eps)).
+    Defaults are the authors' training script (``ASL: train.py``: gamma_neg 4, gamma_pos 0,
+    clip 0.05, disable_torch_grad_focal_loss=True) and their loss
+    (``ASL: src/loss_functions/losses.py``, ``AsymmetricLoss``: eps 1e-8, ``-loss.sum()``):
+    - ``detach_focal_weight`` (their disable_torch_grad_focal_loss): the focusing weights
+      (1 - p)^gamma_pos and p_m^gamma_neg are constants for the gradient;
+    - ``reduction="sum"`` sums all B*C entries (their reduction); ``"mean"`` divides by B*C.
+    1 - p is computed as sigmoid(-z) (equal to their 1 - sigmoid(z) up to float rounding).
     """
     z, y = _prepare(logits, targets, "asymmetric_loss")
     if not 0.0 <= clip < 1.0:
         raise ValueError(f"asymmetric_loss: clip must be in [0, 1), got {clip}")
-    p = torch.sigmoid(z)
-    positive = F.logsigmoid(z)
-    if gamma_pos > 0:
-        positive = positive * (1.0 - p).pow(gamma_pos)
+    if gamma_neg < 0 or gamma_pos < 0:
+        raise ValueError(
+            f"asymmetric_loss: gamma_neg and gamma_pos must be >= 0, got {gamma_neg}, {gamma_pos}"
+        )
+    p, q = torch.sigmoid(z), torch.sigmoid(-z)  # p and 1 - p
     if clip > 0:
-        shifted = (p - clip).clamp(min=0.0)
-        # 1 - p_m = min(sigmoid(-z) + clip, 1) >= clip: its log is finite.
-        negative = torch.log((torch.sigmoid(-z) + clip).clamp(max=1.0))
+        neg_prob = (q + clip).clamp(max=1.0)  # 1 - p_m
+        shifted = (p - clip).clamp(min=0.0)  # p_m = 1 - (1 - p_m), exactly
     else:
-        shifted = p
-        negative = F.logsigmoid(-z)
+        neg_prob, shifted = q, p
+    positive = torch.log(p.clamp(min=eps))
+    negative = torch.log(neg_prob.clamp(min=eps))
+    if gamma_pos > 0:
+        w_pos = q.pow(gamma_pos)
+        positive = positive * (w_pos.detach() if detach_focal_weight else w_pos)
     if gamma_neg > 0:
-        negative = negative * shifted.pow(gamma_neg)
+        w_neg = shifted.pow(gamma_neg)
+        negative = negative * (w_neg.detach() if detach_focal_weight else w_neg)
     loss = -(y * positive + (1.0 - y) * negative)
     return _reduce(loss, reduction)
+
+
+def process_count() -> int:
+    """The number of DDP processes (``torch.distributed`` world size), 1 when not initialised.
+
+    Losses whose authors sum over the batch (ASL, MFM) multiply their per-process sum by it:
+    DDP averages gradients over processes, so the mean of world_size * local sums is the sum
+    over the global batch, which is what the authors' single-process code optimises.
+    (A generic helper for this lives with the DDP utilities, ``mlcnc.losses.distributed``,
+    once it exists; this one stays minimal.)
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 @dataclass(frozen=True)
@@ -379,18 +513,45 @@ class FocalCriterion(LogitLossCriterion):
         return focal_loss(logits, targets, self.gamma, self.alpha, self.class_weight)
 
 
-class ClassBalancedFocalCriterion(FocalCriterion):
-    """CB-Focal: focal loss weighted by ``class_balanced_weights(class_freq, beta)``."""
+class ClassBalancedFocalCriterion(LogitLossCriterion):
+    """CB-Focal as in DB's benchmark: ``class_balanced_focal_loss`` (beta 0.9, average_w).
+
+    ``alpha`` exists only so that the current method registry (which passes it) keeps
+    working; DB's CB-Focal has no alpha term and any value other than None is refused.
+    """
+
+    term = "focal"
 
     def __init__(
         self,
         class_freq: ClassFreq,
-        beta: float = 0.99,
+        beta: float = 0.9,
         gamma: float = 2.0,
         alpha: float | None = None,
+        mode: str = "average_w",
+        balance_param: float = 2.0,
     ) -> None:
-        super().__init__(gamma, alpha, class_balanced_weights(class_freq, beta))
-        self.beta = beta
+        super().__init__()
+        if alpha is not None:
+            raise ValueError(
+                "ClassBalancedFocalCriterion: DB's CB-Focal has no alpha term; leave alpha unset "
+                "(use method 'focal' for an alpha-balanced focal loss)"
+            )
+        if mode not in CB_MODES:
+            raise ValueError(
+                f"ClassBalancedFocalCriterion: mode must be one of {CB_MODES}, got {mode!r}"
+            )
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"ClassBalancedFocalCriterion: beta must be in [0, 1), got {beta}")
+        self.beta, self.gamma, self.mode, self.balance_param = beta, gamma, mode, balance_param
+        self.alpha = None
+        self.register_buffer("class_freq", as_class_freq(class_freq, "ClassBalancedFocalCriterion"))
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return class_balanced_focal_loss(
+            logits, targets, self.class_freq, self.beta, self.gamma, self.mode,
+            balance_param=self.balance_param,
+        )  # fmt: skip
 
 
 class LDAMCriterion(LogitLossCriterion):
@@ -408,16 +569,38 @@ class LDAMCriterion(LogitLossCriterion):
 
 
 class AsymmetricCriterion(LogitLossCriterion):
-    """ASL with its published defaults (gamma_neg 4, gamma_pos 0, clip 0.05)."""
+    """ASL with the authors' training settings (``asymmetric_loss``'s defaults).
+
+    With ``reduction="sum"`` (the authors' ``-loss.sum()``) the per-process sum is multiplied
+    by the DDP world size (``process_count``), so that DDP's gradient average equals the
+    gradient of the sum over the global batch; ``"mean"`` needs no correction.
+    """
 
     term = "asl"
 
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05) -> None:
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        detach_focal_weight: bool = True,
+        reduction: str = "sum",
+    ) -> None:
         super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(
+                f"AsymmetricCriterion: reduction must be 'sum' or 'mean', got {reduction!r}"
+            )
         self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
+        self.eps, self.detach_focal_weight, self.reduction = eps, detach_focal_weight, reduction
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return asymmetric_loss(logits, targets, self.gamma_neg, self.gamma_pos, self.clip)
+        value = asymmetric_loss(
+            logits, targets, self.gamma_neg, self.gamma_pos, self.clip, self.eps,
+            self.detach_focal_weight, self.reduction,
+        )  # fmt: skip
+        return value * process_count() if self.reduction == "sum" else value
 
 
 class DistributionBalancedCriterion(LogitLossCriterion):

@@ -27,10 +27,42 @@ CLASSIFIER_PREFIXES = ("fc.", "classifier.", "_fc.", "head.fc.")
 _LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 
 
-class TorchvisionResNet(nn.Module):
-    """A torchvision ResNet up to ``layer4`` (no pooling, no fc); keys as torchvision's."""
+def freeze_parameters(module: nn.Module) -> None:
+    """Stop gradients into every parameter of ``module`` (``requires_grad = False``)."""
+    for param in module.parameters():
+        param.requires_grad_(False)
 
-    def __init__(self, name: str) -> None:
+
+def batch_norm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer (1-D, 2-D, 3-D, SyncBatchNorm) inside ``module``."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet up to ``layer4`` (no pooling, no fc); keys as torchvision's.
+
+    Options of mmdet's ResNet that the DB benchmark uses (``DB: mllt/models/backbones/
+    resnet.py``: ``_freeze_stages`` and ``train``; ``DB: configs/*/LT_resnet50_pfc_DB.py``
+    sets frozen_stages=1 and keeps the default norm_eval=True):
+
+    - ``frozen_stages``: -1 freezes nothing; k >= 0 freezes the stem (conv1, bn1) and
+      ``layer1`` .. ``layer<k>``: their parameters get no gradient and the whole frozen part
+      stays in eval mode (BatchNorm statistics fixed) even when the model is in train mode.
+    - ``norm_eval``: every BatchNorm layer of the backbone stays in eval mode in train mode
+      (running statistics neither used from the batch nor updated). As in mmdet, the BN
+      affine parameters outside the frozen stages still train.
+    - ``freeze_norm_affine``: also stop gradients into every BN weight and bias (not mmdet's
+      default; what "frozen BN" means in detectron-style recipes).
+    Both are re-applied at every ``train()`` call, as mmdet does.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        freeze_norm_affine: bool = False,
+    ) -> None:
         super().__init__()
         import torchvision
 
@@ -43,6 +75,33 @@ class TorchvisionResNet(nn.Module):
             net.layer4,
         )
         self.num_features = net.fc.in_features
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        self.frozen_stages = int(frozen_stages)
+        self.norm_eval = bool(norm_eval)
+        self.freeze_norm_affine = bool(freeze_norm_affine)
+        for module in self._frozen_modules():
+            freeze_parameters(module)
+        if self.freeze_norm_affine:
+            for bn in batch_norm_layers(self):
+                freeze_parameters(bn)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4][: self.frozen_stages]
+        return [self.conv1, self.bn1, *stages]
+
+    def train(self, mode: bool = True) -> TorchvisionResNet:
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for bn in batch_norm_layers(self):
+                    bn.eval()
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -94,11 +153,27 @@ def check_backbone_name(name: str) -> str | None:
     )
 
 
-def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
-    """Build backbone ``name`` with ``pretrained`` weights (True, False or a local file)."""
+def create_backbone(
+    name: str,
+    pretrained: bool | str = False,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+    freeze_norm_affine: bool = False,
+) -> nn.Module:
+    """Build backbone ``name`` with ``pretrained`` weights (True, False or a local file).
+
+    ``frozen_stages``, ``norm_eval`` and ``freeze_norm_affine`` (see ``TorchvisionResNet``)
+    are available for the torchvision ResNets only; other backbones refuse them.
+    """
     from_file = isinstance(pretrained, (str, Path))
+    if name not in TORCHVISION_RESNETS and (frozen_stages >= 0 or norm_eval or freeze_norm_affine):
+        raise ValueError(
+            f"backbone {name!r}: frozen_stages / norm_eval / freeze_norm_affine are options of "
+            f"the torchvision ResNets ({', '.join(TORCHVISION_RESNETS)}); remove them or choose "
+            "one of those"
+        )
     if name in TORCHVISION_RESNETS:
-        backbone: nn.Module = TorchvisionResNet(name)
+        backbone: nn.Module = TorchvisionResNet(name, frozen_stages, norm_eval, freeze_norm_affine)
         if pretrained is True:
             import torchvision
 

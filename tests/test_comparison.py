@@ -286,13 +286,22 @@ def test_db_runs_get_the_training_size_in_their_config(
     bench(data, tmp_path / "b", train, methods=["erm", "db", "db_focal"], seeds=[0],
           overrides=["db_focal:method.loss.num_samples=99"])  # fmt: skip
     # The tiny train split has 25 images; a given value is kept; csv data take the VOC preset.
-    assert train.configs["db-seed0"].method.loss.items() >= {"num_samples": 25, "preset": "voc"}.items()
-    assert train.configs["db_focal-seed0"].method.loss.items() >= {"num_samples": 99, "preset": "voc"}.items()
+    assert (
+        train.configs["db-seed0"].method.loss.items()
+        >= {"num_samples": 25, "preset": "voc"}.items()
+    )
+    assert (
+        train.configs["db_focal-seed0"].method.loss.items()
+        >= {"num_samples": 99, "preset": "voc"}.items()
+    )
     assert train.configs["erm-seed0"].method.loss == {}
     coco = FakeTrain()
     bench(data, tmp_path / "c", coco, methods=["db"], seeds=[0], overrides=["data.name=coco_lt",
           "method.loss.num_samples=1909"])  # fmt: skip
-    assert coco.configs["db-seed0"].method.loss.items() >= {"num_samples": 1909, "preset": "coco", "map_mu": 0.2, "neg_scale": 2.0}.items()
+    assert (
+        coco.configs["db-seed0"].method.loss.items()
+        >= {"num_samples": 1909, "preset": "coco", "map_mu": 0.2, "neg_scale": 2.0}.items()
+    )
 
 
 @pytest.mark.slow
@@ -341,3 +350,20 @@ def test_real_benchmark_end_to_end(tiny_csv_dataset: Path, tmp_path: Path, capsy
         ]
         for m in methods
     ]
+
+
+def test_published_recipes_run_db_rows_under_the_db_paper_setting(tmp_path: Path) -> None:
+    """`--recipes published`: CB-Focal takes DB's SGD recipe on VOC-LT, ERM keeps the shared one;
+    `--recipes shared` keeps every method on the shared recipe."""
+    BASE.setdefault("cb_focal", 44.0)
+    published = FakeTrain()
+    result = bench("voc_lt", tmp_path / "p", published, methods=["erm", "cb_focal"], seeds=[0],
+                   recipes="published")  # fmt: skip
+    cb = published.configs["cb_focal-seed0"]
+    assert (cb.optim.optimizer, cb.optim.schedule, cb.optim.milestones) == ("sgd", "step", [5, 7])
+    assert cb.method.model["neck_dim"] == 256 and cb.method.name == "cb_focal"
+    assert published.configs["erm-seed0"].optim.optimizer == "adam"
+    assert "cb_focal under its published recipe (voc_lt_db)" in result.files["markdown"].read_text()
+    shared = FakeTrain()
+    bench("voc_lt", tmp_path / "s", shared, methods=["erm", "cb_focal"], seeds=[0])
+    assert shared.configs["cb_focal-seed0"].optim.optimizer == "adam"

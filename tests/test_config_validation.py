@@ -209,9 +209,9 @@ def test_a_checkpoint_of_the_previous_version_still_loads(tmp_path_factory) -> N
     """Version 0.1.0 wrote the config as given (method options not filled in, no
     ``data.augment``); such a checkpoint rebuilds the same model."""
     import torch
-    from tiny_trained import tiny_trained_run
 
     from mlcnc.engine import load_trained
+    from tiny_trained import tiny_trained_run
 
     run = tiny_trained_run(tmp_path_factory)
     state = torch.load(run.checkpoint, weights_only=True)

@@ -217,11 +217,11 @@ def test_data_config_fields_defaults_and_validation():
         None,
     )
     assert (cfg.head_threshold, cfg.tail_threshold, cfg.skip_bad_images) == (100, 20, False)
-    with pytest.raises(ValueError, match="bad value 'imagenet' for 'data.name'; allowed values"):
+    with pytest.raises(ValueError, match=r"bad value 'imagenet' for 'data\.name'; allowed values"):
         DataConfig(name="imagenet")
     with pytest.raises(ValueError, match="tail_threshold"):
         DataConfig(head_threshold=10, tail_threshold=20)
-    with pytest.raises(ValueError, match="unknown config key 'data.unknown_key'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'data\.unknown_key'"):
         DataConfig(unknown_key=1)
 
 

@@ -417,6 +417,16 @@ def environment_note(command: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _recipe_config(method: str, data: str, data_name: str, recipes: str) -> str:
+    """The config a method runs under: its published one for ``data_name`` when asked and
+    there is one, else the benchmark's ``data`` config."""
+    from mlcnc.methods import METHODS
+
+    if recipes == "published":
+        return METHODS.get(method).published_configs.get(data_name, data)
+    return data
+
+
 def _fill_training_size(configs: Sequence[Config], log: Callable[[str], None]) -> None:
     """Write the number of training images into the configs of the methods whose record
     needs it (DB's prior-logit shift), unless given, so each run's config alone rebuilds its
@@ -448,6 +458,7 @@ def run_benchmark(
     log: Callable[[str], None] = print,
     command: str | None = None,
     plot: bool = True,
+    recipes: str = "shared",
 ) -> BenchmarkResult:
     """Train (or read back) every (method, seed), then write the table; see the module doc.
 
@@ -455,6 +466,10 @@ def run_benchmark(
     ``overrides``: ``key=value`` shared by every run, or ``<method>:key=value`` for one.
     ``model``: ``regular`` or ``ema``, the model the table reports (both are stored).
     ``train_fn``: how a run is trained (default ``engine_train``; tests inject a fake).
+    ``recipes``: ``shared`` (every method under the data config's recipe: the fair
+    comparison) or ``published`` (a method with a published recipe for this benchmark,
+    ``MethodRecord.published_configs``, runs under that config instead; the others keep
+    the shared one; the table's footer lists which ran how).
     A failing run is logged and recorded in ``failures``; the others go on, and the table
     holds the seeds that finished (its Seeds column says which).
     """
@@ -472,7 +487,11 @@ def run_benchmark(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from: {', '.join(METHODS.names())}")
+    if recipes not in ("shared", "published"):
+        raise ValueError(f"recipes must be 'shared' or 'published', got {recipes!r}")
     train_fn = train_fn or engine_train
+    data_name = load_config(data).data.name
+    method_data = {m: _recipe_config(m, data, data_name, recipes) for m in methods}
     output = Path(output) if output is not None else Path("runs") / f"benchmark-{Path(data).stem}"
     shared, per_method = split_overrides(overrides, methods)
 
@@ -483,15 +502,17 @@ def run_benchmark(
             run_dir = output / "runs" / run_name(method, seed)
             quiet = seed != seeds[0]  # say once per method what its configs leave out
             cfg = run_config(
-                data, method, seed, run_dir, shared, per_method[method], _silent if quiet else log
-            )
+                method_data[method], method, seed, run_dir, shared, per_method[method],
+                _silent if quiet else log,
+            )  # fmt: skip
             plan.append((method, seed, run_dir, cfg))
     _fill_training_size([cfg for *_, cfg in plan], log)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(
         json.dumps(
             {"data": data, "methods": methods, "seeds": seeds, "overrides": list(overrides),
-             "model": model, "command": command},
+             "model": model, "recipes": recipes, "run_configs": method_data,
+             "command": command},
             indent=2,
         ) + "\n"
     )  # fmt: skip
@@ -499,6 +520,12 @@ def run_benchmark(
     runs: list[RunResult] = []
     failures: dict[str, str] = {}
     footer = environment_note(command)
+    own = {m: c for m, c in method_data.items() if c != data}
+    if recipes == "published":
+        footer += "Recipes: " + (
+            "; ".join(f"{m} under its published recipe ({c})" for m, c in own.items())
+            or "no method has a published recipe for this benchmark"
+        ) + f"; the others under {data}'s.\n"
     for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
         try:

@@ -32,6 +32,7 @@ from mlcnc.schema import (
     Fraction,
     Int,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Str,
@@ -64,7 +65,10 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 
 @section(key="optim")
 class OptimConfig:
-    """The ``optim:`` part: Adam with coupled L2 and a per-step OneCycle schedule (spec B4).
+    """The ``optim:`` part: by default Adam with coupled L2 and a per-step OneCycle schedule
+    (MLC-NC's recipe, spec B4); ``optimizer: sgd`` with ``schedule: step`` gives DB's mmcv
+    recipe (momentum, decay on every parameter, linear warm-up over ``warmup_iters``
+    iterations from ``warmup_ratio * lr``, x ``gamma`` at each epoch of ``milestones``).
 
     batch_size is the global batch (over all devices); it must divide by the device count.
     weight_decay applies to parameters that are not 1-D and whose name does not end in
@@ -73,12 +77,19 @@ class OptimConfig:
     cycle_momentum Adam's beta1 goes max_momentum -> base_momentum -> max_momentum.
     """
 
-    optimizer: Literal["adam"] = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
     lr: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 1e-4
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
-    schedule: Literal["onecycle", "constant"] = "onecycle"
+    momentum: Fraction = 0.9
+    nesterov: Bool = False
+    schedule: Literal["onecycle", "constant", "step"] = "onecycle"
+    milestones: list[PositiveInt] = field(default_factory=list)
+    gamma: PositiveFloat = 0.1
+    warmup: Literal["none", "linear", "constant", "exp"] = "linear"
+    warmup_iters: NonNegativeInt = 500
+    warmup_ratio: Annotated[float, Field(gt=0, le=1)] = 1.0 / 3.0
     pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.2
     div_factor: PositiveFloat = 25.0
     final_div_factor: PositiveFloat = 1e4
@@ -209,6 +220,8 @@ def resolve_config(cfg: Config) -> Config:
     if problem is not None:
         raise ConfigError(f"bad value {method.backbone!r} for 'method.backbone': {problem}")
     method.model, method.loss = resolve_options(method, cfg.data.name)
+    if cfg.optim.schedule == "step" and not cfg.optim.milestones:
+        raise ConfigError("optim.schedule=step needs optim.milestones (epochs), e.g. [5, 7]")
     allowed = selection_metrics(ema=cfg.train.ema_decay > 0)
     if cfg.train.select_metric not in allowed:
         raise ConfigError(

@@ -45,10 +45,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from torch import nn
 
 from mlcnc.losses.base import Criterion
@@ -69,7 +69,9 @@ from mlcnc.schema import (
     section,
 )
 
-SamplerKind = Literal["random", "class_aware"]
+SamplerKind = Literal["random", "class_aware", "paired_reversed", "paired_class_aware"]
+"""``random`` / ``class_aware`` draw one image per sample; the paired kinds draw two (a
+uniform one and a re-balanced one: reversed (BBN) or class-aware (URS))."""
 
 
 @section(key="method")
@@ -105,7 +107,10 @@ class Method:
 class BuildRequest:
     """What a builder gets: the method config, its resolved options and the data's facts.
 
-    class_freq (C,) training positives per class; num_samples the number of training images.
+    class_freq (C,) training positives per class; num_samples the number of training images;
+    train_labels (N, C) the training labels (co-occurrence statistics: ML-GCN, MFM; None when
+    a trained model is rebuilt: those statistics are buffers its checkpoint restores);
+    epochs the training epochs (BBN's cumulative learning).
     """
 
     cfg: MethodConfig
@@ -114,6 +119,8 @@ class BuildRequest:
     num_classes: int
     class_freq: np.ndarray
     num_samples: int | None
+    train_labels: np.ndarray | None = None
+    epochs: int | None = None
 
 
 Builder = Callable[[BuildRequest], Method]
@@ -130,6 +137,8 @@ class MethodRecord:
         values), so the resolved config says exactly what runs.
     needs_num_samples: the builder needs the number of training images.
     source: where the method and its defaults come from.
+    published_configs: ``data.name`` -> the shipped config of the method's own published
+        recipe on that benchmark (``mlcnc benchmark --recipes published``).
     """
 
     name: str
@@ -142,6 +151,7 @@ class MethodRecord:
     finalize: Callable[[MethodConfig, dict[str, Any], dict[str, Any]], None] | None = None
     needs_num_samples: bool = False
     source: str = ""
+    published_configs: Mapping[str, str] = field(default_factory=dict)
 
 
 METHODS: Registry[MethodRecord] = Registry("method")
@@ -235,18 +245,25 @@ def build_method(
     class_freq: np.ndarray,
     num_samples: int | None = None,
     data_name: str | None = None,
+    *,
+    train_labels: np.ndarray | None = None,
+    epochs: int | None = None,
 ) -> Method:
     """Build the named method for ``num_classes`` classes with training counts ``class_freq``.
 
     ``num_samples`` is the number of training images (N), for the methods that need it;
-    ``data_name`` picks dataset-dependent defaults where the options do not set them.
+    ``data_name`` picks dataset-dependent defaults where the options do not set them;
+    ``train_labels`` and ``epochs`` reach the methods that use them (``BuildRequest``).
     """
     class_freq = np.asarray(class_freq)
     if class_freq.shape != (num_classes,):
         raise ValueError(f"class_freq must have shape ({num_classes},), got {class_freq.shape}")
     record = METHODS.get(cfg.name)
     model, loss = resolve_options(cfg, data_name)
-    method = record.build(BuildRequest(cfg, model, loss, num_classes, class_freq, num_samples))
+    request = BuildRequest(
+        cfg, model, loss, num_classes, class_freq, num_samples, train_labels, epochs
+    )
+    method = record.build(request)
     if cfg.sampler is not None:
         method.sampler = cfg.sampler
     return method
@@ -364,17 +381,23 @@ def _register_mlcnc(name: str, display: str, fixed: Mapping[str, Mapping[str, An
 # --------------------------------------------------------------------------- linear-head baselines
 @section
 class LinearModelOptions:
-    """The linear head on the pooled backbone feature (``models.linear``)."""
+    """The linear head on the pooled backbone feature (``models.linear``). DB's recipe sets
+    neck_dim 256, dropout 0.5, frozen_stages 1, norm_eval, classifier_init_std 0.01
+    (``configs/voc_lt_db.yaml``); frozen_stages / norm_eval need a torchvision ResNet."""
 
     dropout: Fraction = 0.0
     classifier: Literal["linear", "cosine"] = "linear"
+    neck_dim: PositiveInt | None = None
+    frozen_stages: Annotated[int, Field(ge=-1, le=4)] = -1
+    norm_eval: Bool = False
+    freeze_norm_affine: Bool = False
+    classifier_init_std: PositiveFloat | None = None
 
 
 @section
-class CosineModelOptions:
+class CosineModelOptions(LinearModelOptions):
     """LDAM's head: a normalised (cosine) classifier (LDAM is defined on unit vectors)."""
 
-    dropout: Fraction = 0.0
     classifier: Literal["linear", "cosine"] = "cosine"
 
 
@@ -400,11 +423,13 @@ class FocalOptions:
 
 @section
 class ClassBalancedFocalOptions:
-    """CB-Focal (Cui et al., CVPR 2019)."""
+    """CB-Focal (Cui et al., CVPR 2019) as the LT-MLC benchmark's reference computes it (DB's
+    ResampleLoss with reweight_func='CB': per-sample weights, beta 0.9, ``average_w``)."""
 
-    beta: Fraction = 0.99
+    beta: Annotated[float, Field(ge=0, lt=1)] = 0.9
     gamma: NonNegativeFloat = 2.0
-    alpha: Fraction | None = None
+    mode: Literal["average_w", "by_class", "average_n", "min_n"] = "average_w"
+    balance_param: PositiveFloat = 2.0
 
 
 @section
@@ -423,6 +448,64 @@ class AsymmetricOptions:
     gamma_neg: NonNegativeFloat = 4.0
     gamma_pos: NonNegativeFloat = 0.0
     clip: Fraction = 0.05
+    eps: PositiveFloat = 1e-8
+    detach_focal_weight: Bool = True
+    reduction: Literal["sum", "mean"] = "sum"
+
+
+@section
+class MFMOptions:
+    """MFM, COMIC's multi-focal modifier (``losses/mfm.py``; COMIC's VOC config)."""
+
+    gamma_neg: NonNegativeFloat = 3.0
+    gamma_pos: NonNegativeFloat = 0.0
+    clip: Fraction = 0.05
+    class_neg_scale: PositiveFloat = 1.2
+    weight_power: PositiveFloat = 1.0 / 3.0
+    eps: PositiveFloat = 1e-8
+    detach_focal_weight: Bool = True
+    reduction: Literal["sum", "mean"] = "sum"
+
+
+@section
+class BBNModelOptions:
+    """BBN (Zhou et al., CVPR 2020): the mixed features doubled as BBN's code does, alpha 0.5
+    at test time; alpha_epochs None = the run's optim.epochs. Needs a torchvision ResNet."""
+
+    feature_scale: PositiveFloat = 2.0
+    test_alpha: Fraction = 0.5
+    alpha_epochs: PositiveInt | None = None
+
+
+@section
+class MLGCNModelOptions:
+    """ML-GCN (Chen et al., CVPR 2019): tau 0.4, p 0.2 (Eq. 8 as corrected in their README),
+    1024 hidden, LeakyReLU 0.2, max pooling; node features one-hot (no word vectors can be
+    downloaded), ``etf``, or a C x d .npy / .txt / .csv file of class-name embeddings."""
+
+    tau: Fraction = 0.4
+    p: Fraction = 0.2
+    self_weight: Fraction | None = None
+    node_features: Str = "onehot"
+    hidden_dim: PositiveInt = 1024
+    negative_slope: NonNegativeFloat = 0.2
+    pooling: Literal["max", "avg"] = "max"
+
+
+@section
+class URSModelOptions:
+    """URS (Guo and Wang, CVPR 2021): logit compensation on (see ``models/urs.py`` for what
+    the paper leaves open). Needs a torchvision ResNet."""
+
+    compensation: Bool = True
+
+
+@section
+class URSLossOptions:
+    """URS's Eq. (1): lambda 0.1 for the cross-branch consistency (a documented choice)."""
+
+    consistency_weight: NonNegativeFloat = 0.1
+    consistency: Str = "mse_prob"
 
 
 @section
@@ -456,6 +539,10 @@ class TwoWayOptions:
     tn: PositiveFloat = 1.0
 
 
+DB_RECIPE = {"voc_lt": "voc_lt_db", "coco_lt": "coco_lt_db"}
+"""The DB paper's recipe (spec 7.5), published for DB, DB-Focal and CB-Focal on both
+benchmarks."""
+
 DB_PRESET_OF_DATA: dict[str, dict[str, Any]] = {
     "voc_lt": {"preset": "voc"},
     "coco_lt": {"preset": "coco"},
@@ -486,6 +573,7 @@ def _register_linear(
     model_options: type = LinearModelOptions,
     source: str = "",
     db: bool = False,
+    published: Mapping[str, str] | None = None,
 ) -> None:
     def build(request: BuildRequest) -> Method:
         from mlcnc.models.linear import LinearHeadModel
@@ -507,6 +595,7 @@ def _register_linear(
             finalize=_finalize_db if db else None,
             needs_num_samples=db,
             source=source,
+            published_configs=published or {},
         )
     )
 
@@ -573,6 +662,65 @@ def _two_way(request: BuildRequest) -> Criterion:
     return TwoWayCriterion(**request.loss)
 
 
+def _mfm(request: BuildRequest) -> Criterion:
+    from mlcnc.data.cooccurrence import cooccurrence_counts
+    from mlcnc.losses.mfm import MultiFocalModifierCriterion
+
+    counts = (
+        cooccurrence_counts(request.train_labels)
+        if request.train_labels is not None
+        else np.zeros((request.num_classes, request.num_classes))  # restored from a checkpoint
+    )
+    return MultiFocalModifierCriterion(request.class_freq, counts, **request.loss)
+
+
+def _build_bbn(request: BuildRequest) -> Method:
+    from mlcnc.models.bbn import BBNCriterion, BBNModel
+
+    options = dict(request.model)
+    alpha_epochs = options.pop("alpha_epochs") or request.epochs or 1
+    model = BBNModel(
+        request.num_classes,
+        alpha_epochs,
+        backbone=request.cfg.backbone,
+        pretrained=request.cfg.pretrained,
+        **options,
+    )
+    return Method(model=model, criterion=BBNCriterion(), sampler="paired_reversed")
+
+
+def _build_mlgcn(request: BuildRequest) -> Method:
+    from mlcnc.losses.baselines import BCECriterion
+    from mlcnc.models.mlgcn import MLGCNModel, mlgcn_correlation
+
+    options = dict(request.model)
+    graph = {k: options.pop(k) for k in ("tau", "p", "self_weight")}
+    if request.train_labels is not None:
+        correlation = mlgcn_correlation(request.train_labels, **graph)
+    else:  # a trained model is rebuilt: its checkpoint restores the adjacency buffer
+        correlation = np.eye(request.num_classes)
+    model = MLGCNModel(
+        request.num_classes,
+        correlation,
+        backbone=request.cfg.backbone,
+        pretrained=request.cfg.pretrained,
+        **options,
+    )
+    return Method(model=model, criterion=BCECriterion(), sampler="random")
+
+
+def _build_urs(request: BuildRequest) -> Method:
+    from mlcnc.models.urs import URSCriterion, URSModel
+
+    model = URSModel(
+        request.num_classes,
+        backbone=request.cfg.backbone,
+        pretrained=request.cfg.pretrained,
+        **request.model,
+    )
+    return Method(model=model, criterion=URSCriterion(**request.loss), sampler="paired_class_aware")
+
+
 # Registration order is the paper's Table 1 order: baselines, then MLC-NC and its ablations.
 _register_linear("erm", "ERM", "random", NoOptions, _bce, source="plain BCE")
 _register_linear("rs", "RS", "class_aware", NoOptions, _bce, source="BCE, class-aware sampling")
@@ -580,22 +728,51 @@ _register_linear("rw", "RW", "random", ReweightOptions, _rw, source="BCE, invers
 _register_linear("focal", "Focal", "random", FocalOptions, _focal, source="Lin et al., ICCV 2017")
 _register_linear(
     "cb_focal", "CB-Focal", "random", ClassBalancedFocalOptions, _cb_focal,
-    source="Cui et al., CVPR 2019",
+    source="Cui et al., CVPR 2019; DB repository mllt/models/losses/resample_loss.py (CB)",
+    published=DB_RECIPE,
 )  # fmt: skip
 _register_linear(
     "ldam", "LDAM", "random", LDAMOptions, _ldam, model_options=CosineModelOptions,
     source="Cao et al., NeurIPS 2019 (multi-label form)",
 )  # fmt: skip
+register_method(
+    MethodRecord(
+        name="mlgcn", display_name="ML-GCN", build=_build_mlgcn, sampler="random",
+        model_options=MLGCNModelOptions, loss_options=NoOptions,
+        source="Chen et al., CVPR 2019; megvii-research/ML-GCN (gen_A, gen_adj)",
+    )
+)  # fmt: skip
+register_method(
+    MethodRecord(
+        name="bbn", display_name="BBN", build=_build_bbn, sampler="paired_reversed",
+        model_options=BBNModelOptions, loss_options=NoOptions,
+        source="Zhou et al., CVPR 2020; Megvii-Nanjing/BBN (combiner, network), BCE for multi-label",
+    )
+)  # fmt: skip
 _register_linear(
-    "asl", "ASL", "random", AsymmetricOptions, _asl, source="Ridnik et al., ICCV 2021"
-)
+    "asl", "ASL", "random", AsymmetricOptions, _asl,
+    source="Ridnik et al., ICCV 2021; Alibaba-MIIL/ASL losses.py, train.py",
+)  # fmt: skip
 _register_linear(
     "db", "DB", "class_aware", DBOptions, _db_criterion(focal=False), db=True,
     source="Wu et al., ECCV 2020, without the focal term (DB repository, spec 7.4)",
+    published=DB_RECIPE,
 )  # fmt: skip
 _register_linear(
     "db_focal", "DB-Focal", "class_aware", DBFocalOptions, _db_criterion(focal=True), db=True,
     source="Wu et al., ECCV 2020 (DB repository's configuration, spec 7.4)",
+    published=DB_RECIPE,
+)  # fmt: skip
+register_method(
+    MethodRecord(
+        name="urs", display_name="URS", build=_build_urs, sampler="paired_class_aware",
+        model_options=URSModelOptions, loss_options=URSLossOptions,
+        source="Guo and Wang, CVPR 2021 (Eq. 1-2; unspecified parts: models/urs.py)",
+    )
+)  # fmt: skip
+_register_linear(
+    "mfm", "MFM", "random", MFMOptions, _mfm,
+    source="COMIC's multi-focal modifier (wannature/COMIC loss/PriorFocalModifierLoss.py)",
 )  # fmt: skip
 _register_linear(
     "two_way", "Two-way (linear head)", "class_aware", TwoWayOptions, _two_way,

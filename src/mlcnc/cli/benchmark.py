@@ -55,6 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="which model the table reports, at the last epoch (default regular; both are stored)",
     )
     parser.add_argument(
+        "--recipes",
+        choices=("shared", "published"),
+        default="shared",
+        help=(
+            "shared (default): every method under the --data config's recipe, the fair "
+            "comparison; published: methods whose authors published a recipe for this "
+            "benchmark (DB, DB-Focal, CB-Focal on voc_lt / coco_lt) run under it"
+        ),
+    )
+    parser.add_argument(
         "--no-plot", action="store_true", help="skip the grouped bar chart (results.png)"
     )
     parser.add_argument(
@@ -102,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model,
             command=command,
             plot=not args.no_plot,
+            recipes=args.recipes,
         )
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"mlcnc benchmark: error: {error}", file=sys.stderr)

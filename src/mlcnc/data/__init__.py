@@ -22,7 +22,12 @@ from mlcnc.data.readers import (
     read_voc,
     write_csv_split,
 )
-from mlcnc.data.samplers import ClassAwareSampler, ShuffleSampler
+from mlcnc.data.samplers import (
+    ClassAwareSampler,
+    PairedSampler,
+    ReversedSampler,
+    ShuffleSampler,
+)
 from mlcnc.schema import Bool, NonNegativeInt, PositiveInt, Str, section
 
 __all__ = [
@@ -160,7 +165,26 @@ def build_sampler(
         return ShuffleSampler(
             len(labels), epoch_length=cfg.epoch_length, seed=seed, rank=rank, world_size=world_size
         )
-    raise ValueError(f"unknown sampler {kind!r}; choose 'random' or 'class_aware'")
+    if kind in ("paired_reversed", "paired_class_aware"):
+        # BBN / URS: a uniform draw paired with a re-balanced one, the same count per process.
+        length = cfg.epoch_length or len(labels)
+        uniform = ShuffleSampler(
+            len(labels), epoch_length=length, seed=seed, rank=rank, world_size=world_size
+        )
+        second: Sampler[int]
+        if kind == "paired_reversed":
+            second = ReversedSampler(
+                labels, epoch_length=length, seed=seed + 1, rank=rank, world_size=world_size
+            )
+        else:
+            second = ClassAwareSampler(
+                labels, 1, epoch_length=length, seed=seed + 1, rank=rank, world_size=world_size
+            )
+        return PairedSampler(uniform, second)
+    raise ValueError(
+        f"unknown sampler {kind!r}; choose random, class_aware, paired_reversed or "
+        "paired_class_aware"
+    )
 
 
 def _read_csv_splits(

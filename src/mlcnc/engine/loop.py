@@ -46,6 +46,7 @@ from mlcnc.config import (
 from mlcnc.data import build_dataset, build_sampler, build_splits
 from mlcnc.data import transforms as data_transforms
 from mlcnc.data.longtail import class_groups
+from mlcnc.data.paired import PairedDataset
 from mlcnc.engine.checkpoint import (
     BEST,
     CHECKPOINT_DIR,
@@ -362,6 +363,8 @@ def _setup(
         class_freq,
         num_samples=len(train_split.labels),
         data_name=cfg.data.name,
+        train_labels=train_split.labels,
+        epochs=o.epochs,
     )
     if resume_state is not None:
         method.model.load_state_dict(resume_state["model"])
@@ -381,6 +384,8 @@ def _setup(
     sampler = build_sampler(
         method.sampler, train_split.labels, cfg.data, seed=t.seed, rank=rank, world_size=world
     )
+    if method.sampler.startswith("paired"):
+        train_set = PairedDataset(train_set)  # (2, 3, H, W) per sample: uniform + re-balanced
     pin = fabric.device.type == "cuda"
     train_loader = DataLoader(
         train_set,
@@ -505,6 +510,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     _seed_all(t.seed, epoch, run.rank)
     run.sampler.set_epoch(epoch)
     run.criterion.set_epoch(epoch)
+    if hasattr(run.net, "set_epoch"):
+        run.net.set_epoch(epoch)  # epoch-dependent models (BBN's cumulative learning)
     run.model.train()
     run.criterion.train()
     watch = _FiniteWatch(fabric.device, run.step)

@@ -31,9 +31,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam with coupled L2 (``torch.optim.Adam``'s weight_decay, not AdamW), as the code does."""
-    if cfg.optimizer != "adam":
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adam'")
+    """``optim.optimizer``: Adam with coupled L2 (``torch.optim.Adam``'s weight_decay, not
+    AdamW) on the official code's groups, as MLC-NC's code does; or SGD with momentum and
+    decay on every parameter, as DB's mmcv recipe does (``sgd_optimizer``)."""
+    if cfg.optimizer == "sgd":
+        return sgd_optimizer(
+            model, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov
+        )
     return torch.optim.Adam(
         parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps
     )
@@ -42,9 +46,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """OneCycle over ``epochs * steps_per_epoch`` optimizer steps, stepped every iteration."""
+    """``optim.schedule``, stepped every iteration: OneCycle over ``epochs * steps_per_epoch``
+    steps, a constant lr, or mmcv's step policy (``step_lr_scheduler``: x ``gamma`` at each
+    epoch of ``milestones``, after a warm-up of ``warmup_iters`` iterations)."""
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.schedule == "step":
+        return step_lr_scheduler(
+            optimizer,
+            steps_per_epoch,
+            list(cfg.milestones),
+            gamma=cfg.gamma,
+            warmup=None if cfg.warmup == "none" else cfg.warmup,
+            warmup_iters=cfg.warmup_iters,
+            warmup_ratio=cfg.warmup_ratio,
+        )
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=cfg.lr,

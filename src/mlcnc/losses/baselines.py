@@ -8,6 +8,12 @@ Class statistics (``class_freq``: positives per class in the training split, (C,
 positive wherever a loss divides by them; a class without training positives is refused
 with an error naming it, never turned into an infinite weight.
 
+Under DDP the batch is this process's shard of the global batch (``optim.batch_size``):
+``"mean"`` divides the shard's sum by the global number of entries and ``"sum"`` scales it
+by the number of processes W (``mlcnc.losses.distributed``), so the mean over processes of
+the value and of its gradient is the global batch's, for shards of any sizes. Every entry
+here depends on its own sample only (class statistics are fixed), so nothing else is global.
+
 Each criterion holds its hyper-parameters and class weights (as buffers, so ``state_dict``
 carries them and ``.to(device)`` moves them) and returns ``{"total": loss, <term>: loss}``.
 """
@@ -24,6 +30,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from mlcnc.losses.base import Criterion
+from mlcnc.losses.distributed import global_mean, global_sum
 from mlcnc.losses.functional import two_way_loss
 from mlcnc.models.output import ModelOutput
 
@@ -33,10 +40,11 @@ ClassFreq = Tensor | np.ndarray | Sequence[float]
 
 # --------------------------------------------------------------------------- helpers
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    """Reduce the (B, C) entries over the global batch (see the module docstring)."""
     if reduction == "mean":
-        return loss.mean()
+        return global_mean(loss.sum(), loss.numel())
     if reduction == "sum":
-        return loss.sum()
+        return global_sum(loss.sum())
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

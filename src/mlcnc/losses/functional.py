@@ -2,6 +2,12 @@
 
 Shapes: B batch, C classes, E class-feature width, P projection width.
 Targets are (B, C) with 1 (or any value > 0) for a positive and 0 for a negative.
+
+Under DDP the batch is this process's shard of the global batch (``optim.batch_size``) and
+every reduction is over the global batch (``mlcnc.losses.distributed``): the means of L_FLA
+and L_FPC divide by global counts, and the two-way loss is computed on the gathered batch.
+The mean over processes of each value, and of its gradient, is the global batch's. These
+calls are then collectives (every process calls them); ``local_batch()`` opts out.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlcnc.geometry import safe_normalize
+from mlcnc.losses.distributed import gather_batch, global_mean, world_size
 
 FLA_EPS = 1e-6
 """The epsilon inside both logs of L_FLA (the authors' code, spec 2.1)."""
@@ -73,9 +80,17 @@ def two_way_loss(logits: Tensor, targets: Tensor, tp: float = 4.0, tn: float = 1
     over those rows plus the mean over those columns. A row or column without negatives
     contributes softplus(-inf) = 0 and still counts in its mean; a batch without any
     positive gives 0. logits (B, C), targets (B, C) -> scalar.
+
+    Under DDP the per-class log-sum-exp runs over the images of every shard: logits and
+    targets are gathered (one collective, gradients flow back) and every process computes
+    the global batch's value.
     """
     _check_targets(targets, logits.shape, "two_way_loss")
     z = _upcast(logits)
+    if world_size() > 1:
+        num_classes = z.shape[1]
+        both = gather_batch(torch.cat([z, targets.to(z.dtype)], dim=1))
+        z, targets = both[:, :num_classes], both[:, num_classes:].detach()
     positive = targets > 0
     negative = targets == 0
 
@@ -117,7 +132,8 @@ def feature_label_alignment_loss(
     positive = torch.log((1.0 + cosine) / 2.0 + FLA_EPS)
     spread = (num_classes - 1) / num_classes * (1.0 / (num_classes - 1) + cosine).abs()
     negative = torch.log(1.0 - spread + FLA_EPS)
-    return -(y * positive + (1.0 - y) * negative).mean()
+    entries = y * positive + (1.0 - y) * negative
+    return -global_mean(entries.sum(), entries.numel())
 
 
 @_float32
@@ -138,7 +154,8 @@ def collapse_calibration_loss(
     ``valid`` (C,) bool marks prototypes that exist; the others are left out of every softmax
     and pairs of their own class are skipped, so never-seen classes give no NaN. Nothing
     valid (or no positive) gives 0. Without ``valid``, a zero prototype acts as S = 0.
-    projections (B, C, P), prototypes (C, P), targets (B, C).
+    projections (B, C, P), prototypes (C, P), targets (B, C). Under DDP both reductions
+    divide by global counts (positive pairs, or B), so ``valid`` must agree on every process.
     """
     if reduction not in FPC_REDUCTIONS:
         raise ValueError(f"reduction must be one of {FPC_REDUCTIONS}, got {reduction!r}")
@@ -163,9 +180,9 @@ def collapse_calibration_loss(
     )
     pair_loss = log_denominator - own / tau1  # (B, C)
     selected = (targets > 0) & valid.view(1, -1)
+    kept = torch.where(selected, pair_loss, torch.zeros_like(pair_loss))
     if reduction == "none":
-        return torch.where(selected, pair_loss, torch.zeros_like(pair_loss))
+        return kept
     if reduction == "per_sample":
-        kept = torch.where(selected, pair_loss, torch.zeros_like(pair_loss))
-        return kept.sum() / projections.shape[0]
-    return _masked_mean(pair_loss, selected)
+        return global_mean(kept.sum(), projections.shape[0])
+    return global_mean(kept.sum(), selected.sum())

@@ -55,7 +55,8 @@ NUM_SAMPLES = 50
 TINY = "test_resnet"
 RTOL = 1e-5
 
-# Global batch: a row without positive (3), class 2 positive once, class 4 only late rows.
+# Global batch: a row without positive (3); class 2 positive once, class 4 in late rows
+# only; class 0 without negative in the last 4 rows (one shard has no negative of it).
 TARGETS = torch.tensor(
     [
         [1, 0, 0, 0, 0],
@@ -63,7 +64,7 @@ TARGETS = torch.tensor(
         [1, 1, 0, 1, 0],
         [0, 0, 0, 0, 0],
         [1, 0, 1, 0, 0],
-        [0, 1, 0, 0, 1],
+        [1, 1, 0, 0, 1],
         [1, 0, 0, 1, 1],
         [1, 1, 0, 0, 0],
     ],

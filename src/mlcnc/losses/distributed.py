@@ -15,9 +15,11 @@ gradient, which is what DDP applies. Two tools give it:
 - ``global_mean(local_sum, local_count)`` = local_sum * W / (count summed over processes),
   the count all-reduced without gradient: a mean, or a ratio of sums, over the global batch.
 - ``gather_batch(x)`` concatenates every process's shard (B_r, ...) into (B, ...), shards of
-  unequal sizes included; gradients flow back through it. Every process then computes the
-  same global value V; the backward sums each shard's gradient over the W processes
-  (W dV/dx_r) and DDP's average divides by W again, giving dV/dtheta exactly.
+  unequal sizes included, and ``gather_stack(x)`` stacks same-shaped per-process tensors
+  (e.g. per-class statistics) into (W, ...); gradients flow back through both. Every
+  process then computes the same global value V; the backward sums each shard's gradient
+  over the W processes (W dV/dx_r) and DDP's average divides by W again: dV/dtheta exactly.
+  The two-way loss gathers its per-class log-sum-exps (2 x C values) this way.
 
 Every helper here is a collective when W > 1 (every process must call it, in the same
 order; the losses never branch on their local data before one). Without an initialised
@@ -57,7 +59,7 @@ def world_size() -> int:
     return dist.get_world_size()
 
 
-def global_mean(local_sum: Tensor, local_count: Tensor | int) -> Tensor:
+def global_mean(local_sum: Tensor, local_count: Tensor | int | float) -> Tensor:
     """Mean over the global batch from this shard's sum and count: local_sum * W / count,
     the count summed over processes (no gradient). 0 when the global count is 0.
 
@@ -69,8 +71,12 @@ def global_mean(local_sum: Tensor, local_count: Tensor | int) -> Tensor:
         if isinstance(local_count, Tensor):
             return local_sum / local_count.detach().clamp(min=1).to(local_sum.dtype)
         return local_sum / max(local_count, 1)
-    count = torch.as_tensor(local_count, device=local_sum.device).detach()
-    count = count.to(torch.float64 if count.is_floating_point() else torch.int64).clone()
+    if isinstance(local_count, Tensor):
+        kind = torch.float64 if local_count.is_floating_point() else torch.int64
+        count = local_count.detach().to(kind).clone()
+    else:  # filled on the device: no host-to-device copy, no synchronisation
+        kind = torch.float64 if isinstance(local_count, float) else torch.int64
+        count = torch.full((), local_count, dtype=kind, device=local_sum.device)
     dist.all_reduce(count)
     return local_sum * size / count.clamp(min=1).to(local_sum.dtype)
 
@@ -119,7 +125,9 @@ def shard_sizes(local_size: int, device: torch.device) -> tuple[int, ...]:
 def gather_batch(x: Tensor) -> Tensor:
     """Every process's shard (B_r, ...) concatenated in rank order into (B, ...).
 
-    Shards may differ in size (sizes are gathered first, shards padded, gathered and cut).
+    Shards may differ in size (sizes are gathered first, shards padded, gathered and cut;
+    on a GPU reading the sizes synchronises the host, so prefer ``gather_stack`` of
+    fixed-size statistics where a loss allows it).
     Differentiable: the gradient of shard r is the sum over processes of their gradients
     with respect to it, so a global value every process computes from the gathered batch
     gets the exact global gradient after DDP's average. Returns ``x`` itself when W = 1.
@@ -127,3 +135,13 @@ def gather_batch(x: Tensor) -> Tensor:
     if world_size() == 1:
         return x
     return _GatherRows.apply(x, shard_sizes(x.shape[0], x.device))
+
+
+def gather_stack(x: Tensor) -> Tensor:
+    """Every process's ``x`` (same shape everywhere, e.g. per-class statistics) stacked in
+    rank order into (W, ...); differentiable like ``gather_batch``, without its size
+    exchange (no host synchronisation). ``x[None]`` when W = 1."""
+    size = world_size()
+    if size == 1:
+        return x.unsqueeze(0)
+    return _GatherRows.apply(x.unsqueeze(0), (1,) * size)

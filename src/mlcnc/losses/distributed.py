@@ -10,16 +10,17 @@ batch, nor on how it is split (the last batch of an epoch may split unevenly).
 The contract every criterion keeps: under an initialised process group, the mean over
 processes of the value each returns (the total and every term) is the single-process value
 on the global batch, and so is the mean over processes of each process's parameter
-gradient, which is what DDP applies. Two tools give it:
+gradient, which is what DDP applies. These tools give it:
 
 - ``global_mean(local_sum, local_count)`` = local_sum * W / (count summed over processes),
   the count all-reduced without gradient: a mean, or a ratio of sums, over the global batch.
+- ``global_sum(local_sum)`` = local_sum * W: a sum over the global batch (no collective).
 - ``gather_batch(x)`` concatenates every process's shard (B_r, ...) into (B, ...), shards of
   unequal sizes included, and ``gather_stack(x)`` stacks same-shaped per-process tensors
   (e.g. per-class statistics) into (W, ...); gradients flow back through both. Every
   process then computes the same global value V; the backward sums each shard's gradient
   over the W processes (W dV/dx_r) and DDP's average divides by W again: dV/dtheta exactly.
-  The two-way loss gathers its per-class log-sum-exps (2 x C values) this way.
+  The two-way loss gathers its per-class log-sum-exps and counts (4 x C values) this way.
 
 Every helper here is a collective when W > 1 (every process must call it, in the same
 order; the losses never branch on their local data before one). Without an initialised

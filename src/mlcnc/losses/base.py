@@ -20,6 +20,13 @@ class Criterion(nn.Module):
     keep their state in buffers, so it is saved and restored with ``state_dict``, and
     override the epoch hooks below. The engine calls ``set_epoch`` before each training
     epoch and ``end_epoch`` after its last step, passing a sum-all-reduce for DDP.
+
+    DDP contract: ``optim.batch_size`` is the global batch and each process passes its
+    shard. The mean over processes of every returned value is the single-process value on
+    the global batch, and so is the mean over processes of the parameter gradients (what
+    DDP applies), for shards of any sizes: every batch-level reduction goes through
+    ``mlcnc.losses.distributed`` (global counts, gathered batches). ``forward`` may then be
+    a collective: every process calls it each step.
     """
 
     def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:

@@ -9,6 +9,12 @@ Class statistics (``class_freq``: positives per class in the training split, (C,
 positive wherever a loss divides by them; a class without training positives is refused
 with an error naming it, never turned into an infinite weight.
 
+Under DDP the batch is this process's shard of the global batch (``optim.batch_size``):
+``"mean"`` divides the shard's sum by the global number of entries and ``"sum"`` scales it
+by the number of processes W (``mlcnc.losses.distributed``), so the mean over processes of
+the value and of its gradient is the global batch's, for shards of any sizes. Every entry
+here depends on its own sample only (class statistics are fixed), so nothing else is global.
+
 Each criterion holds its hyper-parameters and class weights (as buffers, so ``state_dict``
 carries them and ``.to(device)`` moves them) and returns ``{"total": loss, <term>: loss}``.
 """
@@ -25,6 +31,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from mlcnc.losses.base import Criterion
+from mlcnc.losses.distributed import global_mean, global_sum
 from mlcnc.losses.functional import two_way_loss
 from mlcnc.models.output import ModelOutput
 
@@ -34,10 +41,11 @@ ClassFreq = Tensor | np.ndarray | Sequence[float]
 
 # --------------------------------------------------------------------------- helpers
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    """Reduce the (B, C) entries over the global batch (see the module docstring)."""
     if reduction == "mean":
-        return loss.mean()
+        return global_mean(loss.sum(), loss.numel())
     if reduction == "sum":
-        return loss.sum()
+        return global_sum(loss.sum())
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -347,22 +355,6 @@ def asymmetric_loss(
     return _reduce(loss, reduction)
 
 
-def process_count() -> int:
-    """The number of DDP processes (``torch.distributed`` world size), 1 when not initialised.
-
-    Losses whose authors sum over the batch (ASL, MFM) multiply their per-process sum by it:
-    DDP averages gradients over processes, so the mean of world_size * local sums is the sum
-    over the global batch, which is what the authors' single-process code optimises.
-    (A generic helper for this lives with the DDP utilities, ``mlcnc.losses.distributed``,
-    once it exists; this one stays minimal.)
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 @dataclass(frozen=True)
 class DBParams:
     """Distribution-balanced loss parameters (spec 7.4; names of the DB configs in brackets).
@@ -572,7 +564,7 @@ class AsymmetricCriterion(LogitLossCriterion):
     """ASL with the authors' training settings (``asymmetric_loss``'s defaults).
 
     With ``reduction="sum"`` (the authors' ``-loss.sum()``) the per-process sum is multiplied
-    by the DDP world size (``process_count``), so that DDP's gradient average equals the
+    by the DDP world size (``_reduce`` -> ``global_sum``), so that DDP's gradient average equals the
     gradient of the sum over the global batch; ``"mean"`` needs no correction.
     """
 
@@ -600,7 +592,7 @@ class AsymmetricCriterion(LogitLossCriterion):
             logits, targets, self.gamma_neg, self.gamma_pos, self.clip, self.eps,
             self.detach_focal_weight, self.reduction,
         )  # fmt: skip
-        return value * process_count() if self.reduction == "sum" else value
+        return value  # "sum": scaled to the global-batch sum by _reduce (losses.distributed)
 
 
 class DistributionBalancedCriterion(LogitLossCriterion):

@@ -34,6 +34,11 @@ class MLCNCLoss(Criterion):
     code's). A class with no positive keeps its previous prototype; ``prototype_valid`` (C,)
     marks classes that have one, and L_FPC leaves the others out of its softmax. Before any
     prototype exists (the first epoch), L_FPC is 0.
+
+    Under DDP every term is the global batch's (``mlcnc.losses.distributed``): L_FLA and
+    L_FPC divide by global counts and L_TW is computed on the gathered logits, so the mean
+    over processes of each returned value and of the parameter gradients is what one
+    process gives on the whole batch. ``forward`` is then a collective on every process.
     """
 
     def __init__(

@@ -2,6 +2,13 @@
 
 Shapes: B batch, C classes, E class-feature width, P projection width.
 Targets are (B, C) with 1 (or any value > 0) for a positive and 0 for a negative.
+
+Under DDP the batch is this process's shard of the global batch (``optim.batch_size``) and
+every reduction is over the global batch (``mlcnc.losses.distributed``): the means of L_FLA,
+L_FPC and the two-way loss divide by global counts, and the two-way loss's per-class
+log-sum-exps combine every shard's.
+The mean over processes of each value, and of its gradient, is the global batch's. These
+calls are then collectives (every process calls them); ``local_batch()`` opts out.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlcnc.geometry import safe_normalize
+from mlcnc.losses.distributed import gather_stack, global_mean, world_size
 
 FLA_EPS = 1e-6
 """The epsilon inside both logs of L_FLA (the authors' code, spec 2.1)."""
@@ -64,6 +72,12 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return selected.sum() / mask.sum().clamp(min=1)
 
 
+def _filled_logsumexp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """``masked_logsumexp`` before its -inf: finite (about the most negative float) where
+    nothing is selected, so it can still be combined with other shards' values."""
+    return torch.logsumexp(x.masked_fill(~mask, torch.finfo(x.dtype).min), dim=dim)
+
+
 @_float32
 def two_way_loss(logits: Tensor, targets: Tensor, tp: float = 4.0, tn: float = 1.0) -> Tensor:
     """Two-way multi-label loss (Kobayashi, CVPR 2023) as MLC-NC's code computes it (spec 2.3).
@@ -73,19 +87,49 @@ def two_way_loss(logits: Tensor, targets: Tensor, tp: float = 4.0, tn: float = 1
     over those rows plus the mean over those columns. A row or column without negatives
     contributes softplus(-inf) = 0 and still counts in its mean; a batch without any
     positive gives 0. logits (B, C), targets (B, C) -> scalar.
+
+    Under DDP a column holds the images of every shard: each process reduces its shard to
+    per-class log-sum-exps and counts (4 x C values, whatever its size), one differentiable
+    gather shares them, and every process combines them by a log-sum-exp over processes
+    into the global batch's per-class term; the per-sample mean divides by the global
+    number of rows with a positive (sent with the same gather).
     """
     _check_targets(targets, logits.shape, "two_way_loss")
     z = _upcast(logits)
     positive = targets > 0
     negative = targets == 0
 
-    def directional(dim: int) -> Tensor:
-        negative_term = tn * masked_logsumexp(z / tn, negative, dim)
-        positive_term = tp * masked_logsumexp(-z / tp, positive, dim)
-        return F.softplus(negative_term + positive_term)
+    def softplus_sum(negative_lse: Tensor, positive_lse: Tensor) -> Tensor:
+        return F.softplus(tn * negative_lse + tp * positive_lse)
 
-    per_sample = _masked_mean(directional(1), positive.any(dim=1))
-    per_class = _masked_mean(directional(0), positive.any(dim=0))
+    rows = softplus_sum(
+        masked_logsumexp(z / tn, negative, 1), masked_logsumexp(-z / tp, positive, 1)
+    )
+    row_has_positive = positive.any(dim=1)
+    row_sum = torch.where(row_has_positive, rows, torch.zeros_like(rows)).sum()
+    # Per class, over this shard: (C,) finite log-sum-exps and (C,) counts.
+    negative_lse = _filled_logsumexp(z / tn, negative, 0)
+    positive_lse = _filled_logsumexp(-z / tp, positive, 0)
+    negative_count, positive_count = negative.sum(dim=0), positive.sum(dim=0)
+    row_count = row_has_positive.sum()
+    size = world_size()
+    if size > 1:
+        counts = torch.stack(
+            [negative_count, positive_count, F.pad(row_count.view(1), (0, z.shape[1] - 1))]
+        ).to(z.dtype)  # (3, C), the row count in the first entry of the last row
+        shared = gather_stack(torch.cat([torch.stack([negative_lse, positive_lse]), counts]))
+        negative_lse = torch.logsumexp(shared[:, 0], dim=0)  # (C,) over the W shards
+        positive_lse = torch.logsumexp(shared[:, 1], dim=0)
+        totals = shared[:, 2:].detach().sum(dim=0)  # (3, C): summed over processes
+        negative_count, positive_count, row_count = totals[0], totals[1], totals[2, 0]
+    has_negative, has_positive = negative_count > 0, positive_count > 0
+    per_sample = row_sum * size / row_count.clamp(min=1)
+    columns = softplus_sum(
+        negative_lse.masked_fill(~has_negative, float("-inf")),
+        positive_lse.masked_fill(~has_positive, float("-inf")),
+    )
+    # Every process holds the same global columns here: a plain mean over them.
+    per_class = _masked_mean(columns, has_positive)
     return per_sample + per_class
 
 
@@ -117,7 +161,8 @@ def feature_label_alignment_loss(
     positive = torch.log((1.0 + cosine) / 2.0 + FLA_EPS)
     spread = (num_classes - 1) / num_classes * (1.0 / (num_classes - 1) + cosine).abs()
     negative = torch.log(1.0 - spread + FLA_EPS)
-    return -(y * positive + (1.0 - y) * negative).mean()
+    entries = y * positive + (1.0 - y) * negative
+    return -global_mean(entries.sum(), entries.numel())
 
 
 @_float32
@@ -138,7 +183,8 @@ def collapse_calibration_loss(
     ``valid`` (C,) bool marks prototypes that exist; the others are left out of every softmax
     and pairs of their own class are skipped, so never-seen classes give no NaN. Nothing
     valid (or no positive) gives 0. Without ``valid``, a zero prototype acts as S = 0.
-    projections (B, C, P), prototypes (C, P), targets (B, C).
+    projections (B, C, P), prototypes (C, P), targets (B, C). Under DDP both reductions
+    divide by global counts (positive pairs, or B), so ``valid`` must agree on every process.
     """
     if reduction not in FPC_REDUCTIONS:
         raise ValueError(f"reduction must be one of {FPC_REDUCTIONS}, got {reduction!r}")
@@ -163,9 +209,9 @@ def collapse_calibration_loss(
     )
     pair_loss = log_denominator - own / tau1  # (B, C)
     selected = (targets > 0) & valid.view(1, -1)
+    kept = torch.where(selected, pair_loss, torch.zeros_like(pair_loss))
     if reduction == "none":
-        return torch.where(selected, pair_loss, torch.zeros_like(pair_loss))
+        return kept
     if reduction == "per_sample":
-        kept = torch.where(selected, pair_loss, torch.zeros_like(pair_loss))
-        return kept.sum() / projections.shape[0]
-    return _masked_mean(pair_loss, selected)
+        return global_mean(kept.sum(), projections.shape[0])
+    return global_mean(kept.sum(), selected.sum())

@@ -42,7 +42,6 @@ from mlcnc.losses.baselines import (
     _prepare,
     _reduce,
     as_class_freq,
-    process_count,
 )
 
 
@@ -121,7 +120,7 @@ class MultiFocalModifierCriterion(LogitLossCriterion):
     cooccurrence: (C, C) counts of images positive for both classes, diagonal ignored
     (``mlcnc.data.cooccurrence.cooccurrence_counts(train_labels)``).
     With ``reduction="sum"`` (the authors') the per-process sum is multiplied by the DDP
-    world size, as for ASL (``mlcnc.losses.baselines.process_count``).
+    world size, as for ASL (``_reduce`` -> ``mlcnc.losses.distributed.global_sum``).
     """
 
     term = "mfm"
@@ -170,4 +169,4 @@ class MultiFocalModifierCriterion(LogitLossCriterion):
             self.gamma_pos, self.clip, self.class_neg_scale, self.eps,
             self.detach_focal_weight, self.reduction,
         )  # fmt: skip
-        return value * process_count() if self.reduction == "sum" else value
+        return value  # "sum": the global-batch sum via _reduce

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -56,3 +58,19 @@ def build_scheduler(
         base_momentum=cfg.base_momentum,
         max_momentum=cfg.max_momentum,
     )
+
+
+def build_scheduler_at(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, step: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``build_scheduler``'s schedule for the whole of ``cfg.epochs``, positioned after
+    ``step`` optimizer steps: how an extended run continues (the same schedule shape
+    stretched to the new total; the LR at ``step`` is the new plan's, not the old one's).
+    Sets the optimizer's LR (and OneCycle's momentum) for that step."""
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    if step > 0:
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+    return scheduler

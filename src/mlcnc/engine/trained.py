@@ -182,10 +182,14 @@ def evaluate_checkpoint(
         cfg.data.num_workers,
         pin_memory=fabric.device.type == "cuda",
     )
+    # The variant loaded by default: the one the checkpoint's recorded selection names
+    # (regular for an older checkpoint, or when it has no EMA).
+    recorded = (choice.selection or {}).get("variant", "regular")
+    selected = recorded if recorded == "regular" or state.get("ema") is not None else "regular"
     result: dict[str, Any] = {
         "checkpoint": str(ckpt_path),
         "loaded": choice.message,
-        "selected": choice.variant,
+        "selected": selected,
         "precision": precision,
         "epoch": int(state["epoch"]),
         "dataset": cfg.data.name,
@@ -226,7 +230,7 @@ def evaluate_checkpoint(
             ],
         }
         label = WEIGHTS[name].removesuffix(" weights")
-        rows.append((f"{label} (selected)" if name == choice.variant else label, scored["map"]))
+        rows.append((f"{label} (selected)" if name == selected else label, scored["map"]))
     result["table"] = format_map_table(
         rows, title=f"{split} mAP (%) of {ckpt_path} (epoch {result['epoch']}, {precision})"
     )

@@ -423,7 +423,7 @@ def test_build_scheduler_at_continues_the_plan_from_a_step() -> None:
 
 
 def test_a_finished_run_extended_with_more_epochs_continues_the_stretched_schedule(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """1 epoch, then --force optim.epochs=2, then 4: each epoch once in metrics.jsonl, and
     the lr at each epoch end is the new plan's (OneCycle over the new total, from the step
@@ -447,7 +447,11 @@ def test_a_finished_run_extended_with_more_epochs_continues_the_stretched_schedu
     assert state["scheduler"]["total_steps"] == 16 and state["scheduler"]["last_epoch"] == 16
     assert records[1]["lr"] == pytest.approx(_onecycle_lrs(2, 8)[16])
 
-    train(tiny_config(data, run, "optim.epochs=4", *common), resume=run, force=True)
+    # The command line as the README gives it: the run's own config plus the override.
+    from mlcnc.cli import main
+
+    assert main(["train", "--resume", str(run), "--force", "optim.epochs=4"]) == 0
+    assert "last epoch 4, regular" in capsys.readouterr().out
     records = _records(run)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     stretched = _onecycle_lrs(4, 8)
@@ -471,6 +475,7 @@ def test_a_finished_run_extended_with_more_epochs_continues_the_stretched_schedu
         ("64-true", torch.float64),
         ("bf16-mixed", torch.float32),
         ("bf16-true", torch.bfloat16),
+        ("16-true", torch.float16),  # Adam's eps must be a normal float16 (see below)
     ],
 )
 def test_every_cpu_precision_trains_and_evaluate_reproduces_the_logged_metrics(
@@ -479,10 +484,14 @@ def test_every_cpu_precision_trains_and_evaluate_reproduces_the_logged_metrics(
     from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
+    if precision == "16-true":
+        with pytest.raises(ConfigError, match=r"optim\.eps=1e-08 is below the smallest normal"):
+            train(tiny_config(data, tmp_path / "refused", "train.precision=16-true"))
     cfg = tiny_config(
         data,
         tmp_path / "run",
         f"train.precision={precision}",
+        f"optim.eps={1e-4 if precision == '16-true' else 1e-8}",
         "optim.epochs=1",
         "optim.schedule=constant",
         "train.limit_train_batches=3",

@@ -387,6 +387,15 @@ def _setup(
             f"{world} processes"
         )
     batch_per_device = o.batch_size // world
+    if fabric.strategy.precision.precision == "16-true" and o.optimizer.startswith("adam"):
+        tiny = torch.finfo(torch.float16).tiny
+        if o.eps < tiny:
+            # Adam's state lives in float16 too: eps rounds to 0 and updates become NaN.
+            raise ConfigError(
+                f"train.precision=16-true keeps Adam's state in float16, where optim.eps="
+                f"{o.eps:g} is below the smallest normal float16 ({tiny:.1e}) and the updates "
+                "become NaN; set optim.eps=1e-4 or use train.precision=16-mixed"
+            )
 
     # Run folder (rank 0 picks the name; a timestamp could differ between processes).
     run_dir = Path(t.output) if t.output else default_run_dir(config_name)

@@ -86,7 +86,8 @@ def test_train_cli_runs_mlcnc_end_to_end_and_prints_the_table(cli_run) -> None:
 def test_evaluate_cli_writes_json_matching_the_training_log(cli_run, tmp_path, capsys) -> None:
     _, out, _ = cli_run
     target = tmp_path / "eval.json"
-    assert main(["evaluate", str(out), "--json", str(target), "--per-class"]) == 0
+    argv = ["evaluate", str(out), "--checkpoint", "last", "--json", str(target), "--per-class"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Total" in printed and "CF1" in printed and "circle" in printed
     result = json.loads(target.read_text())

@@ -282,8 +282,9 @@ def test_run_folder_holds_config_metrics_checkpoints_and_plots(finished_run: tup
     assert result.last == last
     table = result.table()
     assert "last epoch 3, regular" in table and "last epoch 3, EMA" in table
-    # The first epoch reaching the maximum is the best (a later tie does not replace it).
-    best_val = max(records, key=lambda r: r["val/map_total"])["epoch"]
+    # The first epoch reaching the maximum is the best (a later tie does not replace it);
+    # the regular and the EMA model compete on val.
+    best_val = max(records, key=lambda r: max(r["val/map_total"], r["val_ema/map_total"]))["epoch"]
     best_test = max(records, key=lambda r: r["test/map_total"])["epoch"]
     assert result.best["epoch"] == best_val
     if best_val == 3:
@@ -309,7 +310,11 @@ def test_checkpoints_are_plain_and_self_contained(finished_run: tuple) -> None:
     # The criterion's buffer was summed at each epoch end: every positive of every epoch.
     assert state["criterion"]["seen_counts"].tolist() == [3 * 17, 3 * 8, 3 * 4, 3 * 2]
     best = torch.load(root / "run" / "checkpoints" / "best.ckpt", weights_only=True)
-    assert best["metrics"]["val/map_total"] == max(r["val/map_total"] for r in result.history)
+    # The regular and the EMA model compete on val.
+    def on_val(record: dict) -> float:
+        return max(record["val/map_total"], record["val_ema/map_total"])
+
+    assert on_val(best["metrics"]) == max(on_val(r) for r in result.history)
 
 
 def test_resume_from_a_mid_run_checkpoint_gives_the_same_final_weights(
@@ -342,7 +347,7 @@ def test_load_trained_and_evaluate_checkpoint_reproduce_the_logged_metrics(
     finished_run: tuple,
 ) -> None:
     _, root, _, result, _ = finished_run
-    trained = load_trained(root / "run")
+    trained = load_trained(root / "run", use_ema=True)
     assert not trained.model.training and trained.uses_ema
     assert trained.class_names == ["circle", "square", "triangle", "star"]
     assert trained.image_size == 24
@@ -380,3 +385,191 @@ def test_non_finite_loss_stops_with_step_and_terms_and_keeps_last_checkpoint(
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# --------------------------------------------------------------------------------------
+# extending a run
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _onecycle_lrs(epochs: int, steps_per_epoch: int) -> list[float]:
+    """The lr after each optimizer step of a fresh OneCycle (index 0: before any step)."""
+    cfg = OptimConfig(epochs=epochs, lr=0.01)
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    optimizer.step()
+    lrs = [scheduler.get_last_lr()[0]]
+    for _ in range(epochs * steps_per_epoch):
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    return lrs
+
+
+def test_build_scheduler_at_continues_the_plan_from_a_step() -> None:
+    from mlcnc.engine.optim import build_scheduler_at
+
+    cfg = OptimConfig(epochs=3, lr=0.01)
+    reference = _onecycle_lrs(3, 10)
+    for step in (1, 9, 17, 30):
+        optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+        scheduler = build_scheduler_at(optimizer, cfg, 10, step)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(reference[step], rel=1e-12)
+        if step < 30:
+            scheduler.step()
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(reference[step + 1])
+
+
+def test_a_finished_run_extended_with_more_epochs_continues_the_stretched_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """1 epoch, then --force optim.epochs=2, then 4: each epoch once in metrics.jsonl, and
+    the lr at each epoch end is the new plan's (OneCycle over the new total, from the step
+    reached), which failed before with 'Tried to step 9 times'."""
+    from conftest import write_tiny_csv_dataset
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ("optim.batch_size=3", "train.ema_decay=0.5")  # 25 images: 8 steps per epoch
+    first = train(tiny_config(data, run, "optim.epochs=1", *common))
+    assert [r["epoch"] for r in first.history] == [1]
+    with pytest.raises(ConfigError, match=r"optim\.epochs"):  # a changed plan needs --force
+        train(tiny_config(data, run, "optim.epochs=2", *common), resume=run)
+
+    extended = train(tiny_config(data, run, "optim.epochs=2", *common), resume=run, force=True)
+    records = _records(run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in extended.history] == [1, 2] and extended.last == records[-1]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 16
+    assert state["scheduler"]["total_steps"] == 16 and state["scheduler"]["last_epoch"] == 16
+    assert records[1]["lr"] == pytest.approx(_onecycle_lrs(2, 8)[16])
+
+    # The command line as the README gives it: the run's own config plus the override.
+    from mlcnc.cli import main
+
+    assert main(["train", "--resume", str(run), "--force", "optim.epochs=4"]) == 0
+    assert "last epoch 4, regular" in capsys.readouterr().out
+    records = _records(run)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    stretched = _onecycle_lrs(4, 8)
+    assert records[2]["lr"] == pytest.approx(stretched[24])  # mid-anneal: not a new cycle
+    assert records[3]["lr"] == pytest.approx(stretched[32])
+    assert records[2]["lr"] > 10 * records[1]["lr"]
+    assert all(np.isfinite(r["loss/total"]) for r in records)
+    selection = json.loads((run / "selection.json").read_text())
+    assert selection["epoch"] in (1, 2, 3, 4)
+    assert (run / "checkpoints" / selection["checkpoint"]).is_file()
+
+
+# --------------------------------------------------------------------------------------
+# precision: every CPU precision trains, evaluates, and `evaluate` reproduces the log
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"),
+    [
+        ("32-true", torch.float32),
+        ("64-true", torch.float64),
+        ("bf16-mixed", torch.float32),
+        ("bf16-true", torch.bfloat16),
+        ("16-true", torch.float16),  # Adam's eps must be a normal float16 (see below)
+    ],
+)
+def test_every_cpu_precision_trains_and_evaluate_reproduces_the_logged_metrics(
+    precision: str, dtype: torch.dtype, tmp_path: Path
+) -> None:
+    from conftest import write_tiny_csv_dataset
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    if precision == "16-true":
+        with pytest.raises(ConfigError, match=r"optim\.eps=1e-08 is below the smallest normal"):
+            train(tiny_config(data, tmp_path / "refused", "train.precision=16-true"))
+    cfg = tiny_config(
+        data,
+        tmp_path / "run",
+        f"train.precision={precision}",
+        f"optim.eps={1e-4 if precision == '16-true' else 1e-8}",
+        "optim.epochs=1",
+        "optim.schedule=constant",
+        "train.limit_train_batches=3",
+        "train.ema_decay=0.5",
+    )
+    result = train(cfg)
+    last = result.last
+    assert last["step"] == 3 and np.isfinite(last["loss/total"])
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["precision"] == precision
+    assert state["model"]["fc.weight"].dtype == dtype and state["ema"]["fc.weight"].dtype == dtype
+    evaluated = evaluate_checkpoint(tmp_path / "run", checkpoint="last")
+    assert evaluated["precision"] == precision
+    for name, key in (("regular", "test"), ("ema", "test_ema")):
+        scores = evaluated["models"][name]
+        for group in ("total", "head", "medium", "tail"):
+            assert scores["map"][group] == pytest.approx(last[f"{key}/map_{group}"], abs=1e-6)
+        for f1 in ("CF1", "OF1"):
+            assert scores["f1"][f1] == pytest.approx(last[f"{key}/{f1}"], abs=1e-6)
+
+
+class _Affine(nn.Module):
+    """logits = images.mean(H, W) @ weight + bias (a linear head on pooled pixels)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.linear = nn.Linear(weight.shape[0], weight.shape[1])
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.T)
+            self.linear.bias.copy_(bias)
+
+    def forward(self, images: Tensor, return_attention: bool = False) -> ModelOutput:
+        return ModelOutput(logits=self.linear(images.mean(dim=(2, 3))))
+
+
+def _loader(images: Tensor, targets: Tensor):
+    from torch.utils.data import TensorDataset
+
+    from mlcnc.engine.evaluation import eval_loader
+
+    dataset = TensorDataset(images, targets, torch.arange(len(images)))
+    return eval_loader(dataset, batch_size=2, num_workers=0)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_evaluation_ranks_float32_logits_without_saturation_or_bf16_ties(precision: str) -> None:
+    """Logits 30, 25, 20, 17 (float32 sigmoids: all exactly 1.0) and 0.1000 ... 0.1003 (one
+    bf16 value): AP must rank them, in float32, under every precision."""
+    from lightning.fabric import Fabric
+
+    from mlcnc.engine.evaluation import predict_models, score_predictions
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+    base = torch.tensor([[30.0, 0.1000], [25.0, 0.1001], [20.0, 0.1002], [17.0, 0.1003]])
+    images = base[:, :, None, None].expand(4, 2, 3, 3).contiguous()
+    model = _Affine(torch.eye(2), torch.zeros(2))
+    targets = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]], dtype=torch.float32)
+    predictions = predict_models({"m": model}, _loader(images, targets), fabric)["m"]
+    scored = score_predictions(predictions, {"head": np.arange(2)}, ["a", "b"])
+    # class a: positives at ranks 1 and 3 -> (1 + 2/3) / 2; class b: 0.1003 ranks first,
+    # so its positives are at ranks 1 and 3 as well.
+    np.testing.assert_allclose(scored["ap"], [5 / 6, 5 / 6])
+    assert scored["f1"]["OF1"] == pytest.approx(100 * 2 * 4 / (8 + 4))  # all p >= 0.5
+    assert predictions.logits.dtype == np.float32
+    np.testing.assert_allclose(predictions.logits, base.numpy(), rtol=1e-6)
+
+
+def test_bf16_true_evaluation_casts_inputs_to_the_weights_dtype() -> None:
+    from lightning.fabric import Fabric
+
+    from mlcnc.engine.evaluation import predict_models
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-true")
+    model = _Affine(torch.eye(2), torch.zeros(2)).to(torch.bfloat16)
+    images = torch.rand(4, 2, 3, 3)  # float32, as the data loader gives them
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=torch.float32)
+    predictions = predict_models({"m": model}, _loader(images, targets), fabric)["m"]
+    assert predictions.logits.dtype == np.float32
+    with torch.no_grad():
+        expected = model(images.to(torch.bfloat16)).logits.float().numpy()
+    np.testing.assert_array_equal(predictions.logits, expected)

@@ -97,10 +97,12 @@ def test_export_command_matches_pytorch_on_real_images(fmt, tiny_run, tmp_path, 
     from mlcnc.engine import load_trained
 
     out = tmp_path / f"tiny.{fmt}"
-    code = main(["export", str(tiny_run.run), "--format", fmt, "--out", str(out)])
+    argv = ["export", str(tiny_run.run), "--format", fmt, "--out", str(out)]
+    code = main([*argv, "--checkpoint", "last", "--ema"])
     assert code == 0
     printed = capsys.readouterr()
     assert "checking on 8 images from" in printed.err and "test.csv" in printed.err
+    assert f"loaded {tiny_run.checkpoint}, EMA weights (as asked; " in printed.err
     assert f"wrote {out}" in printed.out
 
     metadata = read_metadata(out)
@@ -112,7 +114,7 @@ def test_export_command_matches_pytorch_on_real_images(fmt, tiny_run, tmp_path, 
     assert metadata["source_checkpoint"] == "last.ckpt"
 
     # Our own check, independent of the command's: real training images, batch of 3.
-    trained = load_trained(tiny_run.checkpoint)
+    trained = load_trained(tiny_run.checkpoint, use_ema=True)
     images = real_batch(trained, sorted((tiny_run.data / "images").glob("train_*.png"))[:3])
     with torch.no_grad():
         expected = torch.sigmoid(trained.model(images).logits).numpy()

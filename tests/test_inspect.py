@@ -41,7 +41,8 @@ def reference_outputs(checkpoint, csv_path, use_ema=True):
 @pytest.mark.slow
 def test_inspect_report_numbers_match_metrics(tiny_run, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["inspect", str(tiny_run.run), "--data", "test", "--out", str(out)])
+    argv = ["inspect", str(tiny_run.run), "--data", "test", "--out", str(out)]
+    code = main([*argv, "--checkpoint", "last", "--ema"])
     assert code == 0
     assert "nc1" in capsys.readouterr().out
     for name in (

@@ -269,10 +269,13 @@ def test_predict_command_json_with_attention(tiny_run, tmp_path, capsys):
     assert code == 0
     stderr = capsys.readouterr().err
     assert "broken.jpg" in stderr and "skipped 1 unreadable" in stderr
+    # A run folder: the checkpoint the run selected (it has a val split: best.ckpt).
+    assert f"loaded {tiny_run.run / 'checkpoints' / 'best.ckpt'}, " in stderr
+    assert "weights (selected on val" in stderr
     records = json.loads(out.read_text())
     assert [r["image"] for r in records] == [str(p) for p in test_images]
 
-    trained = load_trained(tiny_run.checkpoint)  # EMA weights, as the command uses
+    trained = load_trained(tiny_run.run)  # the run's selected weights, as the command uses
     images = torch.stack([trained.transform(_read(p)) for p in test_images])
     with torch.no_grad():
         expected = torch.sigmoid(trained.model(images).logits).numpy()

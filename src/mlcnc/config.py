@@ -118,8 +118,10 @@ class TrainConfig:
     (Sampler epoch length, workers and class-group thresholds are in ``data:``.)
     eval_every:    evaluate every this many epochs (the last epoch is always evaluated).
     eval_batch_size: evaluation batch per process (None: the training batch per process).
-    select_metric: metric (a key of metrics.jsonl: ``val/...`` or ``val_ema/...``) that picks
-                   best.ckpt; used only when the data has a val split.
+    select_metric: the metric (``val/<metric>`` or ``val_ema/<metric>``) that selects the
+                   model: with a val split the regular and the EMA model compete on
+                   ``<metric>`` (best.ckpt; a tie within an epoch goes to the named one);
+                   without one, the last epoch with the named variant (mlcnc.engine.selection).
     limit_train_batches / limit_eval_batches: cap the batches per epoch / per evaluation
                    (smoke tests; None = all). The schedule follows the capped epoch.
     """

@@ -62,7 +62,7 @@ def collapse_report(
     data_cfg = trained.config.data
     groups = class_groups(class_freq, head=data_cfg.head_threshold, tail=data_cfg.tail_threshold)
 
-    ap = metrics.average_precision(predictions.scores, predictions.targets)
+    ap = metrics.average_precision(predictions.logits, predictions.targets)
     result: dict[str, Any] = {
         "checkpoint": str(getattr(trained, "checkpoint", "")),
         "weights": "EMA" if getattr(trained, "uses_ema", False) else "regular",

@@ -19,13 +19,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_for_inspection(
-    checkpoint: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+    checkpoint: str | Path,
+    use_ema: bool | None = None,
+    device: str | torch.device = "cpu",
+    which: str | None = None,
 ) -> tuple[Any, Preprocessing]:
-    """``mlcnc.engine.load_trained`` on a checkpoint file or run folder (its last checkpoint),
-    the model moved to ``device`` in eval mode, and its preprocessing."""
+    """``mlcnc.engine.load_trained`` on a checkpoint file or run folder (by default the
+    model the run selected; ``which`` = ``best`` / ``last`` and ``use_ema`` choose), the
+    model moved to ``device`` in eval mode, and its preprocessing. ``trained.message`` says
+    which weights were loaded."""
     from mlcnc.engine import load_trained
 
-    trained = load_trained(checkpoint, use_ema=use_ema, map_location="cpu")
+    trained = load_trained(checkpoint, use_ema=use_ema, map_location="cpu", checkpoint=which)
     trained.model.to(device).eval()
     return trained, preprocessing_of(trained.transform, trained.image_size)
 

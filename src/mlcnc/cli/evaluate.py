@@ -8,15 +8,22 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mlcnc.cli._weights import add_weights_options
+
     parser = subparsers.add_parser(
         "evaluate",
-        help="evaluate a checkpoint: Total / Head / Medium / Tail mAP, per-class AP and F1",
+        help="evaluate a run or checkpoint: Total / Head / Medium / Tail mAP, per-class AP and F1",
         description=(
-            "Evaluate the regular and EMA weights of a checkpoint (or a run folder's "
-            "last.ckpt) on a split of the dataset it was trained on."
+            "Evaluate the model a run selected (a run folder: best.ckpt with a val split, "
+            "else last.ckpt) or a checkpoint file on a split of the dataset it was trained "
+            "on, in the run's precision: the regular and the EMA weights, the selected one "
+            "marked, or only the one --ema / --no-ema asks for."
         ),
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .ckpt file or a run folder")
+    parser.add_argument(
+        "checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder or a .ckpt file"
+    )
+    add_weights_options(parser, verb="evaluate only")
     parser.add_argument(
         "--data",
         nargs="*",
@@ -48,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             batch_size=args.batch_size,
             device=args.device,
+            checkpoint=args.which,
+            use_ema=args.ema,
         )
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"mlcnc evaluate: error: {error}", file=sys.stderr)
         return 2
+    print(result["loaded"])
     print(result["table"])
     for name, scores in result["models"].items():
         f1 = scores["f1"]

@@ -7,6 +7,8 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mlcnc.cli._weights import add_weights_options
+
     parser = subparsers.add_parser(
         "export",
         help="export to ONNX or TorchScript (normalised images -> probabilities), checked",
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "command fails if any probability differs by more than --atol."
         ),
     )
-    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument("checkpoint", help="run folder (its selected model) or checkpoint file")
     parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     parser.add_argument("--out", help="output file (default: beside the checkpoint)")
     parser.add_argument(
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--check-count", type=int, default=8, help="images to check on")
     parser.add_argument("--atol", type=float, default=1e-4)
-    parser.add_argument("--no-ema", action="store_true", help="export the regular weights")
+    add_weights_options(parser, verb="export")
     parser.set_defaults(func=run)
 
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check_count < 2:
         raise SystemExit("mlcnc export: --check-count must be >= 2")
-    trained, preprocessing = load_for_inspection(args.checkpoint, not args.no_ema, "cpu")
+    trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, "cpu", args.which)
+    print(trained.message, file=sys.stderr)
     checkpoint = Path(trained.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
     try:

@@ -7,6 +7,8 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mlcnc.cli._weights import add_weights_options
+
     parser = subparsers.add_parser(
         "inspect",
         help="neural-collapse report (NC1/NC2/NC3, cosine heat maps, AP vs frequency)",
@@ -16,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "against -1/(C-1), per-class AP against training frequency; PNGs and report.md."
         ),
     )
-    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument("checkpoint", help="run folder (its selected model) or checkpoint file")
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
-    parser.add_argument("--no-ema", action="store_true", help="use the regular weights, not EMA")
+    add_weights_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.data import DataError
 
     device = pick_device(args.device)
-    trained, _ = load_for_inspection(args.checkpoint, not args.no_ema, device)
+    trained, _ = load_for_inspection(args.checkpoint, args.ema, device, args.which)
+    print(trained.message, file=sys.stderr)
     try:
         split, label = resolve_split(trained, args.data, args.overrides)
     except (DataError, ValueError, FileNotFoundError) as error:

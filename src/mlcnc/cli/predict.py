@@ -7,6 +7,8 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mlcnc.cli._weights import add_weights_options
+
     parser = subparsers.add_parser(
         "predict",
         help="labels and scores for images and folders of images",
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--output) batch by batch; unreadable images are reported on stderr and skipped."
         ),
     )
-    parser.add_argument("checkpoint", help="checkpoint file or run folder")
+    parser.add_argument("checkpoint", help="run folder (its selected model) or checkpoint file")
     parser.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
     choose = parser.add_mutually_exclusive_group()
     choose.add_argument(
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
-    parser.add_argument("--no-ema", action="store_true", help="use the regular weights, not EMA")
+    add_weights_options(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print("mlcnc predict: no image files found in the inputs", file=sys.stderr)
         return 1
     device = pick_device(args.device)
-    trained, preprocessing = load_for_inspection(args.checkpoint, not args.no_ema, device)
+    trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, device, args.which)
+    print(trained.message, file=sys.stderr)
     names = trained.class_names
     with_attention = args.attention is not None
     sheet = ContactSheet() if with_attention else None

@@ -1,14 +1,23 @@
-"""Evaluation: predict on every rank, gather all scores, then compute AP once.
+"""Evaluation: predict on every rank, gather all logits, then compute AP once.
 
 AP cannot be averaged over ranks, so each rank predicts its shard, ``fabric.all_gather``
-collects the scores, targets and dataset indices of all ranks, and the duplicates that a
+collects the logits, targets and dataset indices of all ranks, and the duplicates that a
 padded DistributedSampler adds are dropped by index before any metric is computed.
+
+Precision: a model is evaluated in the dtype of its weights with autocast off (float32
+for ``32-true`` and the ``*-mixed`` precisions, whose weights are float32; bfloat16 /
+float16 / float64 for the ``*-true`` ones), its inputs cast to that dtype. Every model's
+logits are then kept as float32 and AP ranks the logits themselves: a bf16 linear layer
+under autocast would tie many scores, and float32 sigmoids are exactly 1.0 above a logit
+of about 16.6, so ranking probabilities would tie the most confident images. Probabilities
+(float64 sigmoids of those logits) are used only where a threshold applies (F1).
 Shapes: N images, C classes, P projection width, W world size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +34,19 @@ from mlcnc.groups import MAP_GROUPS as GROUP_COLUMNS
 class Predictions:
     """Everything one evaluation pass gives, ordered by dataset index, without duplicates.
 
-    indices (N,), scores (N, C) sigmoid probabilities (float32), targets (N, C) uint8,
-    projections (N, C, P) float32 when the model gives them and they were asked for.
+    indices (N,), logits (N, C) float32, targets (N, C) uint8, projections (N, C, P)
+    float32 when the model gives them and they were asked for.
     """
 
     indices: np.ndarray
-    scores: np.ndarray
+    logits: np.ndarray
     targets: np.ndarray
     projections: np.ndarray | None = None
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N, C) float64 sigmoids of the logits, for thresholds (F1); rank the logits."""
+        return torch.sigmoid(torch.from_numpy(self.logits).double()).numpy()
 
 
 def merge_gathered(
@@ -87,6 +101,38 @@ def predict(
     )["model"]
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of a model's first floating-point parameter (or buffer); float32 if none."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+@contextmanager
+def inference_precision(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Autocast off and ``dtype`` as the default dtype (as Fabric's ``*-true`` precisions set
+    it during training), so a model runs entirely in the dtype of its weights."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def forward_logits(
+    model: nn.Module, images: torch.Tensor, **kwargs: Any
+) -> tuple[Any, torch.Tensor]:
+    """``model(images)`` in the dtype of the model's weights (images cast to it, autocast
+    off; see the module docstring) -> (its ModelOutput, float32 logits)."""
+    dtype = model_dtype(model)
+    with inference_precision(images.device, dtype):
+        output = model(images.to(dtype), **kwargs)
+    return output, output.logits.float()
+
+
 @torch.no_grad()
 def predict_models(
     models: Mapping[str, nn.Module],
@@ -97,23 +143,23 @@ def predict_models(
 ) -> dict[str, Predictions]:
     """Run every model of ``models`` (plain modules, not DDP wrappers) over this rank's loader
     in one pass, so each image is decoded once for all of them (e.g. the regular and the EMA
-    model), under the run's precision; gather every rank's rows and merge them (see
-    :func:`merge_gathered`). ``keep_projections`` names the model whose projections to keep.
+    model), each in the dtype of its weights (see the module docstring); gather every rank's
+    rows and merge them (see :func:`merge_gathered`). ``keep_projections`` names the model
+    whose projections to keep.
     """
     was_training = {name: model.training for name, model in models.items()}
     for model in models.values():
         model.eval()
     indices, targets = [], []
-    scores: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    logits: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     projections: list[torch.Tensor] = []
     for batch_index, (images, batch_targets, batch_indices) in enumerate(loader):
         if limit_batches is not None and batch_index >= limit_batches:
             break
         images = images.to(fabric.device, non_blocking=True)
         for name, model in models.items():
-            with fabric.autocast():
-                output = model(images)
-            scores[name].append(torch.sigmoid(output.logits.float()))
+            output, batch_logits = forward_logits(model, images)
+            logits[name].append(batch_logits)
             if name == keep_projections and output.projections is not None:
                 projections.append(output.projections.float())
         targets.append(batch_targets.to(fabric.device).to(torch.uint8))
@@ -121,7 +167,7 @@ def predict_models(
     for name, model in models.items():
         model.train(was_training[name])
     local = {"indices": torch.cat(indices), "targets": torch.cat(targets)}
-    local |= {f"scores/{name}": torch.cat(rows) for name, rows in scores.items()}
+    local |= {f"logits/{name}": torch.cat(rows) for name, rows in logits.items()}
     if projections:
         local["projections"] = torch.cat(projections)
     if fabric.world_size > 1:
@@ -133,7 +179,7 @@ def predict_models(
     return {
         name: Predictions(
             indices=unique,
-            scores=values[f"scores/{name}"],
+            logits=values[f"logits/{name}"],
             targets=values["targets"],
             projections=values.get("projections") if name == keep_projections else None,
         )
@@ -147,12 +193,13 @@ def score_predictions(
     class_names: Sequence[str],
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """mAP total / by group (in %), per-class AP (C,) and CF1 / OF1 at ``threshold``."""
-    ap = metrics.average_precision(predictions.scores, predictions.targets)
+    """mAP total / by group (in %) and per-class AP (C,), ranking the logits; CF1 / OF1 at
+    the probability ``threshold`` (0.5 = logit 0)."""
+    ap = metrics.average_precision(predictions.logits, predictions.targets)
     return {
         "map": metrics.group_mean_ap(ap, groups, class_names),
         "ap": ap,
-        "f1": metrics.f1_scores(predictions.scores, predictions.targets, threshold),
+        "f1": metrics.f1_scores(predictions.probabilities, predictions.targets, threshold),
     }
 
 
@@ -178,8 +225,6 @@ def collapse_diagnostics(predictions: Predictions, model: nn.Module) -> dict[str
         if k in ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc2_cos_max_dev", "nc3")
         and v is not None
     }
-
-
 
 
 def format_map_table(rows: Sequence[tuple[str, Mapping[str, float]]], title: str = "") -> str:

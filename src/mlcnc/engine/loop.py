@@ -9,7 +9,22 @@ which reads in four parts:
    over all ranks at the end;
 3. ``_evaluate``: the regular and the EMA model scored from one pass over each split (each
    image decoded once);
-4. ``_select_and_save``: best-on-val selection, checkpoints, the metrics line and plots.
+4. ``_select_and_save``: the selection (see ``mlcnc.engine.selection``: the best epoch and
+   variant, regular or EMA, on val; the last epoch without val), checkpoints,
+   selection.json, the metrics line.
+
+Precision: Fabric runs the training forward in ``train.precision`` (inputs converted by its
+precision plugin); the criterion always sees float32 outputs and targets with autocast off
+and float32 as the default dtype. Evaluation runs each model in the dtype of its weights
+(see ``mlcnc.engine.evaluation``), so ``mlcnc evaluate`` reproduces the logged metrics.
+
+Extending a run: ``train(cfg, resume=RUN, force=True)`` with a larger ``optim.epochs`` (or
+any other change to ``optim:`` or to the steps per epoch) continues at the saved step with
+the schedule of the new config rebuilt over the new total and positioned at that step: the
+same schedule shape stretched to the new length, as if the run had been planned that way
+(``mlcnc.engine.optim.build_scheduler_at``). OneCycle's LR therefore jumps from its
+annealed end value to the new plan's value at that step. An unchanged config restores the
+saved schedule exactly.
 
 Reproducibility: all RNGs are reseeded at the start of every epoch from (seed, epoch, rank)
 and the samplers are seeded per (seed, epoch), so a run resumed from an epoch-end checkpoint
@@ -19,6 +34,7 @@ restored from the checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -37,6 +53,7 @@ from mlcnc.config import (
     RUNTIME_ONLY_KEYS,
     Config,
     ConfigError,
+    OptimConfig,
     config_diff,
     config_from_dict,
     config_to_dict,
@@ -47,6 +64,7 @@ from mlcnc.data import build_dataset, build_sampler, build_splits
 from mlcnc.data import transforms as data_transforms
 from mlcnc.data.longtail import class_groups
 from mlcnc.data.paired import PairedDataset
+from mlcnc.engine import selection as sel
 from mlcnc.engine.checkpoint import (
     BEST,
     CHECKPOINT_DIR,
@@ -61,10 +79,11 @@ from mlcnc.engine.evaluation import (
     collapse_diagnostics,
     eval_loader,
     format_map_table,
+    inference_precision,
     predict_models,
     score_predictions,
 )
-from mlcnc.engine.optim import build_optimizer, build_scheduler
+from mlcnc.engine.optim import build_optimizer, build_scheduler, build_scheduler_at
 from mlcnc.engine.run_folder import GROUPS, RunFolder, default_run_dir
 from mlcnc.losses.base import Criterion
 from mlcnc.methods import Method, build_method
@@ -82,6 +101,8 @@ class TrainResult:
     last:  metrics of the last epoch (flat dict as in metrics.jsonl).
     best:  the record of the best epoch on val (None without a val split).
     best_on_test: the best epoch by test mAP (regular model) -- optimistic, chosen on test.
+    selection: the selected model (checkpoint, variant, epoch, metric; see
+           ``mlcnc.engine.selection``), as in RUN/selection.json.
     """
 
     run_dir: Path
@@ -90,11 +111,12 @@ class TrainResult:
     best_on_test: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     global_rank: int = 0
+    selection: dict[str, Any] | None = None
 
     def table(self) -> str:
         """Total / Head / Medium / Tail test mAP: last epoch (regular and EMA); the epoch
         best on val; the best epoch on test, labelled optimistic (rows repeating the last
-        epoch become a note)."""
+        epoch become a note); the selected model's row is marked and a last line names it."""
         rows, notes = [], []
         epoch = self.last.get("epoch")
         variants = (("test", "regular"), ("test_ema", "EMA"))
@@ -120,6 +142,22 @@ class TrainResult:
                     f"best epoch ON TEST ({self.best_on_test['epoch']}), regular [optimistic]",
                     _groups(self.best_on_test, "test"),
                 )
+            )
+        chosen = self.selection
+        if chosen is not None:
+            label = "EMA" if chosen["variant"] == "ema" else "regular"
+            epoch_of = {"val": (self.best or {}).get("epoch"), "last": epoch}[chosen["rule"]]
+            prefix = "last epoch" if epoch_of == epoch else "best on val"
+            rows = [
+                (f"{name} [selected]", values)
+                if name.startswith(prefix) and name.endswith(f", {label}")
+                else (name, values)
+                for name, values in rows
+            ]
+            notes.append(
+                f"selected model: {chosen['checkpoint']}, {sel.WEIGHTS[chosen['variant']]} "
+                f"({sel.describe(chosen)}); evaluate / predict / export / inspect of the run "
+                "folder use it"
             )
         return "\n".join([format_map_table(rows, title="Test mAP (%)"), *notes])
 
@@ -152,8 +190,19 @@ class ModelWithLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         output = self.model(images)
-        with torch.autocast(device_type=images.device.type, enabled=False):
-            return self._criterion[0](output, targets)
+        # Whatever the precision (bf16 autocast, bf16 / float64 weights), the criterion and
+        # its float32 buffers see float32 tensors, and tensors it creates are float32.
+        output = dataclasses.replace(
+            output,
+            **{
+                f.name: value.float()
+                for f in dataclasses.fields(output)
+                if isinstance(value := getattr(output, f.name), torch.Tensor)
+                and value.is_floating_point()
+            },
+        )
+        with inference_precision(images.device, torch.float32):
+            return self._criterion[0](output, targets.float())
 
 
 def make_fabric(cfg: Config) -> Fabric:
@@ -261,6 +310,7 @@ class _Run:
     start_epoch: int = 0
     step: int = 0
     best: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
     last_ap: np.ndarray | None = None
 
     @property
@@ -300,6 +350,8 @@ class _Run:
             "num_train_samples": self.num_train_samples,
             "metrics": record,
             "best": self.best,
+            "selection": self.selection,
+            "precision": self.fabric.strategy.precision.precision,
         }
 
 
@@ -337,6 +389,15 @@ def _setup(
             f"{world} processes"
         )
     batch_per_device = o.batch_size // world
+    if fabric.strategy.precision.precision == "16-true" and o.optimizer.startswith("adam"):
+        tiny = torch.finfo(torch.float16).tiny
+        if o.eps < tiny:
+            # Adam's state lives in float16 too: eps rounds to 0 and updates become NaN.
+            raise ConfigError(
+                f"train.precision=16-true keeps Adam's state in float16, where optim.eps="
+                f"{o.eps:g} is below the smallest normal float16 ({tiny:.1e}) and the updates "
+                "become NaN; set optim.eps=1e-4 or use train.precision=16-mixed"
+            )
 
     # Run folder (rank 0 picks the name; a timestamp could differ between processes).
     run_dir = Path(t.output) if t.output else default_run_dir(config_name)
@@ -445,14 +506,31 @@ def _setup(
     )
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        run.start_epoch, run.step = int(resume_state["epoch"]), int(resume_state["step"])
+        if _schedule_changed(resume_state, cfg, steps_per_epoch) and run.start_epoch < o.epochs:
+            # Extending (or re-planning) a run: the new plan, positioned at the saved step.
+            run.scheduler = build_scheduler_at(optimizer, o, steps_per_epoch, run.step)
+        else:
+            scheduler.load_state_dict(resume_state["scheduler"])
         if ema is not None and resume_state.get("ema") is not None:
             ema.module.load_state_dict(resume_state["ema"])
-        run.start_epoch, run.step = int(resume_state["epoch"]), int(resume_state["step"])
         run.best = resume_state.get("best")
+        run.selection = resume_state.get("selection")
+        if run.selection is None and run.best is not None:  # a checkpoint of an older mlcnc
+            run.selection = sel.on_val(run.best, t.select_metric, ema is not None)
         folder.load_records()
         folder.truncate_records(run.start_epoch)
     return run
+
+
+def _schedule_changed(resume_state: dict[str, Any], cfg: Config, steps_per_epoch: int) -> bool:
+    """Whether the saved schedule no longer fits the run: ``optim:`` differs from the saved
+    config's, or the saved OneCycle's length differs from epochs x steps per epoch."""
+    saved = config_from_dict(resume_state.get("config", {}).get("optim", {}), OptimConfig, "optim")
+    if config_to_dict(saved) != config_to_dict(cfg.optim):  # both with today's defaults
+        return True
+    total = resume_state.get("scheduler", {}).get("total_steps")
+    return total is not None and int(total) != cfg.optim.epochs * steps_per_epoch
 
 
 class _FiniteWatch:
@@ -597,23 +675,36 @@ def _evaluate(run: _Run) -> dict[str, Any]:
 
 
 def _select_and_save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
-    """Best-on-val selection, then (rank 0) the checkpoints and the epoch's metrics line."""
+    """The selection (on every rank), then (rank 0) the checkpoints, selection.json and the
+    epoch's metrics line.
+
+    With a val split, the regular and the EMA model compete on the metric of
+    ``train.select_metric`` and a strictly better (epoch, variant) is saved as best.ckpt;
+    without one (or before any val score), the selection is the last saved epoch.
+    """
     t = run.cfg.train
+    has_ema = run.ema is not None
     improved = False
-    if "val" in run.eval_loaders and t.select_metric in record:
-        value = _num(record[t.select_metric])
-        if run.best is None or value > _num(run.best.get(t.select_metric)):
-            run.best, improved = {**record, "select_metric": t.select_metric}, True
+    if "val" in run.eval_loaders:
+        candidate = sel.on_val(record, t.select_metric, has_ema)
+        if sel.improves(candidate, run.selection):
+            run.best, run.selection = {**record, "select_metric": t.select_metric}, candidate
+            improved = True
+    last_epoch = epoch + 1 == run.cfg.optim.epochs
+    save_last = last_epoch or (epoch + 1) % t.checkpoint_every == 0
+    if save_last and (run.selection is None or run.selection["rule"] == "last"):
+        run.selection = sel.on_last(epoch + 1, t.select_metric, has_ema)
     if run.rank != 0:
         return
-    last_epoch = epoch + 1 == run.cfg.optim.epochs
     state = None
-    if last_epoch or (epoch + 1) % t.checkpoint_every == 0:
+    if save_last:
         state = run.checkpoint_state(epoch + 1, record)
         save_checkpoint(state, run.folder.checkpoints / LAST)
     if improved:
         state = state or run.checkpoint_state(epoch + 1, record)
         save_checkpoint(state, run.folder.checkpoints / BEST)
+    if state is not None and run.selection is not None:
+        sel.write_selection(run.folder.path, run.selection)
     run.folder.log_epoch(record, run.step)
     tqdm.write(_epoch_line(record, run.cfg.optim.epochs))
 
@@ -643,6 +734,7 @@ def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
         best_on_test=best_on_test,
         history=history,
         global_rank=run.rank,
+        selection=run.selection,
     )
 
 

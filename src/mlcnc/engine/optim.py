@@ -3,6 +3,8 @@ SGD and mmcv's step / multi-step schedules with warm-up for the baselines' recip
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -203,3 +205,19 @@ def step_lr_scheduler(
         )  # fmt: skip
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_scheduler_at(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, step: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``build_scheduler``'s schedule for the whole of ``cfg.epochs``, positioned after
+    ``step`` optimizer steps: how an extended run continues (the same schedule shape
+    stretched to the new total; the LR at ``step`` is the new plan's, not the old one's).
+    Sets the optimizer's LR (and OneCycle's momentum) for that step."""
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    if step > 0:
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+    return scheduler

@@ -3,6 +3,14 @@
 A checkpoint holds the resolved config, the class names and training frequencies and the
 weights, so nothing else is needed: the model is rebuilt without pretrained weights (they
 are overwritten anyway, and nothing is downloaded) and every key must load.
+
+Which weights: given a run folder, the model the run selected (``mlcnc.engine.selection``:
+best.ckpt's better variant on val, or the last epoch without val); ``checkpoint="best" |
+"last"`` and ``use_ema`` choose explicitly; a checkpoint file uses the variant it records.
+
+``evaluate_checkpoint`` runs the model as training evaluated it (the run's precision: the
+weights' dtype, autocast off; the same evaluation batch and transform), so on the same
+device it reproduces the metrics logged for that checkpoint.
 """
 
 from __future__ import annotations
@@ -18,13 +26,13 @@ import torch
 from torch import nn
 
 from mlcnc.config import Config, config_from_dict, merge_data_overrides
-from mlcnc.engine.checkpoint import LAST, load_checkpoint, resolve_checkpoint
 from mlcnc.engine.evaluation import (
     eval_loader,
     format_map_table,
-    predict,
+    predict_models,
     score_predictions,
 )
+from mlcnc.engine.selection import WEIGHTS, WeightsChoice, choose_weights
 from mlcnc.metrics import per_class_f1
 
 
@@ -44,36 +52,56 @@ class TrainedModel:
     image_size: int
     checkpoint: Path
     uses_ema: bool
+    selection: dict[str, Any] | None = None  # the run's selection as the checkpoint records it
+    message: str = ""  # "loaded <checkpoint>, EMA weights (selected on ... at epoch 3)"
 
 
 def load_trained(
-    path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"
+    path: str | Path,
+    use_ema: bool | None = None,
+    map_location: str | torch.device = "cpu",
+    checkpoint: str | None = None,
 ) -> TrainedModel:
-    """The model of a checkpoint (or of a run folder's last.ckpt), EMA weights by default
-    (the regular weights when the run had no EMA)."""
-    ckpt_path = resolve_checkpoint(path, LAST)
-    state = load_checkpoint(ckpt_path, map_location="cpu")
-    cfg = config_from_dict(state["config"])
-    return _rebuild(state, cfg, ckpt_path, use_ema, map_location)
+    """The model of a run folder or checkpoint file, in float32, eval mode.
+
+    By default the weights the run selected (see the module docstring); ``checkpoint``
+    (``best`` / ``last``, run folders only) and ``use_ema`` choose explicitly (EMA asked of
+    a run without one gives the regular weights, and ``message`` says so). A checkpoint of
+    an older mlcnc, without a recorded selection: its regular weights.
+    """
+    choice = choose_weights(path, checkpoint, use_ema)
+    cfg = config_from_dict(choice.state["config"])
+    return _rebuild(choice, cfg, map_location)
+
+
+def precision_dtype(precision: str | None) -> torch.dtype:
+    """The weights' dtype under a Fabric precision: float64 for ``64-true``, bfloat16 /
+    float16 for ``bf16-true`` / ``16-true``, else float32 (``*-mixed`` keep float32 weights)."""
+    return {
+        "64-true": torch.float64,
+        "64": torch.float64,
+        "bf16-true": torch.bfloat16,
+        "16-true": torch.float16,
+    }.get(str(precision), torch.float32)
 
 
 def _rebuild(
-    state: dict[str, Any],
+    choice: WeightsChoice,
     cfg: Config,
-    ckpt_path: Path,
-    use_ema: bool,
     map_location: str | torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> TrainedModel:
     from mlcnc.data import transforms as data_transforms
     from mlcnc.methods import build_method
 
+    state = choice.state
     class_names = list(state["class_names"])
     class_freq = np.asarray(state["class_freq"], dtype=np.int64)
     method_cfg = dataclasses.replace(cfg.method, pretrained=False)  # weights come from the file
     num_samples = state.get("num_train_samples")
     model = build_method(method_cfg, len(class_names), class_freq, num_samples=num_samples).model
-    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)  # strict: every key must match
+    model.to(dtype)  # first, so float64 / bf16 weights load without rounding
+    model.load_state_dict(state["ema"] if choice.use_ema else state["model"])  # strict
     model.to(map_location).eval()
     return TrainedModel(
         model=model,
@@ -84,8 +112,10 @@ def _rebuild(
             cfg.method.recipe, cfg.data.image_size, train=False
         ),
         image_size=cfg.data.image_size,
-        checkpoint=ckpt_path,
-        uses_ema=weights is state.get("ema"),
+        checkpoint=choice.checkpoint,
+        uses_ema=choice.use_ema,
+        selection=choice.selection,
+        message=choice.message,
     )
 
 
@@ -96,21 +126,28 @@ def evaluate_checkpoint(
     threshold: float = 0.5,
     batch_size: int | None = None,
     device: str | None = None,
+    checkpoint: str | None = None,
+    use_ema: bool | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint's regular and EMA weights on a split of its dataset.
+    """Evaluate a run folder's selected checkpoint (or a checkpoint file) on a split of its
+    dataset, in the run's precision.
 
-    data_overrides: ``key=value`` for the ``data:`` part (``root=...`` or ``data.root=...``),
-    e.g. to point at the images on this machine. Returns a JSON-ready dict: for each of
-    ``regular`` / ``ema``, the mAP table (total, head, medium, tail in %), CF1 / OF1 and
-    per-class AP and F1 with training frequency and group; plus ``table`` (text).
+    Both the regular and the EMA weights are scored, the selected one marked (``selected``);
+    ``use_ema`` scores only the one asked for; ``checkpoint`` (``best`` / ``last``) picks
+    the file of a run folder. data_overrides: ``key=value`` for the ``data:`` part
+    (``root=...`` or ``data.root=...``), e.g. to point at the images on this machine.
+    Returns a JSON-ready dict: ``loaded`` (one line: which file and weights, and why),
+    ``precision``, and for each of ``regular`` / ``ema``, the mAP table (total, head,
+    medium, tail in %), CF1 / OF1 and per-class AP and F1 with training frequency and
+    group; plus ``table`` (text).
     """
     from lightning.fabric import Fabric
 
     from mlcnc.data import build_dataset, build_splits
     from mlcnc.data.longtail import class_groups
 
-    ckpt_path = resolve_checkpoint(path, LAST)
-    state = load_checkpoint(ckpt_path, map_location="cpu")
+    choice = choose_weights(path, checkpoint, use_ema)
+    ckpt_path, state = choice.checkpoint, choice.state
     saved = state["config"]
     cfg = config_from_dict({**saved, "data": merge_data_overrides(saved["data"], data_overrides)})
 
@@ -132,7 +169,10 @@ def evaluate_checkpoint(
     group_of = {int(c): name for name, indices in groups.items() for c in indices}
 
     accelerator = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")
+    fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")  # device only
+    # The precision the run trained in (recorded; older checkpoints: the config's, where
+    # "auto" meant float32 weights on every device).
+    precision = state.get("precision") or cfg.train.precision
     from mlcnc.data import transforms as data_transforms
 
     transform = data_transforms.build_transforms(
@@ -140,12 +180,19 @@ def evaluate_checkpoint(
     )
     loader = eval_loader(
         build_dataset(splits[split], transform, max_pixels=cfg.data.max_image_pixels),
-        batch_size or max(cfg.optim.batch_size, 1),
+        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
         cfg.data.num_workers,
         pin_memory=fabric.device.type == "cuda",
     )
+    # The variant loaded by default: the one the checkpoint's recorded selection names
+    # (regular for an older checkpoint, or when it has no EMA).
+    recorded = (choice.selection or {}).get("variant", "regular")
+    selected = recorded if recorded == "regular" or state.get("ema") is not None else "regular"
     result: dict[str, Any] = {
         "checkpoint": str(ckpt_path),
+        "loaded": choice.message,
+        "selected": selected,
+        "precision": precision,
         "epoch": int(state["epoch"]),
         "dataset": cfg.data.name,
         "split": split,
@@ -154,13 +201,21 @@ def evaluate_checkpoint(
         "groups": {name: [class_names[int(c)] for c in idx] for name, idx in groups.items()},
         "models": {},
     }
-    variants = [("regular", False)] + ([("ema", True)] if state.get("ema") is not None else [])
+    if use_ema is None:
+        names = ["regular"] + (["ema"] if state.get("ema") is not None else [])
+    else:
+        names = [choice.variant]
+    dtype = precision_dtype(precision)
+    models = {
+        name: _rebuild(
+            dataclasses.replace(choice, use_ema=name == "ema"), cfg, fabric.device, dtype
+        ).model
+        for name in names
+    }
     rows = []
-    for name, use_ema in variants:
-        trained = _rebuild(state, cfg, ckpt_path, use_ema, fabric.device)
-        predictions = predict(trained.model, loader, fabric)
+    for name, predictions in predict_models(models, loader, fabric).items():
         scored = score_predictions(predictions, groups, class_names, threshold)
-        class_f1 = per_class_f1(predictions.scores, predictions.targets, threshold)
+        class_f1 = per_class_f1(predictions.probabilities, predictions.targets, threshold)
         result["models"][name] = {
             "map": scored["map"],
             "f1": scored["f1"],
@@ -176,9 +231,10 @@ def evaluate_checkpoint(
                 for c in range(len(class_names))
             ],
         }
-        rows.append((name, scored["map"]))
+        label = WEIGHTS[name].removesuffix(" weights")
+        rows.append((f"{label} (selected)" if name == selected else label, scored["map"]))
     result["table"] = format_map_table(
-        rows, title=f"{split} mAP (%) of {ckpt_path} (epoch {result['epoch']})"
+        rows, title=f"{split} mAP (%) of {ckpt_path} (epoch {result['epoch']}, {precision})"
     )
     return result
 

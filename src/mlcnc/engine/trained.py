@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mlcnc.config import Config, config_from_dict, merge_data_overrides
-from mlcnc.engine.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+from mlcnc.engine.checkpoint import LAST, CheckpointError, load_checkpoint, resolve_checkpoint
 from mlcnc.engine.evaluation import (
     eval_loader,
     format_map_table,
@@ -73,7 +73,17 @@ def _rebuild(
     num_samples = state.get("num_train_samples")
     model = build_method(method_cfg, len(class_names), class_freq, num_samples=num_samples).model
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)  # strict: every key must match
+    try:
+        model.load_state_dict(weights)  # strict: every key must match
+    except RuntimeError as error:
+        detail = next(
+            (line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)
+        )
+        raise CheckpointError(
+            f"{ckpt_path}: its weights do not fit the model its config and its "
+            f"{len(class_names)} class names describe ({detail}); the file was changed or "
+            "comes from another mlcnc version"
+        ) from error
     model.to(map_location).eval()
     return TrainedModel(
         model=model,

@@ -40,6 +40,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+class _LazyOutput:
+    """Where the results go (stdout or ``--output``), opened at the first prediction: when
+    no image can be read, nothing is written that could pass for an empty result."""
+
+    def __init__(self, path: str | None, fmt: str, names: list[str], all_scores: bool) -> None:
+        self.path, self.fmt, self.names, self.all_scores = path, fmt, names, all_scores
+        self.writer = None
+        self.stream = None
+
+    def write(self, prediction) -> None:
+        if self.writer is None:
+            from mlcnc.analysis.predict import PredictionWriter
+
+            self.stream = open(self.path, "w", newline="") if self.path else sys.stdout  # noqa: SIM115
+            self.writer = PredictionWriter(self.stream, self.fmt, self.names, self.all_scores)
+        self.writer.write(prediction)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            if self.path:
+                self.stream.close()
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -47,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mlcnc.analysis.attention import ContactSheet, write_attention_maps
     from mlcnc.analysis.loading import load_for_inspection, pick_device
-    from mlcnc.analysis.predict import PredictionWriter, find_images, predict_images
+    from mlcnc.analysis.predict import find_images, predict_images
 
     if args.batch_size < 1 or args.workers < 0:
         raise SystemExit("mlcnc predict: --batch-size must be >= 1 and --workers >= 0")
@@ -70,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
     with_attention = args.attention is not None
     sheet = ContactSheet() if with_attention else None
 
-    stream = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
-    writer = PredictionWriter(stream, args.format, names, all_scores=args.all_scores)
+    out = _LazyOutput(args.output, args.format, names, args.all_scores)
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, file=sys.stderr)
-    skipped = []
+    skipped: list[str] = []
+    count = 0
     try:
         predictions = predict_images(
             trained.model,
@@ -91,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
         )
         for index, prediction in enumerate(predictions):
             if prediction.error is not None:
-                skipped.append(prediction.path)
+                skipped.append(str(prediction.error))
                 tqdm.write(f"skipped unreadable image: {prediction.error}", file=sys.stderr)
                 continue
-            writer.write(prediction)
+            out.write(prediction)
+            count += 1
             if with_attention:
                 write_attention_maps(prediction, index, names, args.attention)
                 sheet.add(prediction, names)
@@ -102,14 +127,17 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"mlcnc predict: {error}") from None
     finally:
         bar.close()
-        writer.close()
-        if args.output:
-            stream.close()
-    if with_attention and writer.count:
+        out.close()
+    if not count:
+        print(
+            f"mlcnc predict: error: no image could be read: predicted 0 images; skipped "
+            f"{len(skipped)} unreadable (first: {skipped[0] if skipped else 'none'}); nothing "
+            "was written",
+            file=sys.stderr,
+        )
+        return 1
+    if with_attention:
         sheet_path = sheet.save(Path(args.attention) / "contact_sheet.png")
         print(f"attention maps in {args.attention}, contact sheet {sheet_path}", file=sys.stderr)
-    print(
-        f"predicted {writer.count} images; skipped {len(skipped)} unreadable",
-        file=sys.stderr,
-    )
-    return 0 if writer.count else 1
+    print(f"predicted {count} images; skipped {len(skipped)} unreadable", file=sys.stderr)
+    return 0

@@ -33,14 +33,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR_OR_CKPT",
-        help="continue a run from its last checkpoint (same config unless --force)",
+        help="continue a run in its folder from its last checkpoint, or from RUN/checkpoints/"
+        "NAME.ckpt (same config and data unless --force); with --output DIR, continue it "
+        "in the new folder DIR",
     )
     parser.add_argument(
-        "--force", action="store_true", help="resume even though the config differs"
+        "--force",
+        action="store_true",
+        help="resume even though the config or the training data differ (never another "
+        "number of classes)",
     )
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument(
-        "--output", metavar="DIR", help="run folder (default runs/<config>-<timestamp>)"
+        "--output",
+        metavar="DIR",
+        help="run folder (default runs/<config>-<timestamp>); one that holds a run is "
+        "refused unless --resume or --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in --output even though it holds one: the old run's config, "
+        "metrics, checkpoints, TensorBoard logs and plots are deleted first",
     )
     parser.add_argument(
         "--list-configs", action="store_true", help="list the shipped configs and exit"
@@ -57,7 +71,6 @@ def resolve_train_config(args: argparse.Namespace):
     """The config ``mlcnc train`` would run: the file (or the resumed run's own config) with
     the overrides, ``--seed`` and ``--output``; and a name for the run folder."""
     from mlcnc.config import config_from_dict, load_config, merge_dicts, parse_override
-    from mlcnc.engine.checkpoint import LAST, load_checkpoint, resolve_checkpoint
 
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -66,12 +79,25 @@ def resolve_train_config(args: argparse.Namespace):
         overrides.append(f"train.output={args.output}")
     if args.resume and args.config is None:
         # Resume with the run's own config (plus any overrides, which are then checked).
-        data = load_checkpoint(resolve_checkpoint(args.resume, LAST))["config"]
+        data = saved_config(Path(args.resume))
         for text in overrides:
             data = merge_dicts(data, parse_override(text))
         return config_from_dict(data), Path(args.resume).name
     name = args.config or DEFAULT_CONFIG
     return load_config(name, overrides), Path(name).stem
+
+
+def saved_config(resume: Path) -> dict:
+    """The config of the run ``--resume`` names: its checkpoint's, or for a run folder
+    stopped before its first checkpoint, its config.yaml."""
+    import yaml
+
+    from mlcnc.engine.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, resolve_checkpoint
+
+    started = resume / "config.yaml"
+    if resume.is_dir() and not (resume / CHECKPOINT_DIR / LAST).is_file() and started.is_file():
+        return yaml.safe_load(started.read_text())
+    return load_checkpoint(resolve_checkpoint(resume, LAST))["config"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,12 +117,19 @@ def run(args: argparse.Namespace) -> int:
             f"global batch {cfg.optim.batch_size}; `mlcnc config show` prints all of it"
         )
         return 0
+    from mlcnc.data import BadImageError
     from mlcnc.engine import NonFiniteLossError, train
 
     try:
-        result = train(cfg, config_name=name, resume=args.resume, force=args.force)
-    except NonFiniteLossError as error:
-        print(f"mlcnc train: error: {error}", file=sys.stderr)
+        result = train(
+            cfg,
+            config_name=name,
+            resume=args.resume,
+            force=args.force,
+            overwrite=args.overwrite,
+        )
+    except (NonFiniteLossError, BadImageError) as error:
+        print(f"mlcnc train: error: {_one_line(error)}", file=sys.stderr)
         return 1
     if result.global_rank == 0:
         print()
@@ -105,3 +138,13 @@ def run(args: argparse.Namespace) -> int:
         if result.best is None:
             print("(no val split: the last epoch is reported)")
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The line of ``error`` that says what went wrong: its message, or for an error a
+    DataLoader worker passed on (a traceback in the message), the original error's line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        name, _, message = lines[-1].partition(": ")
+        return message or name
+    return lines[0] if lines else type(error).__name__

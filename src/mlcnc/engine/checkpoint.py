@@ -1,29 +1,65 @@
 """Checkpoints: plain dicts of tensors and plain types, written atomically.
 
 ``torch.load(path, weights_only=True)`` reads them (no pickled objects). A save writes a
-temporary file beside the target, flushes it to disk and renames it over the target
+temporary file beside the target (a name unique to the process: pid and a random token, so
+two processes never share one), flushes it to disk and renames it over the target
 (``os.replace`` is atomic), so an interrupted save or a full disk leaves the previous
 checkpoint as it was.
+
+``load_checkpoint`` refuses, with one ``CheckpointError`` line naming the file, a file that
+is missing, empty, truncated, not a PyTorch file, holds pickled Python objects, or lacks the
+keys of an mlcnc checkpoint.
+
+What the training loop stores besides the weights (see ``engine.loop``): ``history`` (every
+epoch record so far: the run folder's metrics files are rebuilt from it on resume),
+``best`` (the record of the best epoch on val), ``test_ap`` (per-class test AP of the last
+evaluation) and ``data`` (class names and a fingerprint of the training split, compared
+on resume). Checkpoints written before these keys existed still load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import pickle
+import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from mlcnc.data.readers import DataError
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 CHECKPOINT_DIR = "checkpoints"
+REQUIRED_KEYS = ("model", "config", "class_names", "class_freq")
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle stream (protocol >= 2)
+
+
+class CheckpointError(DataError):
+    """A file that is not a usable mlcnc checkpoint; the message names it and says why."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint (or run folder) named does not exist."""
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden temporary file beside ``path``, unique to this process and call."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``state`` to ``path`` atomically (unique temp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -37,18 +73,55 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); a clear error for a wrong file."""
+    """Read a checkpoint safely (``weights_only=True``); a one-line ``CheckpointError``
+    naming the file for anything that is not an mlcnc checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise MissingCheckpointError(f"checkpoint {path} {what}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is an empty file (0 bytes)")
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint file (it starts with {head!r}); give a "
+            f"run folder or its {CHECKPOINT_DIR}/{LAST}"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable mlcnc checkpoint: {error}") from error
-    missing = [k for k in ("model", "config", "class_names", "class_freq") if k not in state]
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects, which mlcnc refuses to load (unpickling "
+                "can run arbitrary code); an mlcnc checkpoint holds tensors and plain types only"
+            ) from error
+        raise CheckpointError(f"{path} is truncated or corrupt: {_first_line(error)}") from error
+    except (RuntimeError, OSError, EOFError) as error:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (not a complete checkpoint file; was it copied "
+            f"while being written?): {_first_line(error)}"
+        ) from error
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} is not an mlcnc checkpoint: it holds a {type(state).__name__}, not a dict"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise ValueError(f"{path} is not an mlcnc checkpoint: it lacks {', '.join(missing)}")
+        raise CheckpointError(f"{path} is not an mlcnc checkpoint: it lacks {', '.join(missing)}")
     return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def checkpoint_run_dir(path: str | Path) -> Path | None:
+    """The run folder a checkpoint file belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``),
+    or None for a loose checkpoint file."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
 
 
 def resolve_checkpoint(run_dir_or_ckpt: str | Path, name: str = LAST) -> Path:
@@ -57,13 +130,108 @@ def resolve_checkpoint(run_dir_or_ckpt: str | Path, name: str = LAST) -> Path:
     if path.is_dir():
         candidate = path / CHECKPOINT_DIR / name
         if not candidate.is_file():
-            raise FileNotFoundError(f"run folder {path} has no {CHECKPOINT_DIR}/{name}")
+            raise MissingCheckpointError(f"run folder {path} has no {CHECKPOINT_DIR}/{name}")
         return candidate
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
+        raise MissingCheckpointError(f"{path} is neither a run folder nor a checkpoint file")
     return path
 
 
 def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A module's state dict with tensors detached and moved to the CPU."""
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------
+# the data a checkpoint was trained on
+
+
+def data_fingerprint(
+    image_paths: Iterable[str | Path],
+    labels: np.ndarray,
+    class_names: list[str],
+    source: str | Path | None = None,
+) -> str:
+    """SHA-256 over the sorted (image path, label names) pairs of a split.
+
+    Paths are taken relative to the folder of ``source`` (the CSV or split file) where they
+    lie under it, so a dataset moved as a whole keeps its fingerprint; label names rather
+    than column indices, so the fingerprint does not depend on the class order (which is
+    compared on its own).
+    """
+    base = Path(source).parent if source else None
+    names = np.asarray(class_names, dtype=object)
+    lines = []
+    for path, row in zip(image_paths, np.asarray(labels), strict=True):
+        path = Path(path)
+        if base is not None:
+            with contextlib.suppress(ValueError):  # a path outside the folder stays as it is
+                path = path.relative_to(base)
+        lines.append(f"{path.as_posix()}\t{';'.join(sorted(names[row.astype(bool)]))}")
+    digest = hashlib.sha256()
+    for line in sorted(lines):
+        digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
+
+
+def data_record(split: Any) -> dict[str, Any]:
+    """What a checkpoint keeps about its training split (a ``MultiLabelSplit``)."""
+    return {
+        "class_names": list(split.class_names),
+        "num_images": len(split.image_paths),
+        "fingerprint": data_fingerprint(
+            split.image_paths, split.labels, list(split.class_names), split.source
+        ),
+        "source": str(split.source),
+    }
+
+
+def compare_data(state: dict[str, Any], split: Any, path: str | Path) -> tuple[list[str], str]:
+    """Differences between the data ``state`` (a checkpoint at ``path``) was trained on and
+    ``split``: (problems, note). ``problems`` is empty when they agree; ``note`` says what
+    could not be compared (an older checkpoint without a fingerprint)."""
+    saved_names = list(state.get("class_names", []))
+    names = list(split.class_names)
+    problems = []
+    if len(saved_names) != len(names):
+        added = [n for n in names if n not in saved_names]
+        removed = [n for n in saved_names if n not in names]
+        detail = ", ".join(
+            part
+            for part in (
+                f"added {', '.join(added[:5])}" if added else "",
+                f"removed {', '.join(removed[:5])}" if removed else "",
+            )
+            if part
+        )
+        problems.append(
+            f"the number of classes: {len(saved_names)} in {path}, {len(names)} in "
+            f"{split.source}" + (f" ({detail})" if detail else "")
+        )
+    elif saved_names != names:
+        if sorted(saved_names) == sorted(names):
+            moved = [n for n, s in zip(names, saved_names, strict=True) if n != s]
+            problems.append(
+                f"the class order ({len(moved)} class(es) moved, e.g. {moved[0]!r}; the "
+                "model's class columns would be relabelled)"
+            )
+        else:
+            changed = [n for n in names if n not in saved_names]
+            problems.append(f"the class names ({', '.join(changed[:5])} not in {path})")
+    saved = state.get("data") or {}
+    note = ""
+    if "fingerprint" not in saved:
+        note = (
+            f"{path} was written by an older mlcnc without a fingerprint of its training "
+            "data: only the class names were compared"
+        )
+    elif not problems:
+        current = data_record(split)
+        if current["fingerprint"] != saved["fingerprint"]:
+            count = (
+                f"{saved.get('num_images')} images then, {current['num_images']} now"
+                if saved.get("num_images") != current["num_images"]
+                else f"{current['num_images']} images, but other paths or labels"
+            )
+            problems.append(f"the training images or their labels ({count})")
+    return problems, note

@@ -26,6 +26,12 @@ same schedule shape stretched to the new length, as if the run had been planned 
 annealed end value to the new plan's value at that step. An unchanged config restores the
 saved schedule exactly.
 
+Records survive any kill (see ``_select_and_save``): every checkpoint carries the epoch
+history, ``last.ckpt`` is the commit point, ``best.ckpt`` follows it, and the metrics files
+are rebuilt from the history, so a run folder plus ``--resume`` gives exactly the records
+and checkpoints of an uninterrupted run. A folder holding a run is never reused silently,
+and ``--resume`` refuses data that differ from the checkpoint's (``_check_resume_data``).
+
 Reproducibility: all RNGs are reseeded at the start of every epoch from (seed, epoch, rank)
 and the samplers are seeded per (seed, epoch), so a run resumed from an epoch-end checkpoint
 continues exactly (model, EMA, optimizer, scheduler, criterion buffers, step and epoch are
@@ -36,7 +42,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +66,10 @@ from mlcnc.config import (
     config_diff,
     config_from_dict,
     config_to_dict,
+    dump_config,
     resolve_config,
-    save_config,
 )
-from mlcnc.data import build_dataset, build_sampler, build_splits
+from mlcnc.data import DataError, build_dataset, build_sampler, build_splits
 from mlcnc.data import transforms as data_transforms
 from mlcnc.data.longtail import class_groups
 from mlcnc.data.paired import PairedDataset
@@ -69,10 +78,14 @@ from mlcnc.engine.checkpoint import (
     BEST,
     CHECKPOINT_DIR,
     LAST,
+    MissingCheckpointError,
+    checkpoint_run_dir,
+    compare_data,
+    data_record,
     load_checkpoint,
     plain_state_dict,
-    resolve_checkpoint,
     save_checkpoint,
+    temporary_name,
 )
 from mlcnc.engine.data_check import check_training_split, checked_splits
 from mlcnc.engine.evaluation import (
@@ -84,7 +97,14 @@ from mlcnc.engine.evaluation import (
     score_predictions,
 )
 from mlcnc.engine.optim import build_optimizer, build_scheduler, build_scheduler_at
-from mlcnc.engine.run_folder import GROUPS, RunFolder, default_run_dir
+from mlcnc.engine.run_folder import (
+    GROUPS,
+    RunFolder,
+    RunFolderError,
+    default_run_dir,
+    jsonable_record,
+    run_contents,
+)
 from mlcnc.losses.base import Criterion
 from mlcnc.methods import Method, build_method
 
@@ -232,46 +252,123 @@ def make_fabric(cfg: Config) -> Fabric:
     )
 
 
+@dataclass
+class _Resume:
+    """Where and from what a run continues (built by ``train`` in the launching process)."""
+
+    mode: str  # "new", "overwrite" or "resume"
+    state: dict[str, Any] | None = None  # the checkpoint (None: a new run, or a restart)
+    path: Path | None = None  # the checkpoint file
+    source_dir: Path | None = None  # the run folder the checkpoint belongs to
+    run_dir: Path | None = None  # where the run continues (None: cfg.train.output)
+    force: bool = False
+    stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the checkpoint when read
+
+
 def train(
     cfg: Config | None,
     *,
     config_name: str = "custom",
     resume: str | Path | None = None,
     force: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``cfg`` (or continue ``resume``, a run folder or checkpoint) and return the result.
 
-    With ``resume`` and ``cfg=None`` the checkpoint's config is used; a different ``cfg`` is
-    refused (ConfigError naming the differing keys) unless ``force``.
+    A new run refuses a ``train.output`` folder that already holds a run unless
+    ``overwrite`` (which removes the old run's files first).
+
+    ``resume``: a run folder (its ``checkpoints/last.ckpt``; a folder killed before its
+    first checkpoint starts over from its ``config.yaml``) or a checkpoint file inside a run
+    folder (``RUN/checkpoints/x.ckpt``); the run continues in that folder, or in
+    ``cfg.train.output`` where that names another folder (which must not hold a run). A
+    loose checkpoint file continues only into such an explicit folder. With ``cfg=None``
+    the checkpoint's config is used; a different ``cfg``, or training data that differ from
+    the checkpoint's (class names, their order, the images and labels), is refused naming
+    the difference unless ``force`` (a different number of classes always is).
     """
-    resume_state = None
+    plan = _Resume("overwrite" if overwrite else "new", force=force)
     if resume is not None:
-        resume_path = resolve_checkpoint(resume, LAST)
-        resume_state = load_checkpoint(resume_path)
-        saved = config_from_dict(resume_state["config"])
-        if cfg is None:
-            cfg = saved
-        else:
-            differing = [
-                k
-                for k in config_diff(config_to_dict(saved), config_to_dict(cfg))
-                if k not in RUNTIME_ONLY_KEYS
-            ]
-            if differing and not force:
-                raise ConfigError(
-                    f"refusing to resume {resume_path} with a different config "
-                    f"(differs in: {', '.join(differing)}); pass --force to resume anyway"
-                )
-        if cfg.train.output in (None, saved.train.output):
-            # Continue in the folder that holds the checkpoint, unless told otherwise.
-            folder = resume_path.parent
-            run_dir = folder.parent if folder.name == CHECKPOINT_DIR else folder
-            cfg.train.output = str(run_dir)
+        if overwrite:
+            raise RunFolderError(
+                "--resume continues a run and --overwrite replaces one: give only one of them"
+            )
+        cfg, plan = _plan_resume(cfg, Path(resume), force)
     if cfg is None:
         raise ValueError("train() needs a config or a run to resume")
     cfg = resolve_config(cfg)
     fabric = make_fabric(cfg)
-    return fabric.launch(_run, cfg, config_name, resume_state)
+    return fabric.launch(_run, cfg, config_name, plan)
+
+
+def _plan_resume(cfg: Config | None, resume: Path, force: bool) -> tuple[Config, _Resume]:
+    """The config and the folder a resumed run continues with, and its checkpoint."""
+    state, ckpt, run_dir = None, None, None
+    if resume.is_dir():
+        run_dir = resume
+        if (resume / CHECKPOINT_DIR / LAST).is_file():
+            ckpt = resume / CHECKPOINT_DIR / LAST
+        elif not (resume / "config.yaml").is_file():
+            raise MissingCheckpointError(
+                f"run folder {resume} has no {CHECKPOINT_DIR}/{LAST} and no config.yaml: "
+                "there is no run to resume there"
+            )
+    elif resume.is_file():
+        ckpt, run_dir = resume, checkpoint_run_dir(resume)
+    else:
+        raise MissingCheckpointError(f"{resume} is neither a run folder nor a checkpoint file")
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)
+        saved = config_from_dict(state["config"])
+        stat = ckpt.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    else:  # killed before its first checkpoint: start the run over from its own config
+        import yaml
+
+        saved = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        stamp = None
+    if cfg is None:
+        cfg = saved
+    else:
+        differing = [
+            k
+            for k in config_diff(config_to_dict(saved), config_to_dict(cfg))
+            if k not in RUNTIME_ONLY_KEYS
+        ]
+        if differing and not force:
+            raise ConfigError(
+                f"refusing to resume {ckpt or run_dir} with a different config "
+                f"(differs in: {', '.join(differing)}); pass --force to resume anyway"
+            )
+    own = {_same_path(p) for p in (run_dir, saved.train.output) if p is not None}
+    if cfg.train.output is not None and _same_path(cfg.train.output) not in own:
+        mode = "new"  # continue the checkpoint in another, new run folder
+        if ckpt is None:
+            raise RunFolderError(
+                f"run folder {run_dir} has no checkpoint yet: nothing to continue in "
+                f"{cfg.train.output}; start a new run there instead"
+            )
+    elif run_dir is None:
+        raise RunFolderError(
+            f"{resume} is a checkpoint outside a run folder (not in RUN/{CHECKPOINT_DIR}/), "
+            "so there is no run to continue; pass --output DIR to continue it in a new run "
+            "folder"
+        )
+    else:
+        # The config keeps its train.output (the records stay those of the run as it was
+        # started); the folder it continues in is the checkpoint's own.
+        mode = "resume"
+        target = run_dir
+    if mode == "new":
+        target = Path(cfg.train.output)
+    source = run_dir if ckpt is not None else None
+    return cfg, _Resume(
+        mode, state=state, path=ckpt, source_dir=source, run_dir=target, force=force, stamp=stamp
+    )
+
+
+def _same_path(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
 
 
 # --------------------------------------------------------------------------------------
@@ -307,11 +404,13 @@ class _Run:
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]
     steps_per_epoch: int
+    data: dict[str, Any] = field(default_factory=dict)  # checkpoint.data_record(train)
     start_epoch: int = 0
     step: int = 0
     best: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
     last_ap: np.ndarray | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's record
 
     @property
     def net(self) -> nn.Module:
@@ -352,33 +451,140 @@ class _Run:
             "best": self.best,
             "selection": self.selection,
             "precision": self.fabric.strategy.precision.precision,
+            # Every record so far: the metrics files are rebuilt from it on resume.
+            "history": list(self.history),
+            "test_ap": None if self.last_ap is None else self.last_ap.tolist(),
+            "data": self.data,
         }
 
 
-def _run(fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | None) -> TrainResult:
-    run = _setup(fabric, cfg, config_name, resume_state)
+def _run(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> TrainResult:
+    run = _setup(fabric, cfg, config_name, plan)
     o, t = cfg.optim, cfg.train
     show = run.rank == 0 and t.progress
-    epochs_bar = tqdm(
-        total=o.epochs, initial=run.start_epoch, desc="epochs", unit="epoch", disable=not show
-    )
-    record: dict[str, Any] = {}
-    for epoch in range(run.start_epoch, o.epochs):
-        record = _train_epoch(run, epoch)
-        last_epoch = epoch + 1 == o.epochs
-        if last_epoch or (epoch + 1) % t.eval_every == 0:
-            record |= _evaluate(run)
-        _select_and_save(run, epoch, record)
-        epochs_bar.update(1)
-        fabric.barrier()
-    epochs_bar.close()
-    return _finish(run, record)
+    try:
+        epochs_bar = tqdm(
+            total=o.epochs, initial=run.start_epoch, desc="epochs", unit="epoch", disable=not show
+        )
+        record: dict[str, Any] = run.history[-1] if run.history else {}
+        for epoch in range(run.start_epoch, o.epochs):
+            record = _train_epoch(run, epoch)
+            last_epoch = epoch + 1 == o.epochs
+            if last_epoch or (epoch + 1) % t.eval_every == 0:
+                record |= _evaluate(run)
+            _select_and_save(run, epoch, record)
+            epochs_bar.update(1)
+            fabric.barrier()
+        epochs_bar.close()
+        return _finish(run, record)
+    except BaseException:
+        run.folder.close("failed")  # releases the lock: a later --resume may continue
+        raise
 
 
-def _setup(
-    fabric: Fabric, cfg: Config, config_name: str, resume_state: dict | None
-) -> _Run:
-    """Data, method, optimiser, schedule and EMA of one process; restored when resuming."""
+def _on_rank0(fabric: Fabric, function: Any) -> Any:
+    """``function()`` on rank 0 (file system checks and writes), its result or its error
+    given to every rank, so that all processes stop together with the same message."""
+    result, error = None, None
+    if fabric.global_rank == 0:
+        try:
+            result = function()
+        except Exception as caught:
+            error = caught
+    if fabric.world_size > 1:
+        result, error = fabric.broadcast((result, error), src=0)
+    if error is not None:
+        raise error
+    return result
+
+
+def _note(run_or_rank: Any, message: str) -> None:
+    """A line for the user on stderr (rank 0 only)."""
+    rank = run_or_rank if isinstance(run_or_rank, int) else run_or_rank.rank
+    if rank == 0:
+        tqdm.write(f"mlcnc: {message}", file=sys.stderr)
+
+
+def _check_data(cfg: Config, splits: dict[str, Any], folder: RunFolder) -> None:
+    """Hook for ``mlcnc.data.check`` (every image with file:line, pixel limit, bad rows
+    dropped and recorded in ``folder``): called by ``_setup`` once the splits are read and
+    before anything is written; does nothing yet."""
+
+
+def _check_resume_data(plan: _Resume, split: Any, rank: int) -> None:
+    """Refuse to resume on training data other than the checkpoint's: the class names, their
+    order, their number, and the fingerprint of the images and labels (SHA-256 over the
+    sorted paths and label names). ``--force`` accepts all but a different number of classes
+    (the weights have one column per class), and says what it accepted."""
+    assert plan.state is not None
+    problems, note = compare_data(plan.state, split, plan.path)
+    if note:
+        _note(rank, note)
+    if not problems:
+        return
+    counts_differ = len(plan.state["class_names"]) != len(split.class_names)
+    differs = "; ".join(problems)
+    if counts_differ:
+        raise DataError(
+            f"refusing to resume {plan.path}: its training data differ in {differs}; a model "
+            "for another number of classes cannot continue, even with --force: start a new run"
+        )
+    if not plan.force:
+        raise DataError(
+            f"refusing to resume {plan.path}: the training data differ from the checkpoint's "
+            f"in {differs}; restore the data, or pass --force to resume on the new data"
+        )
+    _note(rank, f"--force: resuming {plan.path} although the training data differ in {differs}")
+
+
+def _check_trainable(cfg: Config, split: Any, steps_per_epoch: int, batch_per_device: int) -> None:
+    """A one-line DataError when the training split cannot make one training step."""
+    if len(split) < 2 or steps_per_epoch < 1:
+        raise DataError(
+            f"{split.source}: {len(split)} training image(s) make no training step with "
+            f"optim.batch_size={cfg.optim.batch_size} ({batch_per_device} per process; a "
+            "batch of one image is dropped, BatchNorm needs two); add training images "
+            "(at least 2) or lower optim.batch_size"
+        )
+
+
+def _build_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Method:
+    """``build_method`` with a builder's ValueError (options that do not fit the data)
+    turned into a one-line user error naming the method and the data."""
+    class_names = list(split.class_names)
+    try:
+        return build_method(
+            cfg.method,
+            len(class_names),
+            class_freq,
+            num_samples=len(split.labels),
+            data_name=cfg.data.name,
+            train_labels=split.labels,
+            epochs=cfg.optim.epochs,
+        )
+    except (ConfigError, DataError):
+        raise
+    except ValueError as error:
+        name = cfg.method.name
+        if len(class_names) < 2:
+            raise DataError(
+                f"{split.source}: {len(class_names)} class ({', '.join(class_names)}); method "
+                f"{name} needs at least 2 (its simplex ETF has one direction per class): add "
+                f"classes to the dataset, or train a method without an ETF (e.g. "
+                f"method.name=erm) [{error}]"
+            ) from error
+        raise ConfigError(
+            f"method {name} cannot be built for the {len(class_names)} classes of "
+            f"{split.source}: {error}"
+        ) from error
+
+
+def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run:
+    """Data, method, optimiser, schedule and EMA of one process; restored when resuming.
+
+    Nothing is written until everything that can be checked is checked (folder, data,
+    method, schedule): a refused run leaves no trace, and a retry is not a "reuse".
+    """
     t, o = cfg.train, cfg.optim
     world, rank = fabric.world_size, fabric.global_rank
     if t.num_threads is not None:
@@ -398,13 +604,18 @@ def _setup(
                 f"{o.eps:g} is below the smallest normal float16 ({tiny:.1e}) and the updates "
                 "become NaN; set optim.eps=1e-4 or use train.precision=16-mixed"
             )
+    resume_state = plan.state
 
-    # Run folder (rank 0 picks the name; a timestamp could differ between processes).
-    run_dir = Path(t.output) if t.output else default_run_dir(config_name)
+    # Run folder (rank 0 picks the name; a timestamp could differ between processes). A new
+    # run into a folder that holds one is refused before any data are read.
+    if plan.run_dir is not None:
+        run_dir = plan.run_dir
+    else:
+        run_dir = Path(t.output) if t.output else default_run_dir(config_name)
     run_dir = Path(fabric.broadcast(str(run_dir), src=0))
     folder = RunFolder(run_dir, enabled=rank == 0)
-    if rank == 0:
-        save_config(cfg, run_dir / "config.yaml")
+    if plan.mode == "new":
+        _on_rank0(fabric, lambda: _refuse_a_used_folder(run_dir))
 
     # Data. Rank 0 first: the synthetic benchmark is generated on first use.
     fabric.seed_everything(t.seed, verbose=False)
@@ -413,20 +624,14 @@ def _setup(
     splits = checked_splits(cfg.data, splits, run_dir, progress=rank == 0 and t.progress)
     train_split = splits["train"]
     check_training_split(train_split)
+    if resume_state is not None:
+        _check_resume_data(plan, train_split, rank)
     class_names = list(train_split.class_names)
     class_freq = train_split.labels.sum(axis=0).astype(np.int64)
     groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
 
     # Method: model, criterion, sampler kind. Same init on every rank (seeded above).
-    method = build_method(
-        cfg.method,
-        len(class_names),
-        class_freq,
-        num_samples=len(train_split.labels),
-        data_name=cfg.data.name,
-        train_labels=train_split.labels,
-        epochs=o.epochs,
-    )
+    method = _build_method(cfg, train_split, class_freq)
     if resume_state is not None:
         method.model.load_state_dict(resume_state["model"])
         method.criterion.load_state_dict(resume_state["criterion"])
@@ -473,10 +678,19 @@ def _setup(
     steps_per_epoch = len(train_loader)
     if t.limit_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
+    _check_trainable(cfg, train_split, steps_per_epoch, batch_per_device)
 
     # Optimisation: Adam (coupled L2 groups) + OneCycle per step; EMA of the weights.
     optimizer = build_optimizer(method.model, o)
-    scheduler = build_scheduler(optimizer, o, steps_per_epoch)
+    try:
+        scheduler = build_scheduler(optimizer, o, steps_per_epoch)
+    except (ValueError, ZeroDivisionError) as error:
+        raise ConfigError(
+            f"optim.schedule={o.schedule} cannot be built for {o.epochs} epoch(s) of "
+            f"{steps_per_epoch} step(s) ({error or type(error).__name__}); train for more "
+            "steps (optim.epochs, more images, a smaller optim.batch_size) or use "
+            "optim.schedule=constant"
+        ) from error
     model, fabric_optimizer = fabric.setup(ModelWithLoss(method.model, method.criterion), optimizer)
     method.criterion.to(fabric.device)
     # The loader is not passed through fabric.setup_dataloaders: its wrapper would call
@@ -503,6 +717,7 @@ def _setup(
         train_loader=train_loader,
         eval_loaders=eval_loaders,
         steps_per_epoch=steps_per_epoch,
+        data=data_record(train_split),
     )
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -518,8 +733,18 @@ def _setup(
         run.selection = resume_state.get("selection")
         if run.selection is None and run.best is not None:  # a checkpoint of an older mlcnc
             run.selection = sel.on_val(run.best, t.select_metric, ema is not None)
-        folder.load_records()
-        folder.truncate_records(run.start_epoch)
+        if resume_state.get("test_ap") is not None:
+            run.last_ap = np.asarray(resume_state["test_ap"], dtype=np.float64)
+        if "history" in resume_state:
+            run.history = [r for r in resume_state["history"] if r["epoch"] <= run.start_epoch]
+
+    # Everything checked: take the folder (lock, refuse / clear / continue), then write.
+    for line in _on_rank0(fabric, lambda: _open_folder(run, plan)) or []:
+        _note(rank, line)
+    if plan.state is not None and "history" not in plan.state:
+        # A checkpoint from before the history was stored: the records come from the
+        # folder's metrics.jsonl (rank 0 reads it; every rank needs them for the result).
+        run.history = fabric.broadcast(run.history, src=0) if world > 1 else run.history
     return run
 
 
@@ -531,6 +756,106 @@ def _schedule_changed(resume_state: dict[str, Any], cfg: Config, steps_per_epoch
         return True
     total = resume_state.get("scheduler", {}).get("total_steps")
     return total is not None and int(total) != cfg.optim.epochs * steps_per_epoch
+
+
+def _refuse_a_used_folder(run_dir: Path) -> None:
+    """A new run must not start in a folder holding a run (checked again under the lock)."""
+    from mlcnc.engine.run_folder import refuse_message
+
+    found = run_contents(run_dir)
+    if found:
+        raise RunFolderError(refuse_message(run_dir, found))
+
+
+def _open_folder(run: _Run, plan: _Resume) -> list[str]:
+    """Rank 0: lock and prepare the run folder, write the config, make the records and
+    best.ckpt agree with the checkpoint resumed from. Returns notes for the user."""
+    folder = run.folder
+    notes = folder.prepare("resume" if plan.mode == "resume" else plan.mode)
+    try:
+        if plan.path is not None and plan.stamp is not None:
+            stat = plan.path.stat()
+            if (stat.st_mtime_ns, stat.st_size) != plan.stamp:
+                raise RunFolderError(
+                    f"{plan.path} changed while this run was starting (another process wrote "
+                    "it); run the command again"
+                )
+        folder.write_config(dump_config(run.cfg))
+        if plan.state is not None:
+            if "history" not in plan.state:
+                on_disk = [r for r in folder.read_records() if r.get("epoch", 0) <= run.start_epoch]
+                run.history = on_disk
+                missing = sorted(
+                    set(range(1, run.start_epoch + 1)) - {r.get("epoch") for r in on_disk}
+                )
+                notes.append(
+                    f"{plan.path} was written by an older mlcnc without an epoch history: the "
+                    "records before it come from metrics.jsonl"
+                    + (f", which lacks epoch(s) {missing}" if missing else "")
+                )
+            notes += _restore_best(run, plan)
+        elif plan.mode == "resume":
+            notes.append(
+                f"{folder.path} has no checkpoint yet (stopped during its first epochs): "
+                "starting it over from its config.yaml"
+            )
+            best = folder.checkpoints / BEST
+            if best.is_file():
+                best.unlink()
+                notes.append(f"removed {best}, which no checkpoint of the run vouches for")
+        if plan.mode == "resume" or plan.state is not None:
+            folder.write_records(run.history)
+    except BaseException:
+        folder.close("failed")
+        raise
+    return notes
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch stored in a checkpoint file, or None if it cannot be read."""
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _restore_best(run: _Run, plan: _Resume) -> list[str]:
+    """Make best.ckpt hold the epoch the resumed checkpoint records as best.
+
+    The loop writes last.ckpt (the commit point) and then, at an improving epoch, the same
+    state to best.ckpt; an improving epoch always writes last.ckpt. A kill between the two
+    leaves best.ckpt one improvement behind while last.ckpt, which names its own epoch as
+    the best, holds exactly what best.ckpt should: it is copied. Continuing from another
+    folder's checkpoint, that folder's best.ckpt is used when it holds the recorded epoch.
+    """
+    assert plan.state is not None and plan.path is not None
+    recorded = (plan.state.get("best") or {}).get("epoch")
+    target = run.folder.checkpoints / BEST
+    if recorded is None:
+        return []
+    if target.is_file() and _checkpoint_epoch(target) == recorded:
+        return []
+    candidates = []
+    if plan.source_dir is not None:
+        candidates.append(plan.source_dir / CHECKPOINT_DIR / BEST)
+    if int(plan.state["epoch"]) == recorded:
+        candidates.append(plan.path)
+    for candidate in candidates:
+        if candidate.is_file() and _checkpoint_epoch(candidate) == recorded:
+            if _same_path(candidate) != _same_path(target):
+                tmp = temporary_name(target)
+                try:
+                    shutil.copyfile(candidate, tmp)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            return [f"restored {target} (epoch {recorded}) from {candidate}"]
+    have = _checkpoint_epoch(target) if target.is_file() else None
+    return [
+        f"{target} holds epoch {have}, but {plan.path} records epoch {recorded} as the best on "
+        "val, and no checkpoint of that epoch is left to restore it from; it is rewritten at "
+        "the next improvement"
+    ]
 
 
 class _FiniteWatch:
@@ -681,6 +1006,14 @@ def _select_and_save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     With a val split, the regular and the EMA model compete on the metric of
     ``train.select_metric`` and a strictly better (epoch, variant) is saved as best.ckpt;
     without one (or before any val score), the selection is the last saved epoch.
+
+    Crash consistency (a kill at any point, then ``--resume``, gives the files of an
+    uninterrupted run): the record joins the history, which every checkpoint carries;
+    ``last.ckpt`` is written first and is the commit point; an epoch that improves the
+    selection always writes it, and then the same state to ``best.ckpt``; last the metrics
+    files are rewritten whole from the history. Resuming from ``last.ckpt`` rebuilds the
+    metrics files from its history and, if the kill fell between the two checkpoints,
+    restores ``best.ckpt`` from ``last.ckpt`` (``_restore_best``).
     """
     t = run.cfg.train
     has_ema = run.ema is not None
@@ -688,45 +1021,49 @@ def _select_and_save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     if "val" in run.eval_loaders:
         candidate = sel.on_val(record, t.select_metric, has_ema)
         if sel.improves(candidate, run.selection):
-            run.best, run.selection = {**record, "select_metric": t.select_metric}, candidate
-            improved = True
+            run.best = {**jsonable_record(record), "select_metric": t.select_metric}
+            run.selection, improved = candidate, True
     last_epoch = epoch + 1 == run.cfg.optim.epochs
-    save_last = last_epoch or (epoch + 1) % t.checkpoint_every == 0
+    save_last = last_epoch or improved or (epoch + 1) % t.checkpoint_every == 0
     if save_last and (run.selection is None or run.selection["rule"] == "last"):
         run.selection = sel.on_last(epoch + 1, t.select_metric, has_ema)
+    # -- records and checkpoints
+    record = jsonable_record(record)  # as metrics.jsonl holds it
+    run.history.append(record)
     if run.rank != 0:
         return
-    state = None
     if save_last:
         state = run.checkpoint_state(epoch + 1, record)
-        save_checkpoint(state, run.folder.checkpoints / LAST)
-    if improved:
-        state = state or run.checkpoint_state(epoch + 1, record)
-        save_checkpoint(state, run.folder.checkpoints / BEST)
-    if state is not None and run.selection is not None:
-        sel.write_selection(run.folder.path, run.selection)
-    run.folder.log_epoch(record, run.step)
+        save_checkpoint(state, run.folder.checkpoints / LAST)  # the commit point
+        if improved:
+            save_checkpoint(state, run.folder.checkpoints / BEST)
+        if run.selection is not None:
+            sel.write_selection(run.folder.path, run.selection)
+    run.folder.write_records(run.history)
+    run.folder.log_scalars({k: v for k, v in record.items() if k != "epoch"}, run.step)
     tqdm.write(_epoch_line(record, run.cfg.optim.epochs))
 
 
 def _finish(run: _Run, record: dict[str, Any]) -> TrainResult:
     """Per-class AP and plots (rank 0), and the run's result."""
     folder = run.folder
-    # On rank 0 the history covers the whole run (also across a resume).
-    history = list(folder.records) if run.rank == 0 else [record]
+    # The history covers the whole run (also across a resume), on every rank.
+    history = list(run.history)
     best_on_test = max(
         (r for r in history if r.get("test/map_total") is not None),
         key=lambda r: r["test/map_total"],
         default=None,
     )
-    if run.rank == 0 and history:
-        if run.last_ap is not None:
-            folder.write_per_class(
-                run.class_names, run.class_freq, run.groups, {"test_ap": run.last_ap}
-            )
-        if run.cfg.train.plots:
-            folder.write_plots(run.class_names, run.class_freq, run.groups, run.last_ap)
-    folder.close()
+    try:
+        if run.rank == 0 and history:
+            if run.last_ap is not None:
+                folder.write_per_class(
+                    run.class_names, run.class_freq, run.groups, {"test_ap": run.last_ap}
+                )
+            if run.cfg.train.plots:
+                folder.write_plots(run.class_names, run.class_freq, run.groups, run.last_ap)
+    finally:
+        folder.close()
     return TrainResult(
         run_dir=folder.path,
         last=history[-1] if history else {},

@@ -9,27 +9,54 @@ Layout::
     RUN/tensorboard/           TensorBoard event files
     RUN/checkpoints/           last.ckpt, best.ckpt (best on val, when there is a val split)
     RUN/plots/                 loss terms, mAP by group, AP vs frequency, NC diagnostics
+    RUN/.lock                  while a process trains in RUN: its pid and host
 
-Only rank 0 writes.
+Only rank 0 writes. Every file is written whole to a temporary name unique to the process
+and renamed over the old one, so a reader (or a kill) never sees half a file. The metrics
+files are rebuilt from the epoch history the loop keeps (and stores in every checkpoint),
+never appended to, so they always hold exactly the epochs of that history.
+
+A folder that holds a run is never reused silently: ``prepare`` refuses it for a new run
+(pointing at ``--resume`` / ``--overwrite``), clears the old run's files with
+``overwrite``, and takes ``RUN/.lock`` (an ``flock``: the kernel frees it when its process
+dies, so a lock left by a killed run is stale by construction) so that a second process
+cannot train in a folder that is in use.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import shutil
+import socket
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from mlcnc.engine.checkpoint import CHECKPOINT_DIR
+from mlcnc.engine.checkpoint import CHECKPOINT_DIR, temporary_name
 from mlcnc.groups import MAP_GROUPS as GROUPS
+from mlcnc.schema import ConfigError
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc3")
+LOCK_FILE = ".lock"
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv")
+"""Files that show a folder holds a run (besides checkpoints/*.ckpt)."""
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "per_class.csv", "result.json")
+RUN_FOLDERS = (CHECKPOINT_DIR, "tensorboard", "plots")
+"""What ``--overwrite`` removes: the files and folders a run (and a benchmark) writes."""
+TIMING_KEYS = ("img_per_s", "epoch_seconds", "eval_seconds")
+"""Record keys that measure time: they differ between two otherwise identical runs."""
+
+
+class RunFolderError(ConfigError):
+    """A run folder cannot be used as asked (it holds a run, is in use, or holds none)."""
 
 
 def default_run_dir(config_name: str, root: str | Path = "runs") -> Path:
@@ -38,42 +65,253 @@ def default_run_dir(config_name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{Path(config_name).stem}-{stamp}"
 
 
+def run_contents(path: str | Path) -> list[str]:
+    """The run files in ``path`` (config, metrics, checkpoints); empty if it holds no run."""
+    path = Path(path)
+    found = [name for name in RUN_MARKERS if (path / name).is_file()]
+    checkpoints = path / CHECKPOINT_DIR
+    if checkpoints.is_dir():
+        found += [f"{CHECKPOINT_DIR}/{p.name}" for p in sorted(checkpoints.glob("*.ckpt"))]
+    return found
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a unique temporary file and a rename."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# the lock
+
+
+class RunLock:
+    """``RUN/.lock``: an exclusive ``flock`` on a file holding the owner's pid and host.
+
+    The kernel drops an ``flock`` when its process ends, however it ends, so a lock file
+    left by a killed run does not block anyone; the file is removed on release. Where
+    ``fcntl`` is missing (Windows) the file is created exclusively and one whose pid is not
+    running on this host is taken over as stale.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self.stale: dict[str, Any] | None = None  # the dead owner whose lock was taken over
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``RunFolderError`` naming the process that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            self._acquire_exclusive()
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise RunFolderError(self._in_use(owner)) from None
+            # The previous owner may have removed the file between our open and our lock.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        owner = _read_owner(fd)
+        self.stale = owner or None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_me()).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def _acquire_exclusive(self) -> None:  # pragma: no cover - Windows
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("host") == socket.gethostname() and not _alive(owner.get("pid")):
+                    self.stale = owner
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunFolderError(self._in_use(owner)) from None
+            os.write(fd, json.dumps(_me()).encode())
+            self._fd = fd
+            return
+        raise RunFolderError(self._in_use({}))
+
+    def _in_use(self, owner: dict[str, Any]) -> str:
+        who = (
+            f"pid {owner.get('pid')} on host {owner.get('host')}, since {owner.get('started')}"
+            if owner
+            else "another process"
+        )
+        return (
+            f"run folder {self.path.parent} is in use by another mlcnc process ({who}); "
+            "wait for it to finish or stop it, or use another --output"
+        )
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (in that order: see ``acquire``)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _me() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        data = os.pread(fd, 4096, 0)
+        owner = json.loads(data.decode() or "{}")
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: Any) -> bool:  # pragma: no cover - Windows
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# the folder
+
+
 class RunFolder:
-    """Writes a run's files; every method is a no-op unless ``enabled`` (rank 0)."""
+    """Writes a run's files; every method is a no-op unless ``enabled`` (rank 0).
+
+    Nothing is created until ``prepare``, which takes the lock and checks the folder.
+    """
 
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
         self.checkpoints = self.path / CHECKPOINT_DIR
         self.records: list[dict[str, Any]] = []
+        self.lock = RunLock(self.path / LOCK_FILE)
         self._tensorboard = None
-        if enabled:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def prepare(self, mode: Literal["new", "overwrite", "resume"]) -> list[str]:
+        """Lock the folder and make it ready; returns notes for the user.
+
+        new:       refuse a folder that holds a run (pointing at --resume / --overwrite);
+        overwrite: remove the old run's files (``RUN_FILES`` and ``RUN_FOLDERS``);
+        resume:    continue the run: remove temporary files that killed processes left.
+        """
+        if not self.enabled:
+            return []
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            notes = self._prepare(mode)
+        except BaseException:
+            self.lock.release()
+            raise
+        if self.lock.stale:
+            owner = self.lock.stale
+            notes.append(
+                f"took over the lock left by pid {owner.get('pid')} on {owner.get('host')} "
+                "(no process holds it any more: that run was stopped)"
+            )
+        return notes
+
+    def _prepare(self, mode: str) -> list[str]:
+        notes = []
+        found = run_contents(self.path)
+        if mode == "new" and found:
+            raise RunFolderError(refuse_message(self.path, found))
+        if mode == "overwrite":
+            removed = self.clear()
+            if removed:
+                notes.append(
+                    f"--overwrite: removed the previous run in {self.path} ({', '.join(removed)})"
+                )
+        if mode == "resume":
+            self.remove_temporary_files()
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return notes
+
+    def clear(self) -> list[str]:
+        """Remove the run's own files and folders (others are kept); returns their names."""
+        removed = []
+        for name in RUN_FILES:
+            if (self.path / name).is_file():
+                (self.path / name).unlink()
+                removed.append(name)
+        folders = [self.path / name for name in RUN_FOLDERS]
+        folders += sorted(self.path.glob("inspect-*"))
+        for folder in folders:
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                removed.append(f"{folder.name}/")
+        self.remove_temporary_files()
+        return removed
+
+    def remove_temporary_files(self) -> None:
+        """Temporary files of interrupted writes (only this folder's owner writes here)."""
+        for folder in (self.path, self.checkpoints):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+    def write_config(self, text: str) -> None:
+        """config.yaml (the resolved config), atomically."""
+        if self.enabled:
+            write_text_atomic(self.path / "config.yaml", text)
 
     # -- metrics -------------------------------------------------------------------------
 
-    def load_records(self) -> None:
-        """Re-read metrics.jsonl (on resume), so the CSV and plots cover the whole run."""
-        path = self.path / "metrics.jsonl"
-        if self.enabled and path.is_file():
-            with open(path) as f:
-                self.records = [json.loads(line) for line in f if line.strip()]
-
-    def truncate_records(self, last_epoch: int) -> None:
-        """Keep records up to ``last_epoch`` (those after a resumed checkpoint are redone)."""
-        self.records = [r for r in self.records if r.get("epoch", 0) <= last_epoch]
-        self._write_records()
-
-    def log_epoch(self, record: Mapping[str, Any], step: int) -> None:
-        """Append one epoch's scalars to metrics.jsonl / metrics.csv / TensorBoard."""
+    def write_records(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """metrics.jsonl and metrics.csv from ``records`` (the whole history), each written
+        whole and renamed into place."""
         if not self.enabled:
             return
-        record = {k: _jsonable(v) for k, v in record.items()}
-        self.records.append(record)
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        self._write_csv()
-        self.log_scalars({k: v for k, v in record.items() if k != "epoch"}, step)
+        self.records = [jsonable_record(r) for r in records]
+        lines = "".join(json.dumps(record) + "\n" for record in self.records)
+        write_text_atomic(self.path / "metrics.jsonl", lines)
+        write_text_atomic(self.path / "metrics.csv", _csv_text(self.records))
+
+    def read_records(self) -> list[dict[str, Any]]:
+        """metrics.jsonl as it is on disk (for checkpoints without a history)."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
         """TensorBoard scalars (numbers only)."""
@@ -97,26 +335,14 @@ class RunFolder:
             )
         return self._tensorboard
 
-    def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.finalize("success")
-
-    def _write_records(self) -> None:
-        if not self.enabled:
-            return
-        with open(self.path / "metrics.jsonl", "w") as f:
-            for record in self.records:
-                f.write(json.dumps(record) + "\n")
-        self._write_csv()
-
-    def _write_csv(self) -> None:
-        columns: dict[str, None] = {}
-        for record in self.records:
-            columns.update(dict.fromkeys(record))
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns))
-            writer.writeheader()
-            writer.writerows(self.records)
+    def close(self, status: str = "success") -> None:
+        """Flush TensorBoard and release the lock."""
+        try:
+            if self._tensorboard is not None:
+                self._tensorboard.finalize(status)
+                self._tensorboard = None
+        finally:
+            self.lock.release()
 
     def write_per_class(
         self,
@@ -221,8 +447,35 @@ class RunFolder:
         return written
 
 
+def refuse_message(path: Path, found: Sequence[str]) -> str:
+    """Why a new run may not start in ``path`` and what to do instead."""
+    shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    return (
+        f"run folder {path} already holds a run ({shown}); continue it with --resume {path}, "
+        "replace it with --overwrite, or choose another --output"
+    )
+
+
+def _csv_text(records: Sequence[Mapping[str, Any]]) -> str:
+    if not records:
+        return ""
+    columns: dict[str, None] = {}
+    for record in records:
+        columns.update(dict.fromkeys(record))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
 def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
+
+
+def jsonable_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch record as metrics.jsonl holds it (plain numbers; None for NaN / inf)."""
+    return {k: _jsonable(v) for k, v in record.items()}
 
 
 def _jsonable(value: Any) -> Any:

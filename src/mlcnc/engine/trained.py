@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mlcnc.config import Config, config_from_dict, merge_data_overrides
+from mlcnc.engine.checkpoint import CheckpointError
 from mlcnc.engine.evaluation import (
     eval_loader,
     format_map_table,
@@ -101,7 +102,18 @@ def _rebuild(
     num_samples = state.get("num_train_samples")
     model = build_method(method_cfg, len(class_names), class_freq, num_samples=num_samples).model
     model.to(dtype)  # first, so float64 / bf16 weights load without rounding
-    model.load_state_dict(state["ema"] if choice.use_ema else state["model"])  # strict
+    weights = state["ema"] if choice.use_ema else state["model"]
+    try:
+        model.load_state_dict(weights)  # strict: every key must match
+    except RuntimeError as error:
+        detail = next(
+            (line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error)
+        )
+        raise CheckpointError(
+            f"{choice.checkpoint}: its weights do not fit the model its config and its "
+            f"{len(class_names)} class names describe ({detail}); the file was changed or "
+            "comes from another mlcnc version"
+        ) from error
     model.to(map_location).eval()
     return TrainedModel(
         model=model,

@@ -310,6 +310,7 @@ def test_checkpoints_are_plain_and_self_contained(finished_run: tuple) -> None:
     # The criterion's buffer was summed at each epoch end: every positive of every epoch.
     assert state["criterion"]["seen_counts"].tolist() == [3 * 17, 3 * 8, 3 * 4, 3 * 2]
     best = torch.load(root / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+
     # The regular and the EMA model compete on val.
     def on_val(record: dict) -> float:
         return max(record["val/map_total"], record["val_ema/map_total"])

@@ -200,7 +200,9 @@ def test_evaluate_a_run_folder_reproduces_the_selected_checkpoints_metrics(runs)
     logged = load_checkpoint(run / "checkpoints" / "best.ckpt")["metrics"]
     evaluated = evaluate_checkpoint(run)
     assert evaluated["checkpoint"] == str(run / "checkpoints" / "best.ckpt")
-    assert evaluated["epoch"] == selection["epoch"] and evaluated["selected"] == selection["variant"]
+    assert (
+        evaluated["epoch"] == selection["epoch"] and evaluated["selected"] == selection["variant"]
+    )
     assert evaluated["loaded"].startswith(f"loaded {run / 'checkpoints' / 'best.ckpt'}")
     for name, key in (("regular", "test"), ("ema", "test_ema")):
         for group in GROUPS:

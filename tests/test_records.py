@@ -305,7 +305,7 @@ def test_a_stale_lock_is_taken_over(finished, tmp_path, capsys) -> None:
     shutil.copytree(run, copy)
     (copy / ".lock").write_text(json.dumps({"pid": 999999, "host": "elsewhere", "started": "x"}))
     train(None, resume=copy)
-    assert "took over the lock of pid 999999 on elsewhere" in capsys.readouterr().err
+    assert "took over the lock left by pid 999999 on elsewhere" in capsys.readouterr().err
     assert not (copy / ".lock").exists()
 
 
@@ -430,7 +430,7 @@ def test_resume_refuses_reordered_classes_unless_forced(finished, tmp_path, caps
     data, run = _relocated(finished, tmp_path)
     train(None, resume=run)  # the same data, moved as a whole: accepted
     (data / "classes.txt").write_text("square\ncircle\ntriangle\nstar\n")
-    with pytest.raises(DataError, match=r"class order .*relabelled.*--force"):
+    with pytest.raises(DataError, match=r"class order .*relabels.*--force"):
         train(None, resume=run)
     train(None, resume=run, force=True)
     assert "--force: resuming" in capsys.readouterr().err
@@ -493,7 +493,10 @@ def test_fingerprint_ignores_order_and_folder_but_not_labels() -> None:
         (lambda p: None, "does not exist"),
         (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_text("not a checkpoint\n"), "not a PyTorch checkpoint file"),
-        (lambda p: torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, p), "pickled Python objects"),
+        (
+            lambda p: torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, p),
+            "pickled Python objects",
+        ),
         (lambda p: torch.save(torch.zeros(2), p), "holds a Tensor, not a dict"),
         (lambda p: torch.save({"state_dict": {}}, p), "lacks model, config"),
     ],

@@ -92,10 +92,21 @@ def saved_config(resume: Path) -> dict:
     stopped before its first checkpoint, its config.yaml."""
     import yaml
 
-    from mlcnc.engine.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, resolve_checkpoint
+    from mlcnc.engine.checkpoint import (
+        CHECKPOINT_DIR,
+        LAST,
+        MissingCheckpointError,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
 
     started = resume / "config.yaml"
-    if resume.is_dir() and not (resume / CHECKPOINT_DIR / LAST).is_file() and started.is_file():
+    if resume.is_dir() and not (resume / CHECKPOINT_DIR / LAST).is_file():
+        if not started.is_file():
+            raise MissingCheckpointError(
+                f"run folder {resume} has no {CHECKPOINT_DIR}/{LAST} and no config.yaml: "
+                "there is no run to resume there"
+            )
         return yaml.safe_load(started.read_text())
     return load_checkpoint(resolve_checkpoint(resume, LAST))["config"]
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,7 +73,12 @@ class Runner:
 
     def __call__(self, *argv: str | Path) -> Outcome:
         self.capsys.readouterr()
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:  # as the interpreter answers it: a text goes to stderr
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+            code = 1 if isinstance(exit_.code, str) else int(exit_.code or 0)
         captured = self.capsys.readouterr()
         self.out, self.err = captured.out, captured.err
         outcome = Outcome((f"exit {code}", captured.out + captured.err))
@@ -447,6 +453,31 @@ def _(tmp_path, run, trained):
         "--output", tmp_path / "bench", "--no-plot", *overrides,
         "method.backbone=test_efficientnet", "method.pretrained=false",
     )  # fmt: skip
+
+
+def _spoil(image: Path) -> None:
+    image.write_bytes(image.read_bytes()[:40])  # a PNG cut short: the file is there
+
+
+@case("train-bad-image")
+def _(tmp_path, run, trained):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    _spoil(data / "images" / "train_003.png")
+    return run(*tiny_args(data, tmp_path / "run"))
+
+
+@case("evaluate-bad-image")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path, move_data=True)
+    _spoil(data / "images" / "test_002.png")
+    return run("evaluate", copy)
+
+
+@case("inspect-bad-image")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path, move_data=True)
+    _spoil(data / "images" / "test_002.png")
+    return run("inspect", copy, "--out", tmp_path / "report")
 
 
 # ------------------------------------------------------------------------- tests

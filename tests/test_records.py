@@ -309,6 +309,34 @@ def test_a_stale_lock_is_taken_over(finished, tmp_path, capsys) -> None:
     assert not (copy / ".lock").exists()
 
 
+def test_the_lock_without_flock_detects_live_and_dead_owners(tmp_path, monkeypatch) -> None:
+    """On a file system without flock: exclusive creation, and a pid check for staleness."""
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    path = tmp_path / ".lock"
+    first = RunLock(path)
+    first.acquire()
+    with pytest.raises(RunFolderError, match=rf"pid {os.getpid()} .*delete .*\.lock"):
+        RunLock(path).acquire()
+    first.release()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    taken = RunLock(path)
+    taken.acquire()
+    assert taken.stale["pid"] == dead.pid
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    taken.release()
+    assert not path.exists()
+
+
 def test_temporary_names_are_unique_per_process_and_call(tmp_path) -> None:
     target = tmp_path / "last.ckpt"
     names = {temporary_name(target) for _ in range(50)}

@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlcnc.cli._errors import error_line
     from mlcnc.config import ConfigError
+    from mlcnc.data import BadImageError
     from mlcnc.engine import evaluate_checkpoint
     from mlcnc.engine.trained import to_json
 
@@ -50,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"mlcnc evaluate: error: {error}", file=sys.stderr)
+        print(f"mlcnc evaluate: error: {error_line(error)}", file=sys.stderr)
         return 2
+    except BadImageError as error:  # an image of the split cannot be read
+        print(f"mlcnc evaluate: error: {error_line(error)}", file=sys.stderr)
+        return 1
     print(result["table"])
     for name, scores in result["models"].items():
         f1 = scores["f1"]

@@ -451,10 +451,13 @@ def _note(run_or_rank: Any, message: str) -> None:
         tqdm.write(f"mlcnc: {message}", file=sys.stderr)
 
 
-def _check_data(cfg: Config, splits: dict[str, Any], folder: RunFolder) -> None:
+def _check_data(cfg: Config, splits: dict[str, Any], folder: RunFolder) -> dict[str, Any]:
     """Hook for ``mlcnc.data.check`` (every image with file:line, pixel limit, bad rows
-    dropped and recorded in ``folder``): called by ``_setup`` once the splits are read and
-    before anything is written; does nothing yet."""
+    dropped): called by ``_setup`` on every rank once the splits are read, before the folder
+    is locked or anything is written (``folder.path`` says where the run will go); returns
+    the splits to train on. Does nothing yet. Rows it drops change the training split's
+    fingerprint, so a resume compares the data as trained."""
+    return splits
 
 
 def _check_resume_data(plan: _Resume, split: Any, rank: int) -> None:
@@ -556,7 +559,7 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
     fabric.seed_everything(t.seed, verbose=False)
     with fabric.rank_zero_first():
         splits = build_splits(cfg.data)
-    _check_data(cfg, splits, folder)
+    splits = _check_data(cfg, splits, folder)
     train_split = splits["train"]
     if resume_state is not None:
         _check_resume_data(plan, train_split, rank)

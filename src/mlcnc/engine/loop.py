@@ -82,6 +82,7 @@ from mlcnc.engine.run_folder import (
     RunFolderError,
     default_run_dir,
     jsonable_record,
+    refuse_message,
     run_contents,
 )
 from mlcnc.losses.base import Criterion
@@ -684,8 +685,6 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
 
 def _refuse_a_used_folder(run_dir: Path) -> None:
     """A new run must not start in a folder holding a run (checked again under the lock)."""
-    from mlcnc.engine.run_folder import refuse_message
-
     found = run_contents(run_dir)
     if found:
         raise RunFolderError(refuse_message(run_dir, found))
@@ -695,7 +694,7 @@ def _open_folder(run: _Run, plan: _Resume) -> list[str]:
     """Rank 0: lock and prepare the run folder, write the config, make the records and
     best.ckpt agree with the checkpoint resumed from. Returns notes for the user."""
     folder = run.folder
-    notes = folder.prepare("resume" if plan.mode == "resume" else plan.mode)
+    notes = folder.prepare(plan.mode)
     try:
         if plan.path is not None and plan.stamp is not None:
             stat = plan.path.stat()

@@ -27,6 +27,8 @@ def _doc_rows() -> dict[str, tuple[str, str]]:
     """case -> (message, result) from the doc's table."""
     rows = {}
     for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## Runs, checkpoints and commands"):
+            break  # that section is kept true by test_bad_input_runs.py
         found = ROW.match(line)
         if found:
             case, _, _, message, result = found.groups()

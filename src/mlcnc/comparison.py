@@ -45,6 +45,7 @@ from mlcnc.config import (
     config_to_dict,
     load_config,
 )
+from mlcnc.data.readers import DataError
 from mlcnc.groups import MAP_GROUPS as GROUPS
 
 MODELS = {"regular": "test", "ema": "test_ema"}
@@ -530,8 +531,8 @@ def run_benchmark(
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
         try:
             runs.append(run_one(cfg, method, seed, run_dir, train_fn, log))
-        except (KeyboardInterrupt, ConfigError):
-            raise
+        except (KeyboardInterrupt, ConfigError, DataError):
+            raise  # the user's to fix, the same for every run: stop with one line
         except Exception as error:
             failures[run_name(method, seed)] = f"{type(error).__name__}: {error}"
             log(f"[benchmark] {run_name(method, seed)} FAILED:\n{traceback.format_exc()}")

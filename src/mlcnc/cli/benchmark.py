@@ -85,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlcnc.comparison import run_benchmark, table_order
     from mlcnc.config import ConfigError
+    from mlcnc.data import DataError
     from mlcnc.methods import METHODS
 
     if args.list_methods:
@@ -114,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             plot=not args.no_plot,
             recipes=args.recipes,
         )
+    except DataError:
+        raise  # bad data or checkpoint: one line from main(), exit 1
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"mlcnc benchmark: error: {error}", file=sys.stderr)
         return 2

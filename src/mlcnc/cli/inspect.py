@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mlcnc.analysis.collapse import collapse_report
     from mlcnc.analysis.loading import load_for_inspection, pick_device, resolve_split
-    from mlcnc.data import DataError
+    from mlcnc.cli._errors import error_line
+    from mlcnc.data import BadImageError, DataError
 
     device = pick_device(args.device)
     trained, _ = load_for_inspection(args.checkpoint, args.ema, device, args.which)
@@ -62,16 +63,19 @@ def run(args: argparse.Namespace) -> int:
     )
     out_dir = Path(args.out) if args.out else default_out
     print(f"inspecting {checkpoint} on {label} ({len(split)} images)", file=sys.stderr)
-    result = collapse_report(
-        trained,
-        split,
-        out_dir,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=str(device),
-        skip_bad_images=trained.config.data.skip_bad_images,
-        split_label=label,
-    )
+    try:
+        result = collapse_report(
+            trained,
+            split,
+            out_dir,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=str(device),
+            skip_bad_images=trained.config.data.skip_bad_images,
+            split_label=label,
+        )
+    except BadImageError as error:  # an image of the split cannot be read
+        raise SystemExit(f"mlcnc inspect: error: {error_line(error)}") from None
     collapse = result["collapse"] or {}
     numbers = ", ".join(
         f"{key} {collapse[key]:.4f}"

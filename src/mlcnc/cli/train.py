@@ -92,10 +92,21 @@ def saved_config(resume: Path) -> dict:
     stopped before its first checkpoint, its config.yaml."""
     import yaml
 
-    from mlcnc.engine.checkpoint import CHECKPOINT_DIR, LAST, load_checkpoint, resolve_checkpoint
+    from mlcnc.engine.checkpoint import (
+        CHECKPOINT_DIR,
+        LAST,
+        MissingCheckpointError,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
 
     started = resume / "config.yaml"
-    if resume.is_dir() and not (resume / CHECKPOINT_DIR / LAST).is_file() and started.is_file():
+    if resume.is_dir() and not (resume / CHECKPOINT_DIR / LAST).is_file():
+        if not started.is_file():
+            raise MissingCheckpointError(
+                f"run folder {resume} has no {CHECKPOINT_DIR}/{LAST} and no config.yaml: "
+                "there is no run to resume there"
+            )
         return yaml.safe_load(started.read_text())
     return load_checkpoint(resolve_checkpoint(resume, LAST))["config"]
 
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             f"global batch {cfg.optim.batch_size}; `mlcnc config show` prints all of it"
         )
         return 0
+    from mlcnc.cli._errors import error_line
     from mlcnc.data import BadImageError
     from mlcnc.engine import NonFiniteLossError, train
 
@@ -129,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except (NonFiniteLossError, BadImageError) as error:
-        print(f"mlcnc train: error: {_one_line(error)}", file=sys.stderr)
+        print(f"mlcnc train: error: {error_line(error)}", file=sys.stderr)
         return 1
     if result.global_rank == 0:
         print()
@@ -138,13 +150,3 @@ def run(args: argparse.Namespace) -> int:
         if result.best is None:
             print("(no val split: the last epoch is reported)")
     return 0
-
-
-def _one_line(error: BaseException) -> str:
-    """The line of ``error`` that says what went wrong: its message, or for an error a
-    DataLoader worker passed on (a traceback in the message), the original error's line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        name, _, message = lines[-1].partition(": ")
-        return message or name
-    return lines[0] if lines else type(error).__name__

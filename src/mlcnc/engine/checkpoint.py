@@ -113,8 +113,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _first_line(error: BaseException) -> str:
+    """The first sentence of an error message (torch's go on for a paragraph)."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line.split(". ")[0].rstrip(".")
 
 
 def checkpoint_run_dir(path: str | Path) -> Path | None:
@@ -212,8 +214,8 @@ def compare_data(state: dict[str, Any], split: Any, path: str | Path) -> tuple[l
         if sorted(saved_names) == sorted(names):
             moved = [n for n, s in zip(names, saved_names, strict=True) if n != s]
             problems.append(
-                f"the class order ({len(moved)} class(es) moved, e.g. {moved[0]!r}; the "
-                "model's class columns would be relabelled)"
+                f"the class order ({len(moved)} class(es) moved, e.g. {moved[0]!r}; resuming "
+                "relabels the model's class columns)"
             )
         else:
             changed = [n for n in names if n not in saved_names]

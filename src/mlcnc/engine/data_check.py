@@ -11,15 +11,14 @@ ever scored twice or left out silently.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from mlcnc.data import DataConfig, MultiLabelSplit
 from mlcnc.data.check import (
     BadImagesError,
+    ImageProblem,
     check_splits,
     check_trainable,
     drop_bad_rows_from_splits,
-    write_problems,
 )
 
 DROPPED_FILE = "dropped_images.csv"
@@ -28,20 +27,14 @@ DROPPED_FILE = "dropped_images.csv"
 def checked_splits(
     cfg: DataConfig,
     splits: Mapping[str, MultiLabelSplit],
-    run_dir: Path | None = None,
     *,
     progress: bool | None = False,
     workers: int | None = None,
-) -> dict[str, MultiLabelSplit]:
-    """``splits`` after the image checks of ``cfg`` (see the module docstring)."""
+) -> tuple[dict[str, MultiLabelSplit], list[ImageProblem]]:
+    """``splits`` after the image checks of ``cfg``, and the rows dropped (see the module
+    docstring; the caller writes them to ``DROPPED_FILE``)."""
     if cfg.skip_bad_images:
-        kept, dropped = drop_bad_rows_from_splits(
-            splits, cfg.max_image_pixels, workers, progress=progress
-        )
-        if dropped and run_dir is not None:
-            path = write_problems(dropped, Path(run_dir) / DROPPED_FILE)
-            print(f"skipped {len(dropped)} unreadable image(s) (data.skip_bad_images); see {path}")
-        return kept
+        return drop_bad_rows_from_splits(splits, cfg.max_image_pixels, workers, progress=progress)
     if cfg.check_images:
         problems = check_splits(splits, cfg.max_image_pixels, workers, progress=progress)
         if problems:
@@ -49,9 +42,10 @@ def checked_splits(
                 problems,
                 "fix or remove these rows, or set data.skip_bad_images=true to leave them out",
             )
-    return dict(splits)
+    return dict(splits), []
 
 
 def check_training_split(split: MultiLabelSplit) -> None:
-    """One line (DataError) when no method can learn from ``split`` (see check_trainable)."""
-    check_trainable(split)
+    """One line (DataError) when no image of ``split`` has a label (nothing to learn); the
+    engine refuses too few images and too few classes with method-specific messages."""
+    check_trainable(split, min_images=1, min_classes=1)

@@ -71,6 +71,7 @@ from mlcnc.config import (
 )
 from mlcnc.data import DataError, build_dataset, build_sampler, build_splits
 from mlcnc.data import transforms as data_transforms
+from mlcnc.data.check import write_problems
 from mlcnc.data.longtail import class_groups
 from mlcnc.data.paired import PairedDataset
 from mlcnc.engine import selection as sel
@@ -87,7 +88,7 @@ from mlcnc.engine.checkpoint import (
     save_checkpoint,
     temporary_name,
 )
-from mlcnc.engine.data_check import check_training_split, checked_splits
+from mlcnc.engine.data_check import DROPPED_FILE, check_training_split, checked_splits
 from mlcnc.engine.evaluation import (
     collapse_diagnostics,
     eval_loader,
@@ -103,6 +104,7 @@ from mlcnc.engine.run_folder import (
     RunFolderError,
     default_run_dir,
     jsonable_record,
+    refuse_message,
     run_contents,
 )
 from mlcnc.losses.base import Criterion
@@ -505,10 +507,17 @@ def _note(run_or_rank: Any, message: str) -> None:
         tqdm.write(f"mlcnc: {message}", file=sys.stderr)
 
 
-def _check_data(cfg: Config, splits: dict[str, Any], folder: RunFolder) -> None:
-    """Hook for ``mlcnc.data.check`` (every image with file:line, pixel limit, bad rows
-    dropped and recorded in ``folder``): called by ``_setup`` once the splits are read and
-    before anything is written; does nothing yet."""
+def _check_data(
+    cfg: Config, splits: dict[str, Any], progress: bool
+) -> tuple[dict[str, Any], list[Any]]:
+    """Every image of every split checked (``engine.data_check.checked_splits``) on every
+    rank once the splits are read, before the folder is locked or anything is written;
+    returns the splits to train on and the rows dropped with ``data.skip_bad_images``
+    (written to the run folder once it is opened). Dropped rows change the training split's
+    fingerprint, so a resume compares the data as trained."""
+    kept, dropped = checked_splits(cfg.data, splits, progress=progress)
+    check_training_split(kept["train"])
+    return kept, dropped
 
 
 def _check_resume_data(plan: _Resume, split: Any, rank: int) -> None:
@@ -621,9 +630,8 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
     fabric.seed_everything(t.seed, verbose=False)
     with fabric.rank_zero_first():
         splits = build_splits(cfg.data)
-    splits = checked_splits(cfg.data, splits, run_dir, progress=rank == 0 and t.progress)
+    splits, dropped = _check_data(cfg, splits, progress=rank == 0 and t.progress)
     train_split = splits["train"]
-    check_training_split(train_split)
     if resume_state is not None:
         _check_resume_data(plan, train_split, rank)
     class_names = list(train_split.class_names)
@@ -741,6 +749,9 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
     # Everything checked: take the folder (lock, refuse / clear / continue), then write.
     for line in _on_rank0(fabric, lambda: _open_folder(run, plan)) or []:
         _note(rank, line)
+    if dropped and rank == 0:
+        path = write_problems(dropped, folder.path / DROPPED_FILE)
+        _note(rank, f"left out {len(dropped)} unreadable image(s) (data.skip_bad_images); see {path}")
     if plan.state is not None and "history" not in plan.state:
         # A checkpoint from before the history was stored: the records come from the
         # folder's metrics.jsonl (rank 0 reads it; every rank needs them for the result).
@@ -760,8 +771,6 @@ def _schedule_changed(resume_state: dict[str, Any], cfg: Config, steps_per_epoch
 
 def _refuse_a_used_folder(run_dir: Path) -> None:
     """A new run must not start in a folder holding a run (checked again under the lock)."""
-    from mlcnc.engine.run_folder import refuse_message
-
     found = run_contents(run_dir)
     if found:
         raise RunFolderError(refuse_message(run_dir, found))
@@ -771,7 +780,7 @@ def _open_folder(run: _Run, plan: _Resume) -> list[str]:
     """Rank 0: lock and prepare the run folder, write the config, make the records and
     best.ckpt agree with the checkpoint resumed from. Returns notes for the user."""
     folder = run.folder
-    notes = folder.prepare("resume" if plan.mode == "resume" else plan.mode)
+    notes = folder.prepare(plan.mode)
     try:
         if plan.path is not None and plan.stamp is not None:
             stat = plan.path.stat()

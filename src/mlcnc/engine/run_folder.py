@@ -100,8 +100,8 @@ class RunLock:
 
     The kernel drops an ``flock`` when its process ends, however it ends, so a lock file
     left by a killed run does not block anyone; the file is removed on release. Where
-    ``fcntl`` is missing (Windows) the file is created exclusively and one whose pid is not
-    running on this host is taken over as stale.
+    ``fcntl`` is missing (Windows) or the file system has no ``flock``, the file is created
+    exclusively and one whose pid is not running on this host is taken over as stale.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -124,6 +124,13 @@ class RunLock:
                 owner = _read_owner(fd)
                 os.close(fd)
                 raise RunFolderError(self._in_use(owner)) from None
+            except OSError:  # a file system without flock (some network mounts)
+                empty = os.fstat(fd).st_size == 0
+                os.close(fd)
+                if empty:
+                    self.path.unlink(missing_ok=True)
+                self._acquire_exclusive()
+                return
             # The previous owner may have removed the file between our open and our lock.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -139,7 +146,7 @@ class RunLock:
         os.fsync(fd)
         self._fd = fd
 
-    def _acquire_exclusive(self) -> None:  # pragma: no cover - Windows
+    def _acquire_exclusive(self) -> None:
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -152,7 +159,9 @@ class RunLock:
                     self.stale = owner
                     self.path.unlink(missing_ok=True)
                     continue
-                raise RunFolderError(self._in_use(owner)) from None
+                raise RunFolderError(
+                    self._in_use(owner) + f"; if that process is gone, delete {self.path}"
+                ) from None
             os.write(fd, json.dumps(_me()).encode())
             self._fd = fd
             return
@@ -199,7 +208,7 @@ def _read_owner(fd: int) -> dict[str, Any]:
         return {}
 
 
-def _alive(pid: Any) -> bool:  # pragma: no cover - Windows
+def _alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
     except (OSError, TypeError, ValueError):

@@ -165,7 +165,7 @@ def evaluate_checkpoint(
 
     from mlcnc.engine.data_check import checked_splits
 
-    splits = checked_splits(cfg.data, build_splits(cfg.data))
+    splits, _ = checked_splits(cfg.data, build_splits(cfg.data))
     if split not in splits:
         raise ValueError(
             f"dataset {cfg.data.name!r} has no {split!r} split; it has {sorted(splits)}"

@@ -1,0 +1,69 @@
+"""Reduced-size JPEG decoding: libjpeg's DCT scaling through PIL's draft mode.
+
+libjpeg can decode a JPEG at 1/2, 1/4 or 1/8 of its size by computing a smaller inverse DCT
+per 8x8 block; that skips most of the decoding work (the IDCT, the colour conversion, the
+chroma upsampling, and the memory traffic of the full image). PIL exposes it as
+``Image.draft(mode, (w, h))``, which picks the largest scale that keeps the image at least
+``(w, h)`` (see :func:`draft_scale`).
+
+What it changes for training: ``RandomResizedCrop`` draws its box as a fraction of the image
+area and an aspect ratio, so the boxes have the same distribution on a reduced image (up to
+pixel rounding). What differs is the resolution inside a box: a crop that covers fewer pixels
+than the output is upsampled instead of downsampled, i.e. blurrier than from the full
+image. ``benchmarks/bench_data.py`` measures how often that happens and how far the pixels
+move. Crops that stay larger than the output are nearly unchanged (DCT scaling is itself an
+antialiased reduction).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mlcnc.data.dataset import BadImageError
+
+JPEG_SCALES = (8, 4, 2, 1)
+"""Denominators libjpeg can decode at, largest first."""
+
+
+def draft_scale(width: int, height: int, min_side: int) -> int:
+    """The denominator PIL's draft picks for a ``width`` x ``height`` JPEG asked for at least
+    ``min_side`` x ``min_side``: the largest of 8, 4, 2, 1 with ``scale <= width // min_side``
+    and ``scale <= height // min_side`` (1 when the image is already smaller)."""
+    if min(width, height, min_side) < 1:
+        raise ValueError(f"sizes must be positive, got {width}x{height} and {min_side}")
+    limit = min(width // min_side, height // min_side)
+    return next((s for s in JPEG_SCALES if s <= limit), 1)
+
+
+def reduced_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    """(width, height) of a JPEG decoded at 1/``scale`` (libjpeg rounds up)."""
+    return -(-width // scale), -(-height // scale)
+
+
+def read_image_reduced(path: str | Path, min_side: int | None) -> torch.Tensor:
+    """Decode ``path`` to a uint8 RGB tensor (3, H, W), contiguous, as ``read_image`` does,
+    a JPEG at the smallest libjpeg scale whose sides both stay >= ``min_side``.
+
+    ``min_side=None`` decodes at full size. Other formats (PNG, WebP, GIF) are decoded at
+    full size. Grey, palette, CMYK and RGBA images become RGB. Missing, empty, corrupt or
+    truncated files raise ``BadImageError`` naming the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise BadImageError(f"{path}: cannot read image file ({err})") from None
+    if not size:
+        raise BadImageError(f"{path}: image file is empty")
+    try:
+        with Image.open(path) as image:
+            if min_side is not None and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8; decodes here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise BadImageError(f"{path}: cannot decode image ({err})") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

@@ -1,0 +1,75 @@
+"""The automatic num_threads rule (mlcnc.engine.threads): a pure function of workers and cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlcnc.engine import threads
+from mlcnc.engine.threads import auto_num_threads, available_cores, cgroup_cpu_limit
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 8, 16, 64])
+@pytest.mark.parametrize("workers", [0, 1, 2, 4, 16, 32])
+def test_cpu_training_uses_every_core_whatever_the_workers(cores: int, workers: int) -> None:
+    assert auto_num_threads(workers, cores) == cores
+    assert auto_num_threads(workers, cores, accelerator="cpu") == cores
+
+
+@pytest.mark.parametrize(
+    ("workers", "cores", "expected"),
+    [(0, 16, 16), (4, 16, 12), (15, 16, 1), (16, 16, 1), (32, 16, 1), (2, 2, 1), (0, 1, 1)],
+)
+def test_accelerator_training_leaves_the_cores_to_the_workers(
+    workers: int, cores: int, expected: int
+) -> None:
+    for accelerator in ("cuda", "gpu", "mps"):
+        assert auto_num_threads(workers, cores, accelerator=accelerator) == expected
+
+
+def test_result_is_always_between_one_and_the_cores() -> None:
+    for cores in range(1, 20):
+        for workers in range(0, 40):
+            for accelerator in ("cpu", "cuda"):
+                value = auto_num_threads(workers, cores, accelerator=accelerator)
+                assert isinstance(value, int) and 1 <= value <= cores
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="num_workers"):
+        auto_num_threads(-1, 4)
+    with pytest.raises(ValueError, match="cores"):
+        auto_num_threads(2, 0)
+
+
+def test_default_cores_are_the_available_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    assert auto_num_threads(2) == 3
+    assert auto_num_threads(2, accelerator="cuda") == 1
+
+
+def test_cgroup_quota_is_read_and_rounded_up(tmp_path: Path) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text("max 100000\n")
+    assert cgroup_cpu_limit(path) is None
+    path.write_text("250000 100000\n")
+    assert cgroup_cpu_limit(path) == 3
+    path.write_text("50000 100000\n")
+    assert cgroup_cpu_limit(path) == 1
+    path.write_text("garbage\n")
+    assert cgroup_cpu_limit(path) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_available_cores_respects_affinity_and_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
+    assert available_cores() == affinity
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 1)
+    assert available_cores() == 1
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: affinity + 5)
+    assert available_cores() == affinity

@@ -111,8 +111,15 @@ class TrainConfig:
                    with ``devices=2`` on ``cpu`` uses gloo; torchrun and SLURM are detected).
     find_unused_parameters: DDP option; needed when some parameters get no gradient in
                    some steps (MLC-NC's paper warm-up); turn off for a little speed otherwise.
-    num_threads:   CPU threads of each training process (torch.set_num_threads; None = the
-                   PyTorch default).
+    num_threads:   CPU threads of each training process (torch.set_num_threads): ``auto``
+                   (``engine.threads.auto_num_threads``: on a CPU every core this process
+                   may use, shared between the processes of one machine; on a GPU the
+                   cores the loader workers leave), a number, or None (PyTorch's default).
+    channels_last: NHWC memory format for the images and a convolutional model, in
+                   training and evaluation; ``auto`` = on CUDA only (where cuDNN's NHWC
+                   kernels are faster; on CPU it was not faster, benchmarks/bench_train.py).
+    compile:       torch.compile the model (the losses stay eager, in float32).
+    cudnn_benchmark: let cuDNN pick the fastest kernels for the fixed input size (CUDA).
     ema_decay:     EMA of the weights per step (timm ModelEmaV3); 0 disables the EMA.
     ema_warmup:    ramp the EMA decay up from 0 (timm's warm-up), for short runs.
     (Sampler epoch length, workers and class-group thresholds are in ``data:``.)
@@ -134,7 +141,10 @@ class TrainConfig:
     num_nodes: PositiveInt = 1
     strategy: Str = "auto"
     find_unused_parameters: Bool = True
-    num_threads: PositiveInt | None = None
+    num_threads: PositiveInt | Literal["auto"] | None = "auto"
+    channels_last: Bool | Literal["auto"] = "auto"
+    compile: Bool = False
+    cudnn_benchmark: Bool = True
     ema_decay: Beta = 0.9997
     ema_warmup: Bool = False
     eval_every: PositiveInt = 1

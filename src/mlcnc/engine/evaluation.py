@@ -133,19 +133,21 @@ def forward_logits(
     return output, output.logits.float()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_models(
     models: Mapping[str, nn.Module],
     loader: DataLoader,
     fabric: Any,
     keep_projections: str | None = None,
     limit_batches: int | None = None,
+    channels_last: bool = False,
 ) -> dict[str, Predictions]:
     """Run every model of ``models`` (plain modules, not DDP wrappers) over this rank's loader
     in one pass, so each image is decoded once for all of them (e.g. the regular and the EMA
     model), each in the dtype of its weights (see the module docstring); gather every rank's
     rows and merge them (see :func:`merge_gathered`). ``keep_projections`` names the model
-    whose projections to keep.
+    whose projections to keep. Inference mode (no autograd bookkeeping); ``channels_last``
+    feeds NHWC images (for models converted to that format).
     """
     was_training = {name: model.training for name, model in models.items()}
     for model in models.values():
@@ -157,6 +159,8 @@ def predict_models(
         if limit_batches is not None and batch_index >= limit_batches:
             break
         images = images.to(fabric.device, non_blocking=True)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         for name, model in models.items():
             output, batch_logits = forward_logits(model, images)
             logits[name].append(batch_logits)

@@ -205,12 +205,15 @@ class ModelWithLoss(nn.Module):
     module tree: its buffers (prototype sums) are per-rank state that DDP must not broadcast.
     """
 
-    def __init__(self, model: nn.Module, criterion: Criterion) -> None:
+    def __init__(self, model: nn.Module, criterion: Criterion, channels_last: bool = False) -> None:
         super().__init__()
         self.model = model
         self._criterion = (criterion,)  # a tuple hides it from the module tree
+        self.channels_last = channels_last
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         output = self.model(images)
         # Whatever the precision (bf16 autocast, bf16 / float64 weights), the criterion and
         # its float32 buffers see float32 tensors, and tensors it creates are float32.
@@ -588,6 +591,32 @@ def _build_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Method:
         ) from error
 
 
+def _set_compute_options(fabric: Fabric, cfg: Config) -> None:
+    """Threads and cuDNN kernel choice of this process (``train.num_threads``,
+    ``train.cudnn_benchmark``); they change speed, not results (beyond float rounding)."""
+    t = cfg.train
+    threads = t.num_threads
+    if threads == "auto":
+        from mlcnc.engine.threads import auto_num_threads
+
+        local_processes = max(1, fabric.world_size // max(1, t.num_nodes))
+        threads = max(
+            1,
+            auto_num_threads(cfg.data.num_workers, accelerator=fabric.device.type)
+            // local_processes,
+        )
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    if fabric.device.type == "cuda":
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+
+
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """Whether images and model use the NHWC memory format (``train.channels_last``)."""
+    value = cfg.train.channels_last
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
 def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run:
     """Data, method, optimiser, schedule and EMA of one process; restored when resuming.
 
@@ -596,8 +625,7 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
     """
     t, o = cfg.train, cfg.optim
     world, rank = fabric.world_size, fabric.global_rank
-    if t.num_threads is not None:
-        torch.set_num_threads(t.num_threads)
+    _set_compute_options(fabric, cfg)
     if o.batch_size % world:
         raise ConfigError(
             f"optim.batch_size={o.batch_size} (the global batch) must divide by the "
@@ -689,7 +717,7 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
     _check_trainable(cfg, train_split, steps_per_epoch, batch_per_device)
 
     # Optimisation: Adam (coupled L2 groups) + OneCycle per step; EMA of the weights.
-    optimizer = build_optimizer(method.model, o)
+    optimizer = build_optimizer(method.model, o, fused=fabric.device.type == "cuda")
     try:
         scheduler = build_scheduler(optimizer, o, steps_per_epoch)
     except (ValueError, ZeroDivisionError) as error:
@@ -699,7 +727,13 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
             "steps (optim.epochs, more images, a smaller optim.batch_size) or use "
             "optim.schedule=constant"
         ) from error
-    model, fabric_optimizer = fabric.setup(ModelWithLoss(method.model, method.criterion), optimizer)
+    channels_last = uses_channels_last(cfg, fabric.device)
+    if channels_last:
+        method.model.to(memory_format=torch.channels_last)
+    wrapped = ModelWithLoss(method.model, method.criterion, channels_last=channels_last)
+    if t.compile:
+        wrapped.model = torch.compile(method.model)  # the criterion stays eager, float32
+    model, fabric_optimizer = fabric.setup(wrapped, optimizer)
     method.criterion.to(fabric.device)
     # The loader is not passed through fabric.setup_dataloaders: its wrapper would call
     # sampler.set_epoch with its own count of epochs in this process, which breaks resume.
@@ -990,7 +1024,12 @@ def _evaluate(run: _Run) -> dict[str, Any]:
     for split, loader in run.eval_loaders.items():
         keep = "" if split == "test" else None  # the regular model's test projections (NC)
         predictions = predict_models(
-            models, loader, run.fabric, keep, run.cfg.train.limit_eval_batches
+            models,
+            loader,
+            run.fabric,
+            keep,
+            run.cfg.train.limit_eval_batches,
+            channels_last=uses_channels_last(run.cfg, run.fabric.device),
         )
         if run.rank != 0:
             continue

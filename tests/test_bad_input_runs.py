@@ -318,7 +318,7 @@ def _(tmp_path, run, trained):
 
 def _checkpoint_case(tmp_path: Path, run, trained, make: Callable[[Path], None]) -> Outcome:
     """``make(path)`` writes a bad checkpoint; predict, export and inspect must all answer
-    with the same one line, exit 1, and write nothing; evaluate too (its exit code is 2)."""
+    with the same one line, exit 1, and write nothing; evaluate too."""
     data = trained[0]
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -335,7 +335,7 @@ def _checkpoint_case(tmp_path: Path, run, trained, make: Callable[[Path], None])
     assert len(set(lines)) == 1, lines
     assert {result for result, _ in outcomes} == {"exit 1"}
     result, text = run("evaluate", path)
-    assert result == "exit 2" and len(text.strip().splitlines()) == 1, text
+    assert result == "exit 1" and len(text.strip().splitlines()) == 1, text
     assert all(p.name == "x.ckpt" for p in folder.iterdir())  # nothing written
     return outcomes[0]
 

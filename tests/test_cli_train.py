@@ -121,5 +121,5 @@ def test_train_cli_lists_the_shipped_configs(capsys) -> None:
 
 
 def test_evaluate_cli_reports_a_missing_checkpoint(tmp_path, capsys) -> None:
-    assert main(["evaluate", str(tmp_path / "nothing.ckpt")]) == 2
+    assert main(["evaluate", str(tmp_path / "nothing.ckpt")]) == 1  # a checkpoint error
     assert "neither a run folder nor a checkpoint" in capsys.readouterr().err

@@ -39,7 +39,10 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             paths.extend(
                 sorted(
-                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    p
+                    for p in path.rglob("*")
+                    # a broken link is kept, so it is reported as unreadable, not skipped unseen
+                    if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
                 )
             )
         elif path.exists():

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlcnc.cli._errors import error_line
     from mlcnc.config import ConfigError
-    from mlcnc.data import BadImageError
+    from mlcnc.data import BadImageError, DataError
     from mlcnc.data.check import BadImagesError
     from mlcnc.engine import evaluate_checkpoint
     from mlcnc.engine.trained import to_json
@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.which,
             use_ema=args.ema,
         )
-    except (BadImageError, BadImagesError) as error:  # an image of the split cannot be read
+    except (BadImageError, BadImagesError, DataError, FileNotFoundError) as error:
+        # data and checkpoint errors (an unreadable image, a missing or bad checkpoint)
         print(f"mlcnc evaluate: error: {error_line(error)}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, ValueError) as error:  # usage and config errors
         print(f"mlcnc evaluate: error: {error_line(error)}", file=sys.stderr)
         return 2
     print(result["loaded"])

@@ -208,7 +208,9 @@ def choose_weights(
                     if name == BEST and (folder / LAST).is_file()
                     else ""
                 )
-                raise FileNotFoundError(f"run folder {path} has no {CHECKPOINT_DIR}/{name}{hint}")
+                message = f"run folder {path} has no {CHECKPOINT_DIR}/{name}{hint}"
+                # Asking for best.ckpt of a run without val is a usage error (exit 2).
+                raise ConfigError(message) if hint else FileNotFoundError(message)
             ckpt_path = folder / name
         else:
             ckpt_path = folder / _selected_name(path)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# GPU smoke and speed check (a few minutes): a few hundred training steps of MLC-NC on
-# ResNet-50 at 224 px with AMP, and of a linear-head BCE model, on random pixels; prints
-# images/s, peak GPU memory, and whether the losses stayed finite (exit 1 if not).
+# GPU smoke and speed check (one prepared run, under 8 minutes on an H200): MLC-NC, the
+# linear-head ERM model and a plain timm-style loop on ResNet-50 at 224 px, bf16, on random
+# pixels (variants: cudnn.benchmark, channels_last, fused Adam, torch.compile) and through the
+# real JPEG pipeline with every core as a loader worker; peak GPU memory, ratios, nvJPEG,
+# and benchmarks/bench_gather.py when present. Exit 1 if a loss became non-finite.
 # Without CUDA it prints SKIP and exits 0. Nothing is downloaded (pretrained=False).
-#   benchmarks/gpu_check.sh [--steps 300] [--batch-size 64] [--precision bf16-mixed]
+# Writes $OUT/gpu_check.json when $OUT is set. CPU test: --device cpu --dry-run.
+#   benchmarks/gpu_check.sh [--steps 60] [--budget-s 450] [--sections synthetic,data,compile]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from mlcnc.engine import threads
-from mlcnc.engine.threads import auto_num_threads, available_cores, cgroup_cpu_limit
+from mlcnc.engine.threads import (
+    auto_num_threads,
+    available_cores,
+    cgroup_cpu_limit,
+    idle_cores,
+)
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 8, 16, 64])
@@ -44,10 +49,31 @@ def test_bad_arguments_are_refused() -> None:
         auto_num_threads(2, 0)
 
 
-def test_default_cores_are_the_available_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_cores_are_the_idle_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert auto_num_threads(2) == 3
     assert auto_num_threads(2, accelerator="cuda") == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.7, 5.0, 4.0))  # a crowded machine
+    assert auto_num_threads(2) == 1
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "expected"),
+    [(2, 0.0, 2), (2, 0.3, 2), (2, 0.5, 1), (2, 1.4, 1), (2, 6.7, 1), (16, 3.6, 12),
+     (16, 0.49, 16), (1, 0.0, 1), (1, 9.0, 1)],
+)  # fmt: skip
+def test_idle_cores_subtract_the_load_rounded_half_up(
+    cores: int, load: float, expected: int
+) -> None:
+    assert idle_cores(cores, load) == expected
+
+
+def test_idle_cores_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        idle_cores(0, 0.0)
+    with pytest.raises(ValueError):
+        idle_cores(2, -1.0)
 
 
 def test_cgroup_quota_is_read_and_rounded_up(tmp_path: Path) -> None:

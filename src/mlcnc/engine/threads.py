@@ -1,19 +1,24 @@
 """The automatic ``train.num_threads``: how many intra-op threads a training process uses.
 
-Rule (``auto_num_threads``):
+Rule (``auto_num_threads``), with ``cores`` the cores other processes leave idle
+(``idle_cores``: the process's cores minus the 1-minute load average, rounded half up):
 
-- CPU training: every core this process may use, whatever the number of loader workers.
-  Training on a CPU is compute-bound: a forward + backward of EfficientNet-Lite0 costs tens
-  of ms per image, decoding and augmenting a JPEG a few ms, so the workers are idle most of
-  the time and a core kept free for them sits mostly unused. Measured on a 2-core machine
-  (``benchmarks/bench_train.py``, the synthetic config at 112 px, MLC-NC, batch 32): two
-  threads beat one with 0 and with 2 workers (figures in the docstring of
-  ``auto_num_threads``).
-- GPU training: the cores minus the workers (at least 1). There the loader is what can
-  starve the GPU (it needs thousands of decoded images per second), and the training
-  process's own threads only run small CPU ops, so the cores go to the workers. Not
-  measured here (no GPU on the machine the rule was measured on); ``benchmarks/gpu_check.py``
-  reports the loader's per-worker rate.
+- CPU training: all of those cores, whatever the number of loader workers. Training on a CPU
+  is compute-bound (a forward + backward of EfficientNet-Lite0 costs tens of ms per image,
+  decoding and augmenting a JPEG 1-5 ms), so the workers are idle most of the time and a
+  core kept free for them sits mostly unused.
+- GPU training: those cores minus the workers (at least 1): there the loader is what can
+  starve the GPU, and the training process only runs small CPU ops. Not measured (no GPU
+  where the rule was measured); ``benchmarks/gpu_check.py`` reports the loader's rate.
+
+Why the load matters (``benchmarks/bench_train.py``, MLC-NC, the synthetic config at
+112 px, batch 32, on a 2-core machine shared with other jobs, load 3-9): one thread gave
+9.4 img/s with 2 workers and 16.2 with 0 (medians of 3), two threads 5.1 and 3.1 (as low
+as 2.5, once 21.2 when the load dropped). An OpenMP thread that the scheduler takes off its
+core stalls every parallel region of the others, so threads beyond the idle cores cost far
+more than they give. On the same machine when it was quiet (load < 2 with this run), two
+threads beat one: 34.1 vs 23.4 img/s with 2 workers, 34.3 vs 22.8 with 0 (medians of 2,
+alternated; ``benchmarks/RESULTS.md``).
 
 ``available_cores`` counts the cores the process may run on (its affinity mask, and a
 cgroup CPU quota when one is set, as in containers), not the machine's.
@@ -53,18 +58,33 @@ def available_cores() -> int:
     return max(1, min(cores, limit) if limit is not None else cores)
 
 
+def idle_cores(cores: int | None = None, load: float | None = None) -> int:
+    """Cores that other processes leave idle: ``cores`` (None: :func:`available_cores`)
+    minus the 1-minute load average rounded half up (None: ``os.getloadavg()``), at least 1.
+
+    Call it before the run starts its own workers, so that the load counts others only.
+    """
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores < 1 or load < 0:
+        raise ValueError(f"need cores >= 1 and load >= 0, got {cores} and {load}")
+    return max(1, cores - math.floor(load + 0.5))
+
+
 def auto_num_threads(
     num_workers: int, cores: int | None = None, *, accelerator: str = "cpu"
 ) -> int:
     """Intra-op threads for a training process with ``num_workers`` loader workers on
-    ``cores`` cores (None: :func:`available_cores`); see the module docstring for the rule.
+    ``cores`` cores (None: :func:`idle_cores`, the cores other processes leave idle); see
+    the module docstring for the rule.
 
     ``accelerator``: ``cpu`` (the model runs on the CPU) or anything else (``cuda``, ``gpu``,
     ``mps``: the model runs on an accelerator).
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    cores = available_cores() if cores is None else cores
+    cores = idle_cores() if cores is None else cores
     if cores < 1:
         raise ValueError(f"cores must be >= 1, got {cores}")
     if accelerator == "cpu":

@@ -49,7 +49,8 @@ from torchvision.transforms.v2 import functional as TF
 from mlcnc.data import MultiLabelSplit, read_csv_split, write_csv_split
 from mlcnc.data.dataset import read_image
 from mlcnc.data.fast_decode import draft_scale, read_image_reduced
-from mlcnc.data.transforms import NORMALIZATION, build_transforms
+from mlcnc.data.transforms import build_transforms
+from mlcnc.recipes import get_recipe
 
 # A small synthetic benchmark: the scenes the photo-sized files are made from.
 SCENE_CONFIG: dict[str, Any] = {
@@ -157,7 +158,7 @@ def write_jpeg_dataset(
 
 def pipeline_transforms(recipe: str, size: int) -> dict[str, Callable[[torch.Tensor], Any]]:
     """The training transform and its variants (see the module docstring), uint8 (3, H, W) in."""
-    mean, std = NORMALIZATION[recipe]
+    mean, std = (get_recipe(recipe).mean, get_recipe(recipe).std)
     crop = v2.RandomResizedCrop(size, antialias=True)
     flip = v2.RandomHorizontalFlip(p=0.5)
     jitter = v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)
@@ -210,7 +211,7 @@ def stage_times(
     paths: list[Path], recipe: str, size: int, repeats: int
 ) -> dict[str, dict[str, float]]:
     """ms per image (CPU and wall) of each stage, one process, one thread."""
-    mean, std = NORMALIZATION[recipe]
+    mean, std = (get_recipe(recipe).mean, get_recipe(recipe).std)
     full = [read_image(p) for p in paths]
     reduced = [read_image_reduced(p, size) for p in paths]
     crop = v2.RandomResizedCrop(size, antialias=True)
@@ -261,7 +262,7 @@ def jitter_equivalence(paths: list[Path], recipe: str, size: int) -> dict[str, f
     (``.to(torch.uint8)``), so the baseline comes out about half a level darker per
     operation (``mean_diff_levels``, baseline minus float, is negative)."""
     t = pipeline_transforms(recipe, size)
-    _, std = NORMALIZATION[recipe]
+    _, std = (get_recipe(recipe).mean, get_recipe(recipe).std)
     scale = 255 * torch.tensor(std).view(3, 1, 1)  # normalised units -> levels
     diffs = []
     for i, path in enumerate(paths):

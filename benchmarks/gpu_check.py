@@ -425,7 +425,8 @@ def section_data(args, precision, budget, report) -> None:
 
     from mlcnc.data import build_dataset, read_csv_split
     from mlcnc.data.dataset import read_image
-    from mlcnc.data.transforms import NORMALIZATION, build_transforms
+    from mlcnc.data.transforms import build_transforms
+    from mlcnc.recipes import get_recipe
 
     device = torch.device(args.device)
     started = time.perf_counter()
@@ -440,7 +441,7 @@ def section_data(args, precision, budget, report) -> None:
         f"{np.mean(sizes) / 1024:.0f} KB, written in {written_s:.1f} s; "
         f"{args.workers} workers"
     )
-    mean, std = NORMALIZATION["paper"]
+    mean, std = (get_recipe("paper").mean, get_recipe("paper").std)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     pipelines = {

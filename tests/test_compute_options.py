@@ -54,7 +54,7 @@ def test_channels_last_gives_the_same_run(tiny_csv_dataset: Path, tmp_path: Path
 
 def test_the_options_are_checked_and_auto_by_default() -> None:
     cfg = load_config("synthetic")
-    assert cfg.train.num_threads == "auto" and cfg.train.channels_last == "auto"
+    assert cfg.train.num_threads == "auto" and cfg.train.channels_last is False
     assert cfg.train.compile is False
     with pytest.raises(ConfigError, match=r"train\.num_threads"):
         load_config("synthetic", ["train.num_threads=0"])
@@ -68,7 +68,7 @@ def test_auto_threads_follow_the_cores_and_the_processes(monkeypatch) -> None:
     from mlcnc.engine import loop, threads
 
     monkeypatch.setattr(threads, "available_cores", lambda: 6)
-    monkeypatch.setattr(threads, "idle_cores", lambda *a, **k: 6, raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda *a, **k: 6)
     seen = []
     monkeypatch.setattr(torch, "set_num_threads", seen.append)
     fabric = Fabric(accelerator="cpu", devices=1)

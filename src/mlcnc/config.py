@@ -116,8 +116,8 @@ class TrainConfig:
                    may use, shared between the processes of one machine; on a GPU the
                    cores the loader workers leave), a number, or None (PyTorch's default).
     channels_last: NHWC memory format for the images and a convolutional model, in
-                   training and evaluation; ``auto`` = on CUDA only (where cuDNN's NHWC
-                   kernels are faster; on CPU it was not faster, benchmarks/bench_train.py).
+                   training and evaluation; ``auto`` = on CUDA only. Off by default until
+                   benchmarks/gpu_check.sh has measured it on a GPU.
     compile:       torch.compile the model (the losses stay eager, in float32).
     cudnn_benchmark: let cuDNN pick the fastest kernels for the fixed input size (CUDA).
     ema_decay:     EMA of the weights per step (timm ModelEmaV3); 0 disables the EMA.
@@ -142,7 +142,7 @@ class TrainConfig:
     strategy: Str = "auto"
     find_unused_parameters: Bool = True
     num_threads: PositiveInt | Literal["auto"] | None = "auto"
-    channels_last: Bool | Literal["auto"] = "auto"
+    channels_last: Bool | Literal["auto"] = False
     compile: Bool = False
     cudnn_benchmark: Bool = True
     ema_decay: Beta = 0.9997

@@ -63,14 +63,14 @@ def read_image_reduced(path: str | Path, min_side: int | None) -> torch.Tensor:
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise BadImageError(f"{path}: cannot read image file ({err})") from None
+        raise BadImageError(path, f"cannot read image file ({err})") from None
     if not size:
-        raise BadImageError(f"{path}: image file is empty")
+        raise BadImageError(path, "image file is empty")
     try:
         with Image.open(path) as image:
             if min_side is not None and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8; decodes here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise BadImageError(f"{path}: cannot decode image ({err})") from None
+        raise BadImageError(path, f"cannot decode image ({err})") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

@@ -597,14 +597,12 @@ def _set_compute_options(fabric: Fabric, cfg: Config) -> None:
     t = cfg.train
     threads = t.num_threads
     if threads == "auto":
-        from mlcnc.engine.threads import auto_num_threads
+        from mlcnc.engine.threads import auto_num_threads, idle_cores
 
+        # The cores other processes leave idle, shared by this machine's processes.
         local_processes = max(1, fabric.world_size // max(1, t.num_nodes))
-        threads = max(
-            1,
-            auto_num_threads(cfg.data.num_workers, accelerator=fabric.device.type)
-            // local_processes,
-        )
+        cores = max(1, idle_cores() // local_processes)
+        threads = auto_num_threads(cfg.data.num_workers, cores, accelerator=fabric.device.type)
     if threads is not None:
         torch.set_num_threads(int(threads))
     if fabric.device.type == "cuda":

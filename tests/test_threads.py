@@ -51,21 +51,38 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_default_cores_are_the_idle_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "available_cores", lambda: 3)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setattr(threads, "busy_cores_now", lambda: 0.2)
     assert auto_num_threads(2) == 3
     assert auto_num_threads(2, accelerator="cuda") == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (6.7, 5.0, 4.0))  # a crowded machine
+    monkeypatch.setattr(threads, "busy_cores_now", lambda: 6.7)  # a crowded machine
     assert auto_num_threads(2) == 1
+    # Without /proc/stat: the load average, rounded down (it lags).
+    monkeypatch.setattr(threads, "busy_cores_now", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.86, 0.0, 0.0))
+    assert auto_num_threads(2) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.7, 5.0, 4.0))
+    assert auto_num_threads(2) == 1
+
+
+def test_busy_cores_are_read_from_proc_stat(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stat = tmp_path / "stat"
+    samples = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 250 900 0 0 0 0 0 0\n"])
+    real_sleep = threads.time.sleep
+    monkeypatch.setattr(threads.time, "sleep", lambda s: stat.write_text(next(samples)))
+    stat.write_text(next(samples))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    # 300 busy of 400 ticks: 3 of 4 cores busy.
+    assert threads.busy_cores_now(stat=stat) == pytest.approx(3.0)
+    monkeypatch.setattr(threads.time, "sleep", real_sleep)
+    assert threads.busy_cores_now(stat=tmp_path / "missing") is None
 
 
 @pytest.mark.parametrize(
     ("cores", "load", "expected"),
-    [(2, 0.0, 2), (2, 0.3, 2), (2, 0.5, 1), (2, 1.4, 1), (2, 6.7, 1), (16, 3.6, 12),
+    [(2, 0.0, 2), (2, 0.3, 2), (2, 0.86, 2), (2, 1.4, 1), (2, 6.7, 1), (16, 3.6, 13),
      (16, 0.49, 16), (1, 0.0, 1), (1, 9.0, 1)],
 )  # fmt: skip
-def test_idle_cores_subtract_the_load_rounded_half_up(
-    cores: int, load: float, expected: int
-) -> None:
+def test_idle_cores_subtract_the_busy_whole_cores(cores: int, load: float, expected: int) -> None:
     assert idle_cores(cores, load) == expected
 
 

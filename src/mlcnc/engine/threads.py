@@ -1,7 +1,8 @@
 """The automatic ``train.num_threads``: how many intra-op threads a training process uses.
 
 Rule (``auto_num_threads``), with ``cores`` the cores other processes leave idle
-(``idle_cores``: the process's cores minus the 1-minute load average, rounded half up):
+(``idle_cores``: the process's cores minus the cores other processes keep busy, sampled
+from ``/proc/stat`` when the run starts):
 
 - CPU training: all of those cores, whatever the number of loader workers. Training on a CPU
   is compute-bound (a forward + backward of EfficientNet-Lite0 costs tens of ms per image,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -58,18 +60,53 @@ def available_cores() -> int:
     return max(1, min(cores, limit) if limit is not None else cores)
 
 
+PROC_STAT = Path("/proc/stat")
+
+
+def busy_cores_now(window: float = 0.3, stat: Path = PROC_STAT) -> float | None:
+    """Cores other processes keep busy right now: the machine's busy fraction over ``window``
+    seconds (``/proc/stat``, this process sleeping meanwhile) times its CPU count; None where
+    ``/proc/stat`` cannot be read (not Linux)."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = stat.read_text().splitlines()[0].split()
+        except (OSError, IndexError):
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks), ticks[3] + ticks[4]
+
+    first = sample()
+    time.sleep(window)
+    second = sample()
+    if first is None or second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (1.0 - idle / total) * (os.cpu_count() or 1)
+
+
 def idle_cores(cores: int | None = None, load: float | None = None) -> int:
     """Cores that other processes leave idle: ``cores`` (None: :func:`available_cores`)
-    minus the 1-minute load average rounded half up (None: ``os.getloadavg()``), at least 1.
+    minus the cores others keep busy, rounded to the nearest whole core, at least 1.
 
-    Call it before the run starts its own workers, so that the load counts others only.
+    ``load`` None measures it now (:func:`busy_cores_now`, a 0.3 s sample), falling back to
+    the 1-minute load average rounded down. Not the load average first: it lags by minutes,
+    still counting processes that just ended. Measured: a quiet 2-core machine right after a
+    run showed 1.8, and the default run then took 1 thread at 23 img/s instead of 2 at 35.
+    Call it before the run starts its own workers, so that it counts others only.
     """
     cores = available_cores() if cores is None else cores
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        busy = busy_cores_now()
+        if busy is not None:
+            load = float(round(busy))
+        else:
+            load = math.floor(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0.0
     if cores < 1 or load < 0:
         raise ValueError(f"need cores >= 1 and load >= 0, got {cores} and {load}")
-    return max(1, cores - math.floor(load + 0.5))
+    return max(1, cores - math.floor(load))
 
 
 def auto_num_threads(

@@ -81,15 +81,24 @@ def probe_image(
     return info
 
 
-def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+def read_image(
+    path: str | Path,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    *,
+    draft_min_side: int | None = None,
+) -> torch.Tensor:
     """Decode the first frame of ``path`` to a uint8 RGB tensor (3, H, W).
 
     The header is read first: a file that is missing, empty, not a JPEG / PNG / WebP / GIF,
     or larger than ``max_pixels`` (None: no limit) is refused before decoding. Truncated or
     corrupt data is an error, never a grey patch. ``BadImageError`` naming the file.
+    ``draft_min_side``: decode a JPEG at the smallest libjpeg scale (1/2, 1/4, 1/8) that keeps
+    both sides >= it (``mlcnc.data.fast_decode``); other formats at full size.
     """
     path = Path(path)
     with _open_image(path, max_pixels) as image:
+        if draft_min_side is not None and image.format == "JPEG":
+            image.draft("RGB", (draft_min_side, draft_min_side))
         try:
             pixels = _rgb_pixels(image, path)
         except BadImageError:

@@ -16,21 +16,20 @@ antialiased reduction).
 
 Measured (``benchmarks/bench_data.py``, 500 x 375 JPEGs, one thread): not worth it for
 images of VOC / COCO size. At 224 px nothing is reduced (375 // 224 = 1); at 128 px they
-decode at 1/2 in 1.29 ms against 1.11 ms for the full-size torchvision decode that
-``read_image`` does (PIL's own overhead eats the saving), and 41% of the crops are then
+decode at 1/2 in 1.29 ms against 1.11 ms for a full-size torchvision decode (PIL's own
+overhead eats the saving), and 41% of the crops are then
 upsampled (1.5% from the full image), 9% less sharp on average. It pays only for sources
-several times larger than the crop (phone photos, OpenImages), so nothing uses it yet.
+several times larger than the crop (phone photos, OpenImages), so nothing uses it yet;
+``read_image(..., draft_min_side=...)`` is the one decoder either way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from mlcnc.data.dataset import BadImageError
+from mlcnc.data.dataset import read_image
 
 JPEG_SCALES = (8, 4, 2, 1)
 """Denominators libjpeg can decode at, largest first."""
@@ -52,25 +51,6 @@ def reduced_size(width: int, height: int, scale: int) -> tuple[int, int]:
 
 
 def read_image_reduced(path: str | Path, min_side: int | None) -> torch.Tensor:
-    """Decode ``path`` to a uint8 RGB tensor (3, H, W), contiguous, as ``read_image`` does,
-    a JPEG at the smallest libjpeg scale whose sides both stay >= ``min_side``.
-
-    ``min_side=None`` decodes at full size. Other formats (PNG, WebP, GIF) are decoded at
-    full size. Grey, palette, CMYK and RGBA images become RGB. Missing, empty, corrupt or
-    truncated files raise ``BadImageError`` naming the file.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise BadImageError(path, f"cannot read image file ({err})") from None
-    if not size:
-        raise BadImageError(path, "image file is empty")
-    try:
-        with Image.open(path) as image:
-            if min_side is not None and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
-            pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8; decodes here
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise BadImageError(path, f"cannot decode image ({err})") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    """``read_image`` of ``path``, a JPEG decoded at the smallest libjpeg scale whose sides
+    both stay >= ``min_side`` (None: full size); errors as ``read_image``'s."""
+    return read_image(path, draft_min_side=min_side)

@@ -28,6 +28,27 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
+def _positive_classes(
+    labels: np.ndarray, sampling: str, sampler: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the per-class samplers: positives (N, C) bool, class_freq (C,) and the indices of
+    the classes with a positive image (warning about the others, which are never drawn)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (N, C), got shape {labels.shape}")
+    positives = labels > 0
+    class_freq = positives.sum(axis=0)
+    empty = np.flatnonzero(class_freq == 0)
+    if len(empty) == len(class_freq):
+        raise ValueError(f"{sampling} sampling needs at least one class with a positive image")
+    if len(empty):
+        warnings.warn(
+            f"{sampler}: classes {empty.tolist()} have no positive image and are never drawn",
+            stacklevel=3,
+        )
+    return positives, class_freq, np.flatnonzero(class_freq > 0)
+
+
 class _EpochSampler(Sampler[int]):
     """A global sequence per (seed, epoch), padded (or cut) to a multiple of world_size and
     split ``rank::world_size``. Subclasses define ``global_indices(epoch)``."""
@@ -131,23 +152,11 @@ class ClassAwareSampler(_EpochSampler):
         world_size: int = 1,
         drop_last: bool = False,
     ) -> None:
-        labels = np.asarray(labels)
-        if labels.ndim != 2:
-            raise ValueError(f"labels must be (N, C), got shape {labels.shape}")
         if num_samples_cls < 1:
             raise ValueError(f"num_samples_cls must be >= 1, got {num_samples_cls}")
-        positives = labels > 0
-        class_freq = positives.sum(axis=0)
-        empty = np.flatnonzero(class_freq == 0)
-        if len(empty) == len(class_freq):
-            raise ValueError("class-aware sampling needs at least one class with a positive image")
-        if len(empty):
-            warnings.warn(
-                f"ClassAwareSampler: classes {empty.tolist()} have no positive image and are "
-                "never drawn",
-                stacklevel=2,
-            )
-        self.active_classes = np.flatnonzero(class_freq > 0)
+        positives, class_freq, self.active_classes = _positive_classes(
+            labels, "class-aware", "ClassAwareSampler"
+        )
         # Positive image indices of every active class.
         self._class_images = [np.flatnonzero(positives[:, c]) for c in self.active_classes]
         if epoch_length is None:
@@ -219,21 +228,9 @@ class ReversedSampler(_EpochSampler):
         world_size: int = 1,
         drop_last: bool = False,
     ) -> None:
-        labels = np.asarray(labels)
-        if labels.ndim != 2:
-            raise ValueError(f"labels must be (N, C), got shape {labels.shape}")
-        positives = labels > 0
-        class_freq = positives.sum(axis=0)
-        empty = np.flatnonzero(class_freq == 0)
-        if len(empty) == len(class_freq):
-            raise ValueError("reversed sampling needs at least one class with a positive image")
-        if len(empty):
-            warnings.warn(
-                f"ReversedSampler: classes {empty.tolist()} have no positive image and are "
-                "never drawn",
-                stacklevel=2,
-            )
-        self.active_classes = np.flatnonzero(class_freq > 0)
+        positives, class_freq, self.active_classes = _positive_classes(
+            labels, "reversed", "ReversedSampler"
+        )
         counts = class_freq[self.active_classes].astype(np.float64)
         weight = counts.max() / counts
         self.class_probabilities = weight / weight.sum()

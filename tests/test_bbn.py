@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from mlcnc.data.paired import PairedDataset
 from mlcnc.data.samplers import PairedSampler, ReversedSampler, ShuffleSampler
 from mlcnc.models.bbn import BBNCriterion, BBNModel, bbn_alpha
-from mlcnc.models.branches import BBNOutput
+from mlcnc.models.backbone import create_backbone
+from mlcnc.models.branches import BBNOutput, split_backbone
 from mlcnc.models.output import ModelOutput
 
 # Single-label rows so the class of every drawn image is known: counts 8, 4, 2, 1.
@@ -154,7 +155,26 @@ def test_bbn_needs_set_epoch_in_training() -> None:
     with pytest.raises(RuntimeError, match="set_epoch"):
         fresh(torch.randn(2, 2, 3, 16, 16))
     with pytest.raises(ValueError, match="two-branch models split a torchvision ResNet"):
-        BBNModel(num_classes=2, alpha_epochs=3, backbone="tf_efficientnet_lite0", pretrained=False)
+        BBNModel(num_classes=2, alpha_epochs=3, backbone="convnext_atto", pretrained=False)
+
+
+@pytest.mark.parametrize("split", ["block", "stage"])
+def test_efficientnet_split_is_the_whole_backbone(split: str) -> None:
+    """Trunk then last part is the backbone's forward; ``block`` splits off the last block
+    and the head convolution, ``stage`` everything at the final stride (stride 16 in)."""
+    torch.manual_seed(0)
+    full = create_backbone("tf_efficientnet_lite0", False).eval()
+    torch.manual_seed(0)  # the same initial weights
+    trunk, part, width = split_backbone("tf_efficientnet_lite0", False, split)
+    trunk.eval(), part.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        inner = trunk(images)
+        assert torch.allclose(part(inner), full(images), atol=1e-5)
+    assert width == full.num_features == 1280
+    assert inner.shape[-1] == (2 if split == "block" else 4)  # 64 / 32 or 64 / 16
+    blocks = [m for m in part.modules() if type(m).__name__ == "InvertedResidual"]
+    assert len(blocks) == (1 if split == "block" else 5)  # Lite0: stage 6 has 4, stage 7 one
 
 
 def test_bbn_criterion_by_hand() -> None:

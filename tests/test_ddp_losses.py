@@ -6,7 +6,9 @@ single-process value on the global batch, and so is the gradient DDP applies (th
 the processes' parameter gradients), for equal (4 + 4) and unequal (5 + 3) shards.
 
 Every method the library registers is built on timm's tiny ``test_resnet`` (random init,
-BatchNorm in eval mode and no dropout, so every shard sees one function) and its criterion
+BatchNorm in eval mode and no dropout, so every shard sees one function; the two-branch
+BBN and URS on ``test_efficientnet``, which they can split, with paired batches of two
+images and two label rows per sample, as their samplers give them) and its criterion
 is run in both epoch phases (MLC-NC's warm-up and after it, prototypes set by one
 ``end_epoch``), MLC-NC in both recipes and both L_FPC reductions. The two processes wrap
 model + criterion in ``DistributedDataParallel`` as the engine does; the reference runs in
@@ -53,6 +55,8 @@ NUM_CLASSES = 5
 CLASS_FREQ = np.array([40, 20, 9, 4, 2])
 NUM_SAMPLES = 50
 TINY = "test_resnet"
+TINY_SPLITTABLE = "test_efficientnet"
+PAIRED_EPOCHS = 20  # BBN's alpha at epoch 10 is then 1 - (10 / 20)^2 = 0.75
 RTOL = 1e-5
 
 # Global batch: a row without positive (3); class 2 positive once, class 4 in late rows
@@ -89,14 +93,21 @@ class Case:
 
 
 def library_methods() -> list[str]:
-    """Every method the library registers (tests may register their own), less the two-image
-    ones (BBN, URS: paired (B, 2, ...) batches; their losses are per-entry means)."""
-    return sorted(
-        n
-        for n in METHODS.names()
-        if METHODS.get(n).build.__module__.startswith("mlcnc.")
-        and not METHODS.get(n).sampler.startswith("paired")
-    )
+    """Every method the library registers (tests may register their own)."""
+    return sorted(n for n in METHODS.names() if METHODS.get(n).build.__module__.startswith("mlcnc."))
+
+
+def is_paired(method: str) -> bool:
+    """A two-image method (BBN, URS): trains on (B, 2, 3, H, W) images, (B, 2, C) targets."""
+    return METHODS.get(method).sampler.startswith("paired")
+
+
+def batch_of(paired: bool, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch as the method's sampler gives it: paired methods get each sample with a
+    second one (here the batch reversed), images (B, 2, 3, H, W) and targets (B, 2, C)."""
+    if not paired:
+        return images, targets
+    return torch.stack([images, images.flip(0)], 1), torch.stack([targets, targets.flip(0)], 1)
 
 
 def criterion_cases() -> list[Case]:
@@ -117,26 +128,38 @@ def build(case: Case):
     model = {"embed_dim": 16, "num_heads": 2} if case.method.startswith("mlcnc") else {}
     cfg = MethodConfig(
         name=case.method,
-        backbone=TINY,
+        backbone=TINY_SPLITTABLE if is_paired(case.method) else TINY,
         pretrained=False,
         recipe=case.recipe,
         model=model,
         loss=dict(case.loss),
     )
     labels = (np.arange(NUM_SAMPLES)[:, None] % (np.arange(NUM_CLASSES) + 2) == 0).astype(np.uint8)
-    return build_method(cfg, NUM_CLASSES, CLASS_FREQ, num_samples=NUM_SAMPLES, train_labels=labels)
+    return build_method(
+        cfg,
+        NUM_CLASSES,
+        CLASS_FREQ,
+        num_samples=NUM_SAMPLES,
+        train_labels=labels,
+        epochs=PAIRED_EPOCHS,
+    )
 
 
-def prepared(case: Case, images: Tensor):
-    """The case's model and criterion with prototypes from one earlier epoch."""
+def prepared(case: Case, images: Tensor) -> tuple[nn.Module, nn.Module, bool]:
+    """The case's model and criterion with prototypes from one earlier epoch, and whether
+    it trains on paired batches."""
     torch.manual_seed(0)
     method = build(case)
     model, criterion = method.model.eval(), method.criterion.train()
+    paired = is_paired(case.method)
+    inputs, targets = batch_of(paired, images[:4], PROTOTYPE_TARGETS)
     with torch.no_grad():
-        criterion(model(images[:4]), PROTOTYPE_TARGETS)
+        criterion(model(inputs), targets)
     criterion.end_epoch()
     criterion.set_epoch(case.epoch)
-    return model, criterion
+    if hasattr(model, "set_epoch"):
+        model.set_epoch(case.epoch)
+    return model, criterion, paired
 
 
 class WithLoss(nn.Module):
@@ -216,7 +239,7 @@ def _rows(sizes: tuple[int, ...], rank: int) -> slice:
     return slice(start, start + sizes[rank])
 
 
-Prepared = dict[str, tuple[nn.Module, nn.Module]]
+Prepared = dict[str, tuple[nn.Module, nn.Module, bool]]
 
 
 def _sharded_criteria(rank: int, prepared_cases: Prepared, images: Tensor) -> dict[str, Any]:
@@ -224,15 +247,16 @@ def _sharded_criteria(rank: int, prepared_cases: Prepared, images: Tensor) -> di
     from torch.nn.parallel import DistributedDataParallel
 
     results: dict[str, Any] = {}
-    for key, (model, criterion) in prepared_cases.items():
+    for key, (model, criterion, paired) in prepared_cases.items():
         model, criterion = copy.deepcopy(model), copy.deepcopy(criterion)
+        inputs, targets = batch_of(paired, images, TARGETS)
         state = copy.deepcopy(criterion.state_dict())
         ddp = DistributedDataParallel(WithLoss(model, criterion), find_unused_parameters=True)
         for split, sizes in SPLITS.items():
             criterion.load_state_dict(state)  # the prototype sums of the other split
             model.zero_grad(set_to_none=True)
             rows = _rows(sizes, rank)
-            losses = ddp(images[rows], TARGETS[rows])
+            losses = ddp(inputs[rows], targets[rows])
             losses["total"].backward()
             names = sorted(losses)
             values = torch.stack([losses[k].detach() for k in names])
@@ -308,10 +332,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _reference(model: nn.Module, criterion: nn.Module, images: Tensor) -> dict[str, Any]:
+def _reference(
+    model: nn.Module, criterion: nn.Module, paired: bool, images: Tensor
+) -> dict[str, Any]:
     """One process, the global batch."""
     model, criterion = copy.deepcopy(model), copy.deepcopy(criterion)
-    losses = criterion(model(images), TARGETS)
+    inputs, targets = batch_of(paired, images, TARGETS)
+    losses = criterion(model(inputs), targets)
     losses["total"].backward()
     return {"values": {k: v.detach() for k, v in losses.items()}, "grads": trainable(model)}
 
@@ -406,7 +433,8 @@ def test_loss_function_gives_the_global_batch_value_and_gradient(
 
 def test_every_library_method_is_covered() -> None:
     covered = {case.method for case in criterion_cases()}
-    assert covered == set(library_methods()) and len(covered) >= 14
+    assert covered == set(library_methods()) and len(covered) >= 18
+    assert {"bbn", "urs"} <= covered
 
 
 def test_gather_batch_concatenates_unequal_shards_and_sums_their_gradients(

@@ -45,7 +45,7 @@ from mlcnc.models.branches import (
     global_average_pool,
     paired_images,
     paired_targets,
-    split_resnet,
+    split_backbone,
 )
 from mlcnc.models.output import ModelOutput
 
@@ -81,7 +81,7 @@ class BBNModel(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         bbn_alpha(0, alpha_epochs)  # validates
-        self.trunk, block, width = split_resnet(backbone, pretrained, "block")
+        self.trunk, block, width = split_backbone(backbone, pretrained, "block")
         self.conventional = block
         self.rebalancing = copy_module(block)
         self.classifier = nn.Linear(2 * width, num_classes)

@@ -1,4 +1,4 @@
-"""Two-branch ResNets for BBN and URS: shared early layers, two copies of the last part.
+"""Two-branch backbones for BBN and URS: shared early layers, two copies of the last part.
 
 Also the output record of those models (a ``ModelOutput`` with the extra fields their
 criteria read), so the engine, which only reads ``logits``, needs no change for them.
@@ -18,32 +18,64 @@ from mlcnc.models.output import ModelOutput
 SPLITS = ("block", "stage")
 
 
-def split_resnet(
+def split_backbone(
     name: str, pretrained: bool | str, split: str
 ) -> tuple[nn.Sequential, nn.Module, int]:
-    """A torchvision ResNet as (shared trunk, last part, feature width F).
+    """A backbone as (shared trunk, last part, feature width F), trunk then last part being
+    the whole backbone.
 
-    split ``block``: the last part is the last residual block of ``layer4`` and the trunk
-    everything before it (BBN: ``BBN: lib/backbone/resnet.py``, ``BBN_ResNet`` builds
-    layer4 with one block less and adds ``cb_block`` / ``rb_block``);
-    ``stage``: the last part is all of ``layer4`` (URS: the last stage of ResNet-50 is the
-    subnet, the rest the shared network). The pretrained weights are loaded first, so a
+    split ``block``: the last part is the last residual block (BBN: ``BBN: lib/backbone/
+    resnet.py``, ``BBN_ResNet`` builds layer4 with one block less and adds ``cb_block`` /
+    ``rb_block``); ``stage``: the last part is the whole last stage, everything at the final
+    stride (URS: the last stage of ResNet-50 is the subnet, the rest the shared network).
+
+    Torchvision ResNets split at ``layer4``. timm's EfficientNet family (``conv_stem``,
+    ``blocks``, ``conv_head``: EfficientNet, EfficientNet-Lite, MobileNetV3, ...) splits the
+    same way: ``block`` = the last block plus the 1x1 head convolution, ``stage`` = every
+    block at the final stride plus the head. The pretrained weights are loaded first, so a
     copy of the last part starts from them.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if name not in TORCHVISION_RESNETS:
+    net = create_backbone(name, pretrained)
+    if isinstance(net, TorchvisionResNet):
+        stem = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
+        if split == "stage":
+            return nn.Sequential(*stem), net.layer4, net.num_features
+        blocks = list(net.layer4.children())
+        return nn.Sequential(*stem, *blocks[:-1]), blocks[-1], net.num_features
+    model = getattr(net, "model", None)
+    if not all(hasattr(model, part) for part in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
         raise ValueError(
             f"backbone {name!r}: two-branch models split a torchvision ResNet "
-            f"({', '.join(TORCHVISION_RESNETS)}); choose one of those"
+            f"({', '.join(TORCHVISION_RESNETS)}) or a timm EfficientNet-family model "
+            "(e.g. tf_efficientnet_lite0); choose one of those"
         )
-    net = create_backbone(name, pretrained)
-    assert isinstance(net, TorchvisionResNet)
-    stem = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3]
-    if split == "stage":
-        return nn.Sequential(*stem), net.layer4, net.num_features
-    blocks = list(net.layer4.children())
-    return nn.Sequential(*stem, *blocks[:-1]), blocks[-1], net.num_features
+    head = [model.conv_head, model.bn2]
+    stages = list(model.blocks.children())
+    if split == "block":
+        last_stage = list(stages[-1].children())
+        trunk = [*stages[:-1], *last_stage[:-1]]
+        part = [last_stage[-1], *head]
+    else:
+        first = _first_stage_at_final_stride(model)
+        trunk, part = stages[:first], [*stages[first:], *head]
+    return nn.Sequential(model.conv_stem, model.bn1, *trunk), nn.Sequential(*part), net.num_features
+
+
+def _first_stage_at_final_stride(model: nn.Module) -> int:
+    """Index in ``model.blocks`` of the first stage at the network's final stride.
+
+    timm's ``feature_info`` names the last module of each stride; the final stride starts
+    right after the module that ends the one before it (``blocks.4`` for Lite0 -> stage 5).
+    """
+    info = list(model.feature_info)
+    if len(info) < 2:
+        raise ValueError("backbone has a single stride; there is no last stage to split off")
+    module = str(info[-2]["module"])
+    if not module.startswith("blocks."):
+        return 0
+    return int(module.split(".")[1]) + 1
 
 
 def copy_module(module: nn.Module) -> nn.Module:

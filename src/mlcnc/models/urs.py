@@ -56,7 +56,7 @@ from mlcnc.models.branches import (
     mean_probability_logit,
     paired_images,
     paired_targets,
-    split_resnet,
+    split_backbone,
 )
 from mlcnc.models.output import ModelOutput
 
@@ -88,7 +88,7 @@ class URSModel(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.shared, stage, width = split_resnet(backbone, pretrained, "stage")
+        self.shared, stage, width = split_backbone(backbone, pretrained, "stage")
         self.uniform_stage = stage
         self.rebalanced_stage = copy_module(stage)
         self.uniform_fc = nn.Linear(width, num_classes)

@@ -165,5 +165,7 @@ def test_file_method_options_left_out_for_another_method() -> None:
     # The file's option stays for the method it was written for ...
     assert load_config("synthetic").method.loss["warmup_epochs"] == 1
     # ... and an override a method does not take is kept, so it is refused by name.
-    with pytest.raises(ConfigError, match=r"method 'erm': unknown loss option\(s\) 'warmup_epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"method 'erm': unknown loss option\(s\) 'warmup_epochs'"
+    ):
         load_config("synthetic", ["method.name=erm", "method.loss.warmup_epochs=2"])

@@ -94,7 +94,9 @@ class Case:
 
 def library_methods() -> list[str]:
     """Every method the library registers (tests may register their own)."""
-    return sorted(n for n in METHODS.names() if METHODS.get(n).build.__module__.startswith("mlcnc."))
+    return sorted(
+        n for n in METHODS.names() if METHODS.get(n).build.__module__.startswith("mlcnc.")
+    )
 
 
 def is_paired(method: str) -> bool:

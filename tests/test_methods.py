@@ -183,7 +183,9 @@ def test_db_parameters_presets_and_training_size() -> None:
     assert build("db", loss={"num_samples": 80}).criterion.num_samples == 80
     with pytest.raises(ValueError, match="needs the number of training images"):
         build_method(tiny_config("db"), NUM_CLASSES, CLASS_FREQ)
-    with pytest.raises(ValueError, match=r"'lvis' for 'method\.loss\.preset'; allowed values: 'voc', 'coco'"):
+    with pytest.raises(
+        ValueError, match=r"'lvis' for 'method\.loss\.preset'; allowed values: 'voc', 'coco'"
+    ):
         build("db", loss={"preset": "lvis"})
     with pytest.raises(ValueError, match=r"unknown loss option\(s\) 'gamma'"):
         build("db", loss={"gamma": 2.0})  # the focal term belongs to db_focal

@@ -355,9 +355,7 @@ def markdown_table(rows: Sequence[MethodRow], caption: str) -> str:
     for row in rows:
         cells = [_cell(row.mean[g], row.std[g], len(row.seeds)) for g in GROUPS]
         seeds = ",".join(map(str, row.seeds))
-        lines.append(
-            f"| {_display(row.method)} | {' | '.join(cells)} | {seeds} |"
-        )
+        lines.append(f"| {_display(row.method)} | {' | '.join(cells)} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -523,10 +521,14 @@ def run_benchmark(
     footer = environment_note(command)
     own = {m: c for m, c in method_data.items() if c != data}
     if recipes == "published":
-        footer += "Recipes: " + (
-            "; ".join(f"{m} under its published recipe ({c})" for m, c in own.items())
-            or "no method has a published recipe for this benchmark"
-        ) + f"; the others under {data}'s.\n"
+        footer += (
+            "Recipes: "
+            + (
+                "; ".join(f"{m} under its published recipe ({c})" for m, c in own.items())
+                or "no method has a published recipe for this benchmark"
+            )
+            + f"; the others under {data}'s.\n"
+        )
     for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
         try:

@@ -470,7 +470,8 @@ class MFMOptions:
 @section
 class BBNModelOptions:
     """BBN (Zhou et al., CVPR 2020): the mixed features doubled as BBN's code does, alpha 0.5
-    at test time; alpha_epochs None = the run's optim.epochs. Needs a torchvision ResNet."""
+    at test time; alpha_epochs None = the run's optim.epochs. Needs a splittable backbone: a torchvision
+    ResNet or a timm EfficientNet-family model."""
 
     feature_scale: PositiveFloat = 2.0
     test_alpha: Fraction = 0.5
@@ -495,7 +496,7 @@ class MLGCNModelOptions:
 @section
 class URSModelOptions:
     """URS (Guo and Wang, CVPR 2021): logit compensation on (see ``models/urs.py`` for what
-    the paper leaves open). Needs a torchvision ResNet."""
+    the paper leaves open). Needs a torchvision ResNet or a timm EfficientNet-family model."""
 
     compensation: Bool = True
 
@@ -724,7 +725,9 @@ def _build_urs(request: BuildRequest) -> Method:
 # Registration order is the paper's Table 1 order: baselines, then MLC-NC and its ablations.
 _register_linear("erm", "ERM", "random", NoOptions, _bce, source="plain BCE")
 _register_linear("rs", "RS", "class_aware", NoOptions, _bce, source="BCE, class-aware sampling")
-_register_linear("rw", "RW", "random", ReweightOptions, _rw, source="BCE, inverse-frequency weights")
+_register_linear(
+    "rw", "RW", "random", ReweightOptions, _rw, source="BCE, inverse-frequency weights"
+)
 _register_linear("focal", "Focal", "random", FocalOptions, _focal, source="Lin et al., ICCV 2017")
 _register_linear(
     "cb_focal", "CB-Focal", "random", ClassBalancedFocalOptions, _cb_focal,

@@ -783,7 +783,9 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
         _note(rank, line)
     if dropped and rank == 0:
         path = write_problems(dropped, folder.path / DROPPED_FILE)
-        _note(rank, f"left out {len(dropped)} unreadable image(s) (data.skip_bad_images); see {path}")
+        _note(
+            rank, f"left out {len(dropped)} unreadable image(s) (data.skip_bad_images); see {path}"
+        )
     if plan.state is not None and "history" not in plan.state:
         # A checkpoint from before the history was stored: the records come from the
         # folder's metrics.jsonl (rank 0 reads it; every rank needs them for the result).

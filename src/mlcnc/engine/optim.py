@@ -40,9 +40,7 @@ def build_optimizer(
     for all parameters, for CUDA); or SGD with momentum and
     decay on every parameter, as DB's mmcv recipe does (``sgd_optimizer``)."""
     if cfg.optimizer == "sgd":
-        return sgd_optimizer(
-            model, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov
-        )
+        return sgd_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov)
     return torch.optim.Adam(
         parameter_groups(model, cfg.weight_decay),
         lr=cfg.lr,

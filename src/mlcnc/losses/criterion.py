@@ -18,7 +18,6 @@ from mlcnc.recipes import get_recipe
 PROTOTYPE_MODES = ("per_epoch", "cumulative")
 
 
-
 class MLCNCLoss(Criterion):
     """MLC-NC's criterion (spec A1, B2-B3). ``forward`` returns total, fla, fpc, tw.
 

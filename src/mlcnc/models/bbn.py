@@ -26,6 +26,9 @@ uses softmax cross-entropy). Choices where the code gives none: both branch bloc
 from the pretrained last block of ``layer4`` (BBN's loader would not load ImageNet weights
 into ``cb_block`` / ``rb_block``); the two images go through the shared layers in two
 separate passes, as BBN's two ``model(...)`` calls (BatchNorm sees each half separately).
+On a timm EfficientNet-family backbone (``models.branches.split_backbone``) each branch is
+the last inverted-residual block and the 1x1 head convolution, the analogue of the last
+residual block. Both BCE terms are means over the global batch (exact under DDP).
 
 Training-loop contract: the loader gives paired batches (``mlcnc.data.paired``), images
 (B, 2, 3, H, W) and targets (B, 2, C), and the loop calls ``model.set_epoch(epoch)`` before
@@ -35,10 +38,10 @@ each training epoch (alpha); evaluation feeds plain (B, 3, H, W) batches.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcnc.losses.base import Criterion
+from mlcnc.losses.baselines import bce_loss
 from mlcnc.models.branches import (
     BBNOutput,
     copy_module,
@@ -61,7 +64,7 @@ def bbn_alpha(epoch: int, alpha_epochs: int) -> float:
 
 
 class BBNModel(nn.Module):
-    """BBN on a torchvision ResNet (module docstring).
+    """BBN on a torchvision ResNet or a timm EfficientNet-family model (module docstring).
 
     forward(images): paired (B, 2, 3, H, W) -> mixed logits with the epoch's alpha;
     plain (B, 3, H, W) -> the test-time logits (both branches, alpha 0.5). Returns a
@@ -125,7 +128,8 @@ class BBNModel(nn.Module):
 
 
 class BBNCriterion(Criterion):
-    """alpha BCE(z, y_uniform) + (1 - alpha) BCE(z, y_reversed), BCE the mean over B x C.
+    """alpha BCE(z, y_uniform) + (1 - alpha) BCE(z, y_reversed), BCE the mean over the
+    global batch's B x C entries.
 
     alpha comes with the model's paired output (``BBNOutput.alpha``), so model and loss use
     the same value. Terms: ``total``, ``bce_uniform``, ``bce_reversed`` (unweighted).
@@ -140,7 +144,7 @@ class BBNCriterion(Criterion):
             )
         y_uniform, y_reversed = paired_targets(targets, "BBNCriterion")
         z = output.logits.float()
-        uniform = F.binary_cross_entropy_with_logits(z, y_uniform)
-        reversed_ = F.binary_cross_entropy_with_logits(z, y_reversed)
+        uniform = bce_loss(z, y_uniform)  # means over the global batch (losses.distributed)
+        reversed_ = bce_loss(z, y_reversed)
         total = alpha * uniform + (1.0 - alpha) * reversed_
         return {"total": total, "bce_uniform": uniform, "bce_reversed": reversed_}

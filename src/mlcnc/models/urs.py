@@ -37,6 +37,9 @@ Not specified in what could be read, and the choice made here (each is an argume
   (``mlcnc.data.samplers.ClassAwareSampler``, 1 image per class draw, epoch length N so it
   pairs with the uniform sampler). Optimiser, schedule, epochs, batch size: not known.
 - The two images go through phi in two passes (BatchNorm sees each half separately).
+- On a timm EfficientNet-family backbone the subnets' f1 / g1 are every block at the final
+  stride plus the 1x1 head convolution (``models.branches.split_backbone``), the analogue
+  of ResNet's last stage. L_cls and L_con are means over the global batch (exact under DDP).
 
 Training-loop contract: paired batches (``mlcnc.data.paired``), images (B, 2, 3, H, W) and
 targets (B, 2, C); evaluation feeds plain (B, 3, H, W) batches. No epoch hook.
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcnc.losses.base import Criterion
+from mlcnc.losses.distributed import global_mean
 from mlcnc.models.branches import (
     TwoBranchOutput,
     copy_module,
@@ -70,7 +74,8 @@ def _identity_compensation(num_classes: int) -> Tensor:
 
 
 class URSModel(nn.Module):
-    """URS's two-subnet network on a torchvision ResNet (module docstring).
+    """URS's two-subnet network on a torchvision ResNet or a timm EfficientNet-family model
+    (module docstring).
 
     forward(images): paired (B, 2, 3, H, W) -> u, u^, r, r^ and the compensation
     parameters; plain (B, 3, H, W) -> the averaged prediction. Returns ``TwoBranchOutput``.
@@ -138,7 +143,7 @@ class URSModel(nn.Module):
 def compensated_bce(
     logits: Tensor, targets: Tensor, compensation: Tensor, class_weight: Tensor | None = None
 ) -> Tensor:
-    """URS's Eq. (2), averaged over the batch: mean over B x C of
+    """URS's Eq. (2), averaged over the global batch: mean over B x C of
     w_k [y softplus(-(z sigma_p + mu_p)) + (1 - y) softplus(z sigma_n + mu_n)]
     (-log s(x) = softplus(-x), -log(1 - s(x)) = softplus(x)). compensation (4, C)."""
     z, y = logits.float(), targets.float()
@@ -148,17 +153,19 @@ def compensated_bce(
     loss = y * positive + (1.0 - y) * negative
     if class_weight is not None:
         loss = loss * class_weight.float().view(1, -1)
-    return loss.mean()
+    return global_mean(loss.sum(), loss.numel())
 
 
 def logit_consistency(first: Tensor, second: Tensor, kind: str = "mse_prob") -> Tensor:
     """L_con (a choice, module docstring): mean over B x C of (s(a) - s(b))^2 (``mse_prob``)
-    or (a - b)^2 (``mse_logit``)."""
+    or (a - b)^2 (``mse_logit``), over the global batch."""
     if kind == "mse_prob":
-        return (torch.sigmoid(first.float()) - torch.sigmoid(second.float())).square().mean()
-    if kind == "mse_logit":
-        return (first.float() - second.float()).square().mean()
-    raise ValueError(f"consistency must be one of {CONSISTENCY}, got {kind!r}")
+        squares = (torch.sigmoid(first.float()) - torch.sigmoid(second.float())).square()
+    elif kind == "mse_logit":
+        squares = (first.float() - second.float()).square()
+    else:
+        raise ValueError(f"consistency must be one of {CONSISTENCY}, got {kind!r}")
+    return global_mean(squares.sum(), squares.numel())
 
 
 class URSCriterion(Criterion):

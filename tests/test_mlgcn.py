@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcnc.engine.optim import sgd_optimizer
+from mlcnc.config import load_config
+from mlcnc.engine.optim import build_optimizer
 from mlcnc.losses.baselines import BCECriterion
 from mlcnc.models.mlgcn import (
     MLGCNModel,
@@ -109,9 +110,11 @@ def test_gradients_reach_backbone_and_gcn(model: MLGCNModel) -> None:
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert "node_features" not in dict(model.named_parameters())  # fixed inputs
-    groups = model.parameter_groups(lr=0.1)
-    optimizer = sgd_optimizer(groups, lr=0.1)
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1])
+    overrides = ["optim.optimizer=sgd", "optim.lr=0.1", "optim.backbone_lr_scale=0.1"]
+    optimizer = build_optimizer(model, load_config("synthetic", overrides).optim)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(model.backbone.conv1.weight)] == pytest.approx(0.01)
+    assert lr_of[id(model.gc1.weight)] == lr_of[id(model.gc2.weight)] == pytest.approx(0.1)
 
 
 def test_node_feature_files(tmp_path) -> None:

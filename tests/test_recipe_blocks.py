@@ -7,9 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from mlcnc.engine.optim import sgd_optimizer, step_lr_factor, step_lr_scheduler
+from mlcnc.config import OptimConfig, load_config
+from mlcnc.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+    sgd_optimizer,
+    step_lr_factor,
+    step_lr_scheduler,
+)
 from mlcnc.models.backbone import batch_norm_layers, create_backbone
 from mlcnc.models.linear import LinearHeadModel
+from mlcnc.schema import ConfigError
 
 
 # --------------------------------------------------------------------------- schedules
@@ -185,3 +193,56 @@ def test_pfc_neck_matches_db_order_and_init() -> None:
     model.train()
     out = model(torch.randn(4, 3, 16, 16)).logits
     assert out.shape == (4, 3) and torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- published recipes
+def _optim(**options) -> OptimConfig:
+    return load_config("synthetic", [f"optim.{k}={v}" for k, v in options.items()]).optim
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_backbone_lr_scale_puts_the_backbone_at_a_tenth(optimizer: str) -> None:
+    """ML-GCN's lrp: every backbone parameter at lr x 0.1, every other one at lr, under the
+    constant schedule and at OneCycle's peak; nothing left out, nothing twice."""
+    model = LinearHeadModel("resnet18", False, num_classes=3)
+    cfg = _optim(optimizer=optimizer, lr=0.1, backbone_lr_scale=0.1, schedule="constant")
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert sorted(lr_of) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    for name, param in model.named_parameters():
+        want = 0.01 if id(param) in backbone else 0.1
+        assert lr_of[id(param)] == pytest.approx(want), name
+    scheduler = build_scheduler(opt, cfg, steps_per_epoch=4)
+    opt.step(), scheduler.step()
+    assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == pytest.approx([0.01, 0.1])
+    one_cycle = build_scheduler(
+        build_optimizer(model, _optim(optimizer=optimizer, lr=0.1, backbone_lr_scale=0.1)),
+        _optim(lr=0.1, backbone_lr_scale=0.1),
+        steps_per_epoch=4,
+    )
+    peaks = {g.get("lr_scale", 1.0): g["max_lr"] for g in one_cycle.optimizer.param_groups}
+    assert peaks[0.1] == pytest.approx(0.01) and peaks[1.0] == pytest.approx(0.1)
+
+
+def test_backbone_lr_scale_needs_a_backbone_module() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="no `backbone` module"):
+        build_optimizer(model, _optim(backbone_lr_scale=0.1))
+    build_optimizer(model, _optim())  # 1.0: nothing to split
+
+
+def test_schedule_epochs_plans_onecycle_beyond_the_run() -> None:
+    """ASL's train.py: OneCycle planned for 80 epochs, the run stops earlier; the LR at the
+    stop is the 80-epoch plan's, not an annealed end."""
+    cfg = _optim(epochs=2, schedule_epochs=8, lr=1e-3)
+    param = nn.Parameter(torch.zeros(1))
+    scheduler = build_scheduler(torch.optim.Adam([param], lr=1e-3), cfg, steps_per_epoch=5)
+    assert scheduler.total_steps == 40
+    plain = build_scheduler(torch.optim.Adam([param], lr=1e-3), _optim(epochs=8, lr=1e-3), 5)
+    for _ in range(10):
+        scheduler.optimizer.step(), scheduler.step()
+        plain.optimizer.step(), plain.step()
+    assert scheduler.get_last_lr() == pytest.approx(plain.get_last_lr())
+    with pytest.raises(ConfigError, match="schedule_epochs"):
+        _optim(epochs=5, schedule_epochs=4)

@@ -75,6 +75,12 @@ class OptimConfig:
     ``.bias`` (the official code's groups); the rest get none. lr is OneCycle's maximum;
     it starts at lr / div_factor and ends at lr / (div_factor * final_div_factor); with
     cycle_momentum Adam's beta1 goes max_momentum -> base_momentum -> max_momentum.
+
+    schedule_epochs: the epochs OneCycle is planned over (None: ``epochs``); the run still
+    stops after ``epochs``, so ASL's recipe (planned for 80, stopped after 41) is
+    ``schedule_epochs: 80, epochs: 41``. Must be at least ``epochs``.
+    backbone_lr_scale: the backbone's parameters (the model's ``backbone`` module, the
+    pretrained part) train at lr x this, the rest at lr; ML-GCN's ``lrp`` of 0.1.
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -97,8 +103,22 @@ class OptimConfig:
     base_momentum: Fraction = 0.85
     max_momentum: Fraction = 0.95
     epochs: PositiveInt = 100
+    schedule_epochs: PositiveInt | None = None
     batch_size: PositiveInt = 64
     grad_clip: PositiveFloat | None = None
+    backbone_lr_scale: PositiveFloat = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ValueError(
+                f"schedule_epochs ({self.schedule_epochs}) must be at least epochs "
+                f"({self.epochs}): the schedule cannot end before the run"
+            )
+
+    @property
+    def planned_epochs(self) -> int:
+        """The epochs the LR schedule is planned over (``schedule_epochs`` or ``epochs``)."""
+        return self.schedule_epochs or self.epochs
 
 
 @section(key="train")

@@ -800,7 +800,7 @@ def _schedule_changed(resume_state: dict[str, Any], cfg: Config, steps_per_epoch
     if config_to_dict(saved) != config_to_dict(cfg.optim):  # both with today's defaults
         return True
     total = resume_state.get("scheduler", {}).get("total_steps")
-    return total is not None and int(total) != cfg.optim.epochs * steps_per_epoch
+    return total is not None and int(total) != cfg.optim.planned_epochs * steps_per_epoch
 
 
 def _refuse_a_used_folder(run_dir: Path) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mlcnc.config import OptimConfig
+from mlcnc.schema import ConfigError
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -37,12 +38,19 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """``optim.optimizer``: Adam with coupled L2 (``torch.optim.Adam``'s weight_decay, not
     AdamW) on the official code's groups, as MLC-NC's code does (``fused``: one fused kernel
-    for all parameters, for CUDA); or SGD with momentum and
-    decay on every parameter, as DB's mmcv recipe does (``sgd_optimizer``)."""
+    for all parameters, for CUDA); or SGD with momentum and decay on every parameter, as
+    DB's mmcv recipe does (``sgd_optimizer``). ``backbone_lr_scale`` splits each group into
+    the backbone's part, at lr x scale, and the rest (``scaled_backbone_groups``)."""
     if cfg.optimizer == "sgd":
-        return sgd_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    else:
+        groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.backbone_lr_scale != 1.0:
+        groups = scaled_backbone_groups(model, groups, cfg.lr, cfg.backbone_lr_scale)
+    if cfg.optimizer == "sgd":
+        return sgd_optimizer(groups, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov)
     return torch.optim.Adam(
-        parameter_groups(model, cfg.weight_decay),
+        groups,
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
@@ -51,11 +59,35 @@ def build_optimizer(
     )
 
 
+def scaled_backbone_groups(
+    model: nn.Module, groups: list[dict], lr: float, scale: float
+) -> list[dict]:
+    """Each group split in two: the parameters of ``model.backbone`` with ``lr`` x ``scale``
+    (and ``lr_scale`` recorded for the schedules), the others unchanged; empty parts dropped.
+    A model without a ``backbone`` module is refused (there is nothing to scale)."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError(
+            f"optim.backbone_lr_scale={scale}: the {type(model).__name__} has no `backbone` "
+            "module to scale (two-branch models split theirs); leave it at 1.0"
+        )
+    in_backbone = {id(p) for p in backbone.parameters()}
+    split: list[dict] = []
+    for group in groups:
+        inside = [p for p in group["params"] if id(p) in in_backbone]
+        outside = [p for p in group["params"] if id(p) not in in_backbone]
+        if inside:
+            split.append({**group, "params": inside, "lr": lr * scale, "lr_scale": scale})
+        if outside:
+            split.append({**group, "params": outside})
+    return split
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """``optim.schedule``, stepped every iteration: OneCycle over ``epochs * steps_per_epoch``
-    steps, a constant lr, or mmcv's step policy (``step_lr_scheduler``: x ``gamma`` at each
+    """``optim.schedule``, stepped every iteration: OneCycle over ``planned_epochs *
+    steps_per_epoch`` steps (``schedule_epochs`` or ``epochs``), a constant lr, or mmcv's step policy (``step_lr_scheduler``: x ``gamma`` at each
     epoch of ``milestones``, after a warm-up of ``warmup_iters`` iterations)."""
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -71,8 +103,9 @@ def build_scheduler(
         )
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=cfg.lr,
-        total_steps=cfg.epochs * steps_per_epoch,
+        # Each group's maximum: lr, or lr x backbone_lr_scale for the backbone's groups.
+        max_lr=[cfg.lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups],
+        total_steps=cfg.planned_epochs * steps_per_epoch,
         pct_start=cfg.pct_start,
         anneal_strategy="cos",
         div_factor=cfg.div_factor,

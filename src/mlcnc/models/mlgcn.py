@@ -18,8 +18,9 @@ Facts from the paper and its code (``megvii-research/ML-GCN``), as used here:
 - Image feature: global max pooling of the last feature map (the code's MaxPool2d(14, 14)
   at 448 x 448; the README's GMP), logits = x W^T (B, C), no bias.
 - Loss ``nn.MultiLabelSoftMarginLoss`` (the mean BCE over B x C: ``BCECriterion``); SGD
-  lr 0.1, momentum 0.9, weight decay 1e-4, backbone at lr x 0.1 (``lrp``), gradient-norm
-  clip 10 (``ML-GCN: engine.py``); ResNet-101 at 448 x 448 in the paper.
+  lr 0.1, momentum 0.9, weight decay 1e-4, backbone at lr x 0.1 (``lrp``; the engine's
+  ``optim.backbone_lr_scale``), gradient-norm clip 10 (``ML-GCN: engine.py``); ResNet-101
+  at 448 x 448 in the paper (``configs/voc_lt_mlgcn.yaml``).
 
 Node features E (C, d): ML-GCN's are 300-d GloVe vectors of the class names, which cannot
 be downloaded here. ``load_node_features`` reads a user file (.npy, or .txt / .csv of C
@@ -197,11 +198,3 @@ class MLGCNModel(nn.Module):
         if return_attention:
             raise ValueError("MLGCNModel has no attention maps")
         return ModelOutput(logits=self.forward_features(images) @ self.classifiers().T)
-
-    def parameter_groups(self, lr: float, backbone_lr_scale: float = 0.1) -> list[dict]:
-        """ML-GCN's groups (``get_config_optim``): the backbone at lr * backbone_lr_scale
-        (the code's lrp 0.1), the GCN at lr; for ``mlcnc.engine.optim.sgd_optimizer``."""
-        return [
-            {"params": list(self.backbone.parameters()), "lr": lr * backbone_lr_scale},
-            {"params": [*self.gc1.parameters(), *self.gc2.parameters()], "lr": lr},
-        ]

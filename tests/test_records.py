@@ -106,7 +106,23 @@ def assert_same_run(reference: Path, run: Path) -> None:
         for state in (ref, other):
             state["config"]["train"].pop("output")
         _same(ref, other, name)
+    assert _tensorboard_scalars(run) == _tensorboard_scalars(reference), "TensorBoard"
     assert not (run / ".lock").exists()
+
+
+def _tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar as a reader shows it (events a resumed run purged hidden),
+    as (step, value) per tag in step order (the reader's order follows the event files);
+    timing tags left out. A step logged twice appears twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: sorted((e.step, e.value) for e in events.Scalars(tag))
+        for tag in events.Tags()["scalars"]
+        if not tag.endswith(TIMING_KEYS)
+    }
 
 
 # --------------------------------------------------------------------------------------

@@ -543,6 +543,10 @@ class TwoWayOptions:
 DB_RECIPE = {"voc_lt": "voc_lt_db", "coco_lt": "coco_lt_db"}
 """The DB paper's recipe (spec 7.5), published for DB, DB-Focal and CB-Focal on both
 benchmarks."""
+MLGCN_RECIPE = {"voc_lt": "voc_lt_mlgcn", "coco_lt": "coco_lt_mlgcn"}
+"""ML-GCN's own multi-label recipe (published for VOC 2007 / MS-COCO), on both benchmarks."""
+ASL_RECIPE = {"voc_lt": "voc_lt_asl", "coco_lt": "coco_lt_asl"}
+"""ASL's own multi-label recipe (published for MS-COCO, ``train.py``), on both benchmarks."""
 
 DB_PRESET_OF_DATA: dict[str, dict[str, Any]] = {
     "voc_lt": {"preset": "voc"},
@@ -743,6 +747,7 @@ register_method(
         name="mlgcn", display_name="ML-GCN", build=_build_mlgcn, sampler="random",
         model_options=MLGCNModelOptions, loss_options=NoOptions,
         source="Chen et al., CVPR 2019; megvii-research/ML-GCN (gen_A, gen_adj)",
+        published_configs=MLGCN_RECIPE,
     )
 )  # fmt: skip
 register_method(
@@ -755,6 +760,7 @@ register_method(
 _register_linear(
     "asl", "ASL", "random", AsymmetricOptions, _asl,
     source="Ridnik et al., ICCV 2021; Alibaba-MIIL/ASL losses.py, train.py",
+    published=ASL_RECIPE,
 )  # fmt: skip
 _register_linear(
     "db", "DB", "class_aware", DBOptions, _db_criterion(focal=False), db=True,

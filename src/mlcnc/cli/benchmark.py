@@ -60,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="shared",
         help=(
             "shared (default): every method under the --data config's recipe, the fair "
-            "comparison; published: methods whose authors published a recipe for this "
-            "benchmark (DB, DB-Focal, CB-Focal on voc_lt / coco_lt) run under it"
+            "comparison; published: methods whose authors published a multi-label recipe "
+            "run under it on voc_lt / coco_lt (DB, DB-Focal, CB-Focal: the DB paper's; "
+            "ML-GCN's; ASL's), the others under the --data config"
         ),
     )
     parser.add_argument(

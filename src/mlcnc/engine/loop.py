@@ -762,6 +762,7 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         run.start_epoch, run.step = int(resume_state["epoch"]), int(resume_state["step"])
+        folder.resume_step = run.step  # TensorBoard hides what the resumed run replays
         if _schedule_changed(resume_state, cfg, steps_per_epoch) and run.start_epoch < o.epochs:
             # Extending (or re-planning) a run: the new plan, positioned at the saved step.
             run.scheduler = build_scheduler_at(optimizer, o, steps_per_epoch, run.step)
@@ -842,6 +843,7 @@ def _open_folder(run: _Run, plan: _Resume) -> list[str]:
                 f"{folder.path} has no checkpoint yet (stopped during its first epochs): "
                 "starting it over from its config.yaml"
             )
+            folder.resume_step = 0  # TensorBoard hides the stopped attempt's events
             best = folder.checkpoints / BEST
             if best.is_file():
                 best.unlink()
@@ -1080,7 +1082,11 @@ def _select_and_save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     run.history.append(record)
     if run.rank != 0:
         return
+    # TensorBoard before the commit point, flushed: what a checkpoint covers is on disk, and
+    # what a kill replays is purged on resume (RunFolder.resume_step).
+    run.folder.log_scalars({k: v for k, v in record.items() if k != "epoch"}, run.step)
     if save_last:
+        run.folder.flush_tensorboard()
         state = run.checkpoint_state(epoch + 1, record)
         save_checkpoint(state, run.folder.checkpoints / LAST)  # the commit point
         if improved:
@@ -1088,7 +1094,6 @@ def _select_and_save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
         if run.selection is not None:
             sel.write_selection(run.folder.path, run.selection)
     run.folder.write_records(run.history)
-    run.folder.log_scalars({k: v for k, v in record.items() if k != "epoch"}, run.step)
     tqdm.write(_epoch_line(record, run.cfg.optim.epochs))
 
 

@@ -233,6 +233,9 @@ class RunFolder:
         self.records: list[dict[str, Any]] = []
         self.lock = RunLock(self.path / LOCK_FILE)
         self._tensorboard = None
+        self.resume_step: int | None = None
+        """The step a resumed run continues after: TensorBoard purges the events logged
+        after it by the interrupted run, which the resumed run logs again."""
 
     def prepare(self, mode: Literal["new", "overwrite", "resume"]) -> list[str]:
         """Lock the folder and make it ready; returns notes for the user.
@@ -339,10 +342,16 @@ class RunFolder:
         if self._tensorboard is None:
             from lightning.fabric.loggers import TensorBoardLogger
 
+            purge = {} if self.resume_step is None else {"purge_step": self.resume_step + 1}
             self._tensorboard = TensorBoardLogger(
-                root_dir=self.path, name="tensorboard", version=""
+                root_dir=self.path, name="tensorboard", version="", **purge
             )
         return self._tensorboard
+
+    def flush_tensorboard(self) -> None:
+        """Write the TensorBoard events logged so far to disk (before a checkpoint)."""
+        if self._tensorboard is not None:
+            self._tensorboard.experiment.flush()
 
     def close(self, status: str = "success") -> None:
         """Flush TensorBoard and release the lock."""

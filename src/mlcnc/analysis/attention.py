@@ -1,8 +1,8 @@
 """Where the model looks for each class: attention maps drawn over the input image.
 
 MLC-NC's class queries attend over the h*w backbone tokens; a class's map (h, w) is
-upsampled bilinearly to the input crop (the pixels the model saw, after resize and center
-crop), scaled to [0, 1], coloured and blended over the image.
+upsampled bilinearly to the model's input (the pixels it saw, after the run's evaluation
+resize and center crop, or square resize), scaled to [0, 1], coloured and blended over the image.
 """
 
 from __future__ import annotations

@@ -54,12 +54,16 @@ def export_metadata(
     """String metadata (ONNX metadata_props hold strings) describing input and output."""
     from mlcnc import __version__
 
+    size = preprocessing.image_size
+    if preprocessing.crop:
+        geometry = f"short side resized to {preprocessing.resize_size}, center-cropped"
+    else:
+        geometry = f"resized to {size} x {size} (aspect not kept, not cropped)"
     return {
         "class_names": json.dumps(list(class_names)),
         "preprocessing": json.dumps(preprocessing.as_dict()),
-        "input": f"{INPUT_NAME}: float32 (B, 3, {preprocessing.image_size}, "
-        f"{preprocessing.image_size}), RGB, resized, center-cropped, scaled to [0, 1], "
-        "normalised with mean and std",
+        "input": f"{INPUT_NAME}: float32 (B, 3, {size}, {size}), RGB, {geometry}, scaled to "
+        "[0, 1], normalised with mean and std",
         "output": f"{OUTPUT_NAME}: float32 (B, C), per-class sigmoid probabilities",
         "mlcnc_version": __version__,
         "source_checkpoint": Path(source).name,

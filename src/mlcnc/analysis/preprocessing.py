@@ -19,13 +19,21 @@ from mlcnc.data.transforms import eval_resize_size
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """RGB image -> resize short side to ``resize_size`` -> center crop ``image_size`` ->
-    scale to [0, 1] -> (x - mean) / std, channel first (3, H, W)."""
+    """RGB image -> resize -> center crop ``image_size`` (when ``crop``) -> scale to [0, 1]
+    -> (x - mean) / std, channel first (3, H, W).
+
+    crop true (``resize_center_crop``): the short side is resized to ``resize_size``, the
+    aspect kept, then the center ``image_size`` square is cropped. crop false
+    (``resize_square``): the image is resized to ``resize_size`` x ``resize_size``
+    (= ``image_size``), the aspect not kept, nothing cropped. mean 0, std 1: the pixels are
+    only scaled to [0, 1] (``data.normalize=false``).
+    """
 
     image_size: int
     resize_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,12 +61,21 @@ def preprocessing_of(transform: Any, image_size: int) -> Preprocessing:
         tuple(float(v) for v in values) for values in (normalize[0].mean, normalize[0].std)
     )
     resize = [step for step in steps if isinstance(step, v2.Resize)]
+    crop = any(isinstance(step, v2.CenterCrop) for step in steps)
     resize_size = resize[0].size if resize else None
     if isinstance(resize_size, (list, tuple)):
+        if not crop and len(set(resize_size)) != 1:
+            raise ValueError(
+                f"cannot describe the evaluation transform {transform!r}: it resizes to "
+                f"{list(resize_size)}, not to a square, and does not crop"
+            )
         resize_size = resize_size[0]
+    if not resize_size:
+        resize_size = eval_resize_size(image_size) if crop else image_size
     return Preprocessing(
         image_size=int(image_size),
-        resize_size=int(resize_size) if resize_size else eval_resize_size(image_size),
+        resize_size=int(resize_size),
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
+        crop=crop,
     )

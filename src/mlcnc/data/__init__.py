@@ -2,7 +2,7 @@
 long-tail tools, class-aware sampling, transforms and the image Dataset.
 
 The engine uses: ``DataConfig`` (the ``data:`` part of a config), ``build_splits``,
-``build_dataset``, ``build_sampler`` and ``transforms.build_transforms``.
+``build_dataset``, ``build_sampler`` and ``transforms.transforms_for``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mlcnc.data.samplers import (
     ReversedSampler,
     ShuffleSampler,
 )
+from mlcnc.data.transforms import EvalTransformName, TrainTransformName
 from mlcnc.schema import Bool, NonNegativeInt, PositiveInt, Str, section
 
 __all__ = [
@@ -68,9 +69,19 @@ class DataConfig:
     train_csv, val_csv, test_csv: the csv dataset's splits (val optional).
     image_size:       training crop and evaluation size in pixels.
     eval_flip:        flip at random at evaluation time, as the released MLC-NC code does
-                      (off: deterministic evaluation); pass to ``build_transforms``.
-    augment:          training augmentation (crop, flip, colour jitter); false trains on
-                      the deterministic evaluation transform (exactness checks, debugging).
+                      (off: deterministic evaluation).
+    augment:          training augmentation (``train_transform``); false trains on the
+                      evaluation transform (exactness checks, debugging).
+    train_transform:  ``crop_flip_jitter`` (random resized crop, flip, colour jitter: the
+                      recipes' default), ``multiscale_crop_flip`` (ML-GCN's multi-scale
+                      crop at 13 fixed places, flip) or ``cutout_randaugment`` (ASL's: resize
+                      to a square, cutout, RandAugment).
+    eval_transform:   ``resize_center_crop`` (short side to image_size * 256 / 224, center
+                      crop: the default) or ``resize_square`` (resize to image_size x
+                      image_size, nothing cropped: ML-GCN's and ASL's evaluation).
+    normalize:        normalise with the recipe's mean / std (default); false keeps pixels
+                      in [0, 1], as ASL trains and evaluates.
+    See ``mlcnc.data.transforms`` for each step.
     num_workers:      DataLoader worker processes.
     num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
     epoch_length:     samples per epoch of either sampler (None: class-aware max_c n_c x C,
@@ -98,6 +109,9 @@ class DataConfig:
     image_size: PositiveInt = 224
     eval_flip: Bool = False
     augment: Bool = True
+    train_transform: TrainTransformName = "crop_flip_jitter"
+    eval_transform: EvalTransformName = "resize_center_crop"
+    normalize: Bool = True
     num_workers: NonNegativeInt = 4
     num_samples_cls: PositiveInt = 1
     epoch_length: PositiveInt | None = None

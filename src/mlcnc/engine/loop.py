@@ -670,15 +670,8 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
         method.model.load_state_dict(resume_state["model"])
         method.criterion.load_state_dict(resume_state["criterion"])
 
-    recipe, image_size = cfg.method.recipe, cfg.data.image_size
-    eval_transform = data_transforms.build_transforms(
-        recipe, image_size, train=False, eval_flip=cfg.data.eval_flip
-    )
-    train_transform = (
-        data_transforms.build_transforms(recipe, image_size, train=True)
-        if cfg.data.augment
-        else eval_transform
-    )
+    eval_transform = data_transforms.transforms_for(cfg, train=False)
+    train_transform = data_transforms.transforms_for(cfg, train=True)
     max_pixels = cfg.data.max_image_pixels
     train_set = build_dataset(train_split, train_transform, max_pixels=max_pixels)
     sampler = build_sampler(

@@ -367,3 +367,30 @@ def test_published_recipes_run_db_rows_under_the_db_paper_setting(tmp_path: Path
     shared = FakeTrain()
     bench("voc_lt", tmp_path / "s", shared, methods=["erm", "cb_focal"], seeds=[0])
     assert shared.configs["cb_focal-seed0"].optim.optimizer == "adam"
+
+
+def test_published_recipes_run_mlgcn_and_asl_under_their_authors_scripts(tmp_path: Path) -> None:
+    """ML-GCN under demo_coco_gcn.py's recipe, ASL under train.py's, on COCO-LT."""
+    BASE.setdefault("mlgcn", 45.0)
+    BASE.setdefault("asl", 46.0)
+    published = FakeTrain()
+    result = bench("coco_lt", tmp_path / "p", published, methods=["mlgcn", "asl"], seeds=[0],
+                   recipes="published")  # fmt: skip
+    gcn, asl = published.configs["mlgcn-seed0"], published.configs["asl-seed0"]
+    assert (gcn.method.name, gcn.method.backbone, gcn.data.image_size) == (
+        "mlgcn",
+        "resnet101",
+        448,
+    )
+    assert (gcn.optim.optimizer, gcn.optim.lr, gcn.optim.backbone_lr_scale) == ("sgd", 0.1, 0.1)
+    assert (gcn.optim.schedule, gcn.optim.epochs, gcn.optim.grad_clip) == ("constant", 20, 10.0)
+    assert (gcn.data.train_transform, gcn.data.eval_transform) == (
+        "multiscale_crop_flip",
+        "resize_square",
+    )
+    assert (asl.method.name, asl.method.backbone, asl.data.normalize) == ("asl", "tresnet_m", False)
+    assert (asl.optim.epochs, asl.optim.schedule_epochs, asl.optim.batch_size) == (41, 80, 128)
+    assert asl.data.train_transform == "cutout_randaugment" and asl.train.ema_decay == 0.9997
+    text = result.files["markdown"].read_text()
+    assert "mlgcn under its published recipe (coco_lt_mlgcn)" in text
+    assert "asl under its published recipe (coco_lt_asl)" in text

@@ -263,11 +263,6 @@ def resolve_config(cfg: Config) -> Config:
     return cfg
 
 
-def check_config(cfg: Config) -> None:
-    """The checks of ``resolve_config`` (kept for callers that only check)."""
-    resolve_config(cfg)
-
-
 # --------------------------------------------------------------------------------------
 # files and overrides
 

@@ -166,3 +166,63 @@ def test_mlcnc_on_two_processes_matches_one_process_epoch_by_epoch(tmp_path: Pat
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(b["criterion"]["prototypes"], a["criterion"]["prototypes"])
+
+
+PAIRED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from mlcnc.config import load_config
+    from mlcnc.engine import train
+
+    data, out, devices, method = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    cfg = load_config("csv", [
+        f"data.train_csv={{data / 'train.csv'}}", f"data.test_csv={{data / 'test.csv'}}",
+        "data.image_size=32", "data.num_workers=0", "data.augment=false",
+        "data.epoch_length=48", "data.head_threshold=10", "data.tail_threshold=4",
+        f"method.name={{method}}", "method.backbone=test_efficientnet_gn",
+        "method.pretrained=false", "optim.epochs=3", "optim.batch_size=8",
+        "optim.optimizer=sgd", "optim.schedule=constant", "optim.lr=0.05",
+        "train.accelerator=cpu", "train.precision=32-true", "train.ema_decay=0.0",
+        "train.progress=false", "train.plots=false", f"train.output={{out}}",
+        f"train.devices={{devices}}", "train.strategy=" + ("ddp" if devices > 1 else "auto"),
+    ])
+    result = train(cfg)
+    if result.global_rank == 0:
+        Path(out, "history.json").write_text(json.dumps(result.history))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["bbn", "urs"])
+def test_paired_methods_on_two_processes_match_one_process(method: str, tmp_path: Path) -> None:
+    """BBN and URS end to end: paired samplers sharded over the ranks, BBN's alpha set on
+    every rank, both branches, the criterion's means over the global batch. GroupNorm
+    backbone (timm's test_efficientnet_gn, no batch statistics), augmentation off, SGD: the
+    two runs compute the same function on the same global batches of pairs. The shards are
+    equal here (6 batches of 4 + 4 pairs); unequal shards, where a per-process mean goes
+    wrong, are tests/test_ddp_losses.py's."""
+    if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
+        pytest.skip("torchrun not found")
+    from conftest import write_tiny_csv_dataset
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    script = tmp_path / "run_paired.py"
+    script.write_text(PAIRED_SCRIPT.format())
+    _run([sys.executable, str(script), str(data), str(tmp_path / "one"), "1", method], tmp_path)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    _run([torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(data),
+          str(tmp_path / "two"), "2", method], tmp_path)  # fmt: skip
+    one = json.loads((tmp_path / "one" / "history.json").read_text())
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert [r["epoch"] for r in one] == [r["epoch"] for r in two] == [1, 2, 3]
+    terms = sorted(k for k in one[0] if k.startswith("loss/"))
+    assert len(terms) >= 3  # the total and the method's own terms
+    for a, b in zip(one, two, strict=True):
+        for key in terms:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+    a = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5)

@@ -157,6 +157,25 @@ def test_finished_run_with_another_config_is_refused(data_file: str, tmp_path: P
         bench(data_file, out, FakeTrain(), methods=["erm"], seeds=[0], overrides=["optim.epochs=9"])
 
 
+def test_a_run_made_before_a_key_existed_is_read_back(data_file: str, tmp_path: Path) -> None:
+    """A finished run's result.json from an older mlcnc lacks the keys added since; they
+    take today's defaults (as on --resume), so the run is read back, not refused; a key it
+    set to a non-default value still counts."""
+    out = tmp_path / "bench"
+    bench(data_file, out, FakeTrain(), methods=["erm"], seeds=[0])
+    result_file = out / "runs" / "erm-seed0" / RESULT_FILE
+    payload = json.loads(result_file.read_text())
+    del payload["config"]["data"]["train_transform"], payload["config"]["optim"]["schedule_epochs"]
+    result_file.write_text(json.dumps(payload))
+    again = FakeTrain()
+    assert bench(data_file, out, again, methods=["erm"], seeds=[0]).rows[0].seeds == [0]
+    assert again.calls == []
+    payload["config"]["optim"]["backbone_lr_scale"] = 0.5
+    result_file.write_text(json.dumps(payload))
+    with pytest.raises(ConfigError, match=r"differs in: optim.backbone_lr_scale\)"):
+        bench(data_file, out, FakeTrain(), methods=["erm"], seeds=[0])
+
+
 def test_failed_run_is_reported_and_the_rest_go_on(data_file: str, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = bench(data_file, out, FakeTrain(fail={"asl-seed1"}))

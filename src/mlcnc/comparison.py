@@ -42,6 +42,7 @@ from mlcnc.config import (
     Config,
     ConfigError,
     config_diff,
+    config_from_dict,
     config_to_dict,
     load_config,
 )
@@ -243,9 +244,14 @@ def write_run_result(result: RunResult, cfg: Config) -> Path:
 def read_run_result(path: Path, cfg: Config) -> RunResult:
     """Read a finished run's ``result.json``, refusing one made with a different config."""
     payload = json.loads(path.read_text())
+    stored = payload["config"]
+    try:  # keys added since the run was made take today's defaults, as on --resume
+        stored = config_to_dict(config_from_dict(stored))
+    except ConfigError:
+        pass  # a key removed or renamed since: compared as written, so it shows as a difference
     differing = [
         key
-        for key in config_diff(payload["config"], config_to_dict(cfg))
+        for key in config_diff(stored, config_to_dict(cfg))
         if key not in IGNORED_KEYS
     ]
     if differing:

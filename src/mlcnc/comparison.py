@@ -249,11 +249,7 @@ def read_run_result(path: Path, cfg: Config) -> RunResult:
         stored = config_to_dict(config_from_dict(stored))
     except ConfigError:
         pass  # a key removed or renamed since: compared as written, so it shows as a difference
-    differing = [
-        key
-        for key in config_diff(stored, config_to_dict(cfg))
-        if key not in IGNORED_KEYS
-    ]
+    differing = [key for key in config_diff(stored, config_to_dict(cfg)) if key not in IGNORED_KEYS]
     if differing:
         raise ConfigError(
             f"{path} was made with a different config (differs in: {', '.join(differing)}); "

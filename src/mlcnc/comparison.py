@@ -21,6 +21,7 @@ folder with neither is moved aside and the run restarts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import json
@@ -245,10 +246,10 @@ def read_run_result(path: Path, cfg: Config) -> RunResult:
     """Read a finished run's ``result.json``, refusing one made with a different config."""
     payload = json.loads(path.read_text())
     stored = payload["config"]
-    try:  # keys added since the run was made take today's defaults, as on --resume
+    # Keys added since the run was made take today's defaults, as on --resume; with a key
+    # removed or renamed since, the config is compared as written (it shows as a difference).
+    with contextlib.suppress(ConfigError):
         stored = config_to_dict(config_from_dict(stored))
-    except ConfigError:
-        pass  # a key removed or renamed since: compared as written, so it shows as a difference
     differing = [key for key in config_diff(stored, config_to_dict(cfg)) if key not in IGNORED_KEYS]
     if differing:
         raise ConfigError(

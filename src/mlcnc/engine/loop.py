@@ -40,6 +40,7 @@ restored from the checkpoint).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
@@ -463,7 +464,20 @@ class _Run:
         }
 
 
+def _destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is still whole: left to
+    interpreter shutdown, gloo's worker threads can abort the process (SIGABRT, exit -6)
+    after a run that finished (pytorch/pytorch#179291)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _run(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> TrainResult:
+    if fabric.world_size > 1:  # registered once per process, however many runs it makes
+        atexit.unregister(_destroy_process_group)
+        atexit.register(_destroy_process_group)
     run = _setup(fabric, cfg, config_name, plan)
     o, t = cfg.optim, cfg.train
     show = run.rank == 0 and t.progress

@@ -470,8 +470,8 @@ class MFMOptions:
 @section
 class BBNModelOptions:
     """BBN (Zhou et al., CVPR 2020): the mixed features doubled as BBN's code does, alpha 0.5
-    at test time; alpha_epochs None = the run's optim.epochs. Needs a splittable backbone: a torchvision
-    ResNet or a timm EfficientNet-family model."""
+    at test time; alpha_epochs None = the run's optim.epochs. Needs a torchvision ResNet or a
+    timm EfficientNet-family model."""
 
     feature_scale: PositiveFloat = 2.0
     test_alpha: Fraction = 0.5

@@ -42,7 +42,7 @@ def build_optimizer(
     DB's mmcv recipe does (``sgd_optimizer``). ``backbone_lr_scale`` splits each group into
     the backbone's part, at lr x scale, and the rest (``scaled_backbone_groups``)."""
     if cfg.optimizer == "sgd":
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups = [{"params": list(model.parameters())}]  # sgd_optimizer drops frozen ones
     else:
         groups = parameter_groups(model, cfg.weight_decay)
     if cfg.backbone_lr_scale != 1.0:
@@ -87,8 +87,9 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """``optim.schedule``, stepped every iteration: OneCycle over ``planned_epochs *
-    steps_per_epoch`` steps (``schedule_epochs`` or ``epochs``), a constant lr, or mmcv's step policy (``step_lr_scheduler``: x ``gamma`` at each
-    epoch of ``milestones``, after a warm-up of ``warmup_iters`` iterations)."""
+    steps_per_epoch`` steps (``schedule_epochs`` or ``epochs``), a constant lr, or mmcv's
+    step policy (``step_lr_scheduler``: x ``gamma`` at each epoch of ``milestones``, after a
+    warm-up of ``warmup_iters`` iterations)."""
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if cfg.schedule == "step":

@@ -31,7 +31,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from mlcnc.losses.base import Criterion
-from mlcnc.losses.distributed import global_mean, global_sum
+from mlcnc.losses.distributed import global_entry_mean, global_sum
 from mlcnc.losses.functional import two_way_loss
 from mlcnc.models.output import ModelOutput
 
@@ -43,7 +43,7 @@ ClassFreq = Tensor | np.ndarray | Sequence[float]
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
     """Reduce the (B, C) entries over the global batch (see the module docstring)."""
     if reduction == "mean":
-        return global_mean(loss.sum(), loss.numel())
+        return global_entry_mean(loss)
     if reduction == "sum":
         return global_sum(loss.sum())
     if reduction == "none":

@@ -14,6 +14,7 @@ gradient, which is what DDP applies. These tools give it:
 
 - ``global_mean(local_sum, local_count)`` = local_sum * W / (count summed over processes),
   the count all-reduced without gradient: a mean, or a ratio of sums, over the global batch.
+- ``global_entry_mean(entries)``: the mean of every entry of (B_r, ...) over the global batch.
 - ``global_sum(local_sum)`` = local_sum * W: a sum over the global batch (no collective).
 - ``gather_batch(x)`` concatenates every process's shard (B_r, ...) into (B, ...), shards of
   unequal sizes included, and ``gather_stack(x)`` stacks same-shaped per-process tensors
@@ -80,6 +81,12 @@ def global_mean(local_sum: Tensor, local_count: Tensor | int | float) -> Tensor:
         count = torch.full((), local_count, dtype=kind, device=local_sum.device)
     dist.all_reduce(count)
     return local_sum * size / count.clamp(min=1).to(local_sum.dtype)
+
+
+def global_entry_mean(entries: Tensor) -> Tensor:
+    """The mean of every entry of a per-sample tensor (B_r, ...) over the global batch:
+    ``global_mean`` of its sum and its number of entries."""
+    return global_mean(entries.sum(), entries.numel())
 
 
 def global_sum(local_sum: Tensor) -> Tensor:

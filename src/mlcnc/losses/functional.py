@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlcnc.geometry import safe_normalize
-from mlcnc.losses.distributed import gather_stack, global_mean, world_size
+from mlcnc.losses.distributed import gather_stack, global_entry_mean, global_mean, world_size
 
 FLA_EPS = 1e-6
 """The epsilon inside both logs of L_FLA (the authors' code, spec 2.1)."""
@@ -162,7 +162,7 @@ def feature_label_alignment_loss(
     spread = (num_classes - 1) / num_classes * (1.0 / (num_classes - 1) + cosine).abs()
     negative = torch.log(1.0 - spread + FLA_EPS)
     entries = y * positive + (1.0 - y) * negative
-    return -global_mean(entries.sum(), entries.numel())
+    return -global_entry_mean(entries)
 
 
 @_float32

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcnc.losses.base import Criterion
-from mlcnc.losses.distributed import global_mean
+from mlcnc.losses.distributed import global_entry_mean
 from mlcnc.models.branches import (
     TwoBranchOutput,
     copy_module,
@@ -153,7 +153,7 @@ def compensated_bce(
     loss = y * positive + (1.0 - y) * negative
     if class_weight is not None:
         loss = loss * class_weight.float().view(1, -1)
-    return global_mean(loss.sum(), loss.numel())
+    return global_entry_mean(loss)
 
 
 def logit_consistency(first: Tensor, second: Tensor, kind: str = "mse_prob") -> Tensor:
@@ -165,7 +165,7 @@ def logit_consistency(first: Tensor, second: Tensor, kind: str = "mse_prob") -> 
         squares = (first.float() - second.float()).square()
     else:
         raise ValueError(f"consistency must be one of {CONSISTENCY}, got {kind!r}")
-    return global_mean(squares.sum(), squares.numel())
+    return global_entry_mean(squares)
 
 
 class URSCriterion(Criterion):

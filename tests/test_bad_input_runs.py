@@ -316,20 +316,28 @@ def _(tmp_path, run, trained):
 # checkpoint files, in every command that reads one
 
 
-def _checkpoint_case(tmp_path: Path, run, trained, make: Callable[[Path], None]) -> Outcome:
-    """``make(path)`` writes a bad checkpoint; predict, export and inspect must all answer
-    with the same one line, exit 1, and write nothing; evaluate too."""
-    data = trained[0]
+def _commands_on_bad_checkpoint(
+    tmp_path: Path, run, trained, make: Callable[[Path], None]
+) -> tuple[Path, Path, list[Outcome]]:
+    """``make(path)`` writes a bad checkpoint into a folder of its own; the outcomes of
+    predict, export and inspect on it. Returns (folder, checkpoint, outcomes)."""
     folder = tmp_path / "bad"
     folder.mkdir()
     path = folder / "x.ckpt"
     make(path)
-    image = data / "images" / "test_000.png"
+    image = trained[0] / "images" / "test_000.png"
     outcomes = [
         run("predict", path, image, "--no-progress"),
         run("export", path, "--format", "torchscript"),
         run("inspect", path),
     ]
+    return folder, path, outcomes
+
+
+def _checkpoint_case(tmp_path: Path, run, trained, make: Callable[[Path], None]) -> Outcome:
+    """``make(path)`` writes a bad checkpoint; predict, export and inspect must all answer
+    with the same one line, exit 1, and write nothing; evaluate too."""
+    folder, path, outcomes = _commands_on_bad_checkpoint(tmp_path, run, trained, make)
     lines = [text.strip().replace(f"mlcnc {cmd}: ", "") for (_, text), cmd in
              zip(outcomes, ("predict", "export", "inspect"), strict=True)]  # fmt: skip
     assert len(set(lines)) == 1, lines
@@ -376,17 +384,7 @@ def _(tmp_path, run, trained):
         )
         save_checkpoint(state, path)
 
-    data = trained[0]
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    path = folder / "x.ckpt"
-    make(path)
-    image = data / "images" / "test_000.png"
-    outcomes = [
-        run("predict", path, image, "--no-progress"),
-        run("export", path, "--format", "torchscript"),
-        run("inspect", path),
-    ]
+    folder, _, outcomes = _commands_on_bad_checkpoint(tmp_path, run, trained, make)
     assert {result for result, _ in outcomes} == {"exit 1"}
     assert all("weights do not fit" in text for _, text in outcomes)
     assert all(p.name == "x.ckpt" for p in folder.iterdir())

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import write_tiny_csv_dataset
 from mlcnc.cli import main
 from mlcnc.losses import MLCNCLoss
 from mlcnc.models import create_model
@@ -66,7 +67,6 @@ def test_cuda_logits_match_cpu_in_float32() -> None:
 
 
 def test_train_cli_on_cuda_with_mixed_precision(tmp_path: Path) -> None:
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     out = tmp_path / "run"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CLASSES, write_tiny_csv_dataset
+from helpers import TINY_CLASSES, write_tiny_csv_dataset
 
 IMAGE_SIZE = 64
 

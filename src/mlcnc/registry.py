@@ -26,6 +26,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests that register a method for a while)."""
+        del self._items[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import write_tiny_csv_dataset
 from mlcnc.cli import main
 
 
@@ -45,7 +46,6 @@ def tiny_mlcnc_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    from conftest import write_tiny_csv_dataset
 
     root = tmp_path_factory.mktemp("cli")
     data = write_tiny_csv_dataset(root / "data")

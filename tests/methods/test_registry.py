@@ -60,7 +60,7 @@ def build(name: str, **changes):
 
 
 def test_every_method_is_registered() -> None:
-    # Methods the library registers (tests may register their own, e.g. test_engine's).
+    # Methods the library registers (tests may register their own, e.g. helpers' tiny method).
     shipped = {n for n in METHODS.names() if METHODS.get(n).build.__module__.startswith("mlcnc.")}
     assert shipped == set(EXPECTED_SAMPLERS) | set(OWN_MODEL_SAMPLERS)
     for name, sampler in OWN_MODEL_SAMPLERS.items():

@@ -3,7 +3,7 @@ or EMA) it selected -- on val where there is a val split, else the last epoch --
 checkpoint and in selection.json; load_trained, evaluate, predict, export and inspect given
 a run folder use it and say so in one line; --checkpoint and --ema / --no-ema choose.
 
-The runs use the tiny engine-test method (tests/test_engine.py) on the tiny CSV data.
+The runs use the tiny engine-test method (tests/helpers.py) on the tiny CSV data.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_config, write_tiny_csv_dataset
 from mlcnc.cli import main
 from mlcnc.config import ConfigError
 from mlcnc.engine import evaluate_checkpoint, load_trained, train
 from mlcnc.engine import selection as sel
 from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
-from test_engine import tiny_config
+
+pytestmark = pytest.mark.usefixtures("tiny_method")
+
 
 GROUPS = ("total", "head", "medium", "tail")
 
@@ -28,7 +31,6 @@ GROUPS = ("total", "head", "medium", "tail")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A 3-epoch run with a val split and a 2-epoch run without one."""
-    from conftest import write_tiny_csv_dataset
 
     root = tmp_path_factory.mktemp("selection")
     data = write_tiny_csv_dataset(root / "data")
@@ -105,7 +107,6 @@ def test_without_val_the_last_epoch_is_selected(runs) -> None:
 
 
 def test_select_metric_on_ema_selects_the_ema_without_val(tmp_path: Path) -> None:
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     cfg = tiny_config(

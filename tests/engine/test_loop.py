@@ -14,103 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from mlcnc.config import ConfigError, OptimConfig, load_config
+from helpers import TINY_METHOD, tiny_config, write_tiny_csv_dataset
+from mlcnc.config import ConfigError, OptimConfig
 from mlcnc.engine import NonFiniteLossError, evaluate_checkpoint, load_trained, train
 from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlcnc.engine.evaluation import format_map_table, merge_gathered
 from mlcnc.engine.optim import build_optimizer, build_scheduler, parameter_groups
-from mlcnc.losses.base import AllReduce, Criterion
-from mlcnc.methods import METHODS, BuildRequest, Method, MethodRecord, register_method
 from mlcnc.models.output import ModelOutput
 
-TINY_METHOD = "engine_test_tiny"
-
-
-class TinyModel(nn.Module):
-    """images (B, 3, H, W) -> logits (B, C) and unit projections (B, C, 2)."""
-
-    def __init__(self, num_classes: int, norm: bool = True, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.norm = nn.BatchNorm2d(8) if norm else nn.Identity()
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(8, num_classes)
-        self.proj = nn.Linear(8, num_classes * 2)
-
-    def forward(self, images: Tensor, return_attention: bool = False) -> ModelOutput:
-        pooled = self.drop(F.relu(self.norm(self.conv(images))).mean(dim=(2, 3)))
-        projections = F.normalize(self.proj(pooled).view(len(images), self.num_classes, 2), dim=-1)
-        return ModelOutput(logits=self.fc(pooled), projections=projections)
-
-
-class CountingBCE(Criterion):
-    """BCE; counts positives seen in training (buffer, summed over ranks at epoch end).
-
-    nan_at_step: return a NaN total at this (1-based) training call, to test the NaN stop.
-    """
-
-    def __init__(self, num_classes: int, nan_at_step: int | None = None) -> None:
-        super().__init__()
-        self.nan_at_step = nan_at_step
-        self.calls = 0
-        self.register_buffer("epoch_counts", torch.zeros(num_classes))
-        self.register_buffer("seen_counts", torch.zeros(num_classes))
-
-    def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
-        bce = F.binary_cross_entropy_with_logits(output.logits.float(), targets)
-        if self.training:
-            self.calls += 1
-            self.epoch_counts += targets.sum(dim=0)
-            if self.calls == self.nan_at_step:
-                bce = bce * float("nan")
-        return {"total": bce, "bce": bce, "half": 0.5 * bce.detach()}
-
-    def end_epoch(self, all_reduce: AllReduce | None = None) -> None:
-        counts = self.epoch_counts if all_reduce is None else all_reduce(self.epoch_counts.clone())
-        self.seen_counts += counts
-        self.epoch_counts.zero_()
-
-
-def _tiny(request: BuildRequest) -> Method:
-    model = TinyModel(request.num_classes, **request.model)
-    return Method(model, CountingBCE(request.num_classes, **request.loss), "random")
-
-
-if TINY_METHOD not in METHODS:
-    register_method(MethodRecord(TINY_METHOD, "tiny", _tiny, "random"))
-
-
-def tiny_config(data: Path, out: Path, *overrides: str):
-    """A csv config for the tiny method: 32 px, batch 5, 3 epochs, CPU, no workers."""
-    return load_config(
-        "csv",
-        [
-            f"data.train_csv={data / 'train.csv'}",
-            f"data.val_csv={data / 'val.csv'}",
-            f"data.test_csv={data / 'test.csv'}",
-            "data.image_size=24",
-            "data.num_workers=0",
-            "data.head_threshold=10",
-            "data.tail_threshold=4",
-            f"method.name={TINY_METHOD}",
-            "method.pretrained=false",
-            "optim.epochs=3",
-            "optim.batch_size=5",
-            "optim.lr=0.01",
-            "train.accelerator=cpu",
-            "train.ema_decay=0.9",
-            "train.progress=false",
-            "train.log_every=2",
-            f"train.output={out}",
-            *overrides,
-        ],
-    )
-
+pytestmark = pytest.mark.usefixtures("tiny_method")
 
 # --------------------------------------------------------------------------------------
 # optimiser and schedule
@@ -234,7 +149,6 @@ def test_map_table_lists_every_group() -> None:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """A 3-epoch tiny run with a val split; the checkpoint after epoch 2 is kept aside."""
-    from conftest import write_tiny_csv_dataset
 
     root = tmp_path_factory.mktemp("engine")
     data = write_tiny_csv_dataset(root / "data")
@@ -373,7 +287,6 @@ def test_load_trained_and_evaluate_checkpoint_reproduce_the_logged_metrics(
 def test_non_finite_loss_stops_with_step_and_terms_and_keeps_last_checkpoint(
     tmp_path: Path,
 ) -> None:
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     cfg = tiny_config(data, tmp_path / "run", "method.loss.nan_at_step=8")  # epoch 2, step 8
@@ -429,7 +342,6 @@ def test_a_finished_run_extended_with_more_epochs_continues_the_stretched_schedu
     """1 epoch, then --force optim.epochs=2, then 4: each epoch once in metrics.jsonl, and
     the lr at each epoch end is the new plan's (OneCycle over the new total, from the step
     reached), which failed before with 'Tried to step 9 times'."""
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     run = tmp_path / "run"
@@ -482,7 +394,6 @@ def test_a_finished_run_extended_with_more_epochs_continues_the_stretched_schedu
 def test_every_cpu_precision_trains_and_evaluate_reproduces_the_logged_metrics(
     precision: str, dtype: torch.dtype, tmp_path: Path
 ) -> None:
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     if precision == "16-true":

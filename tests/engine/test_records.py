@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import mlcnc.engine.loop as loop
-from conftest import write_tiny_csv_dataset
+from helpers import tiny_config, write_tiny_csv_dataset
 from mlcnc.config import ConfigError
 from mlcnc.data import DataError
 from mlcnc.engine import train
@@ -42,9 +42,10 @@ from mlcnc.engine.checkpoint import (
     temporary_name,
 )
 from mlcnc.engine.run_folder import TIMING_KEYS, RunFolder, RunFolderError, RunLock
-from test_engine import tiny_config
 
-TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.usefixtures("tiny_method")
+
+TESTS = Path(__file__).resolve().parents[1]
 FAST = ("train.plots=false", "train.num_threads=1")
 
 
@@ -198,7 +199,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    import test_records
+    import helpers
     import mlcnc.engine.loop as loop
     from mlcnc.engine import train
 
@@ -211,7 +212,10 @@ KILL_SCRIPT = textwrap.dedent(
         return path
 
     loop.save_checkpoint = save
-    cfg = test_records._config(Path(sys.argv[1]), Path(sys.argv[2]), "train.ema_decay=0.0")
+    helpers.register_tiny_method()
+    cfg = helpers.tiny_config(
+        Path(sys.argv[1]), Path(sys.argv[2]), "train.eval_every=1", *{fast!r}, "train.ema_decay=0.0"
+    )
     train(cfg, config_name="tiny")
     """
 )
@@ -223,7 +227,7 @@ def test_a_real_kill_between_the_checkpoints_is_repaired_by_resume(tmp_path: Pat
     reference = tmp_path / "reference"
     train(_config(data, reference, "train.ema_decay=0.0"), config_name="tiny")
     script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(TESTS)))
+    script.write_text(KILL_SCRIPT.format(tests=str(TESTS), fast=FAST))
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -368,7 +372,8 @@ CONCURRENT = textwrap.dedent(
     import sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    import test_records
+    import helpers
+    helpers.register_tiny_method()
     from mlcnc.cli import main
     sys.exit(main(["train", "--config", {config!r}, "--output", sys.argv[1], "--seed", sys.argv[2]]))
     """

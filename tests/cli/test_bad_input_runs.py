@@ -3,7 +3,7 @@ its table is a case run here with the real ``mlcnc`` command; the output must co
 row's message, the exit code must be the row's, and an error must be one line on stderr
 without a traceback. Cases also check what must not happen (files touched, written, lost).
 
-Training uses the tiny method of tests/test_engine.py (registered on import): a second or
+Training uses the tiny method of tests/helpers.py: a second or
 two per run.
 """
 
@@ -21,13 +21,14 @@ import pytest
 import torch
 
 import mlcnc.engine.loop as loop
-import test_engine  # registers the tiny method
-from conftest import write_tiny_csv_dataset
+from helpers import TINY_METHOD, write_tiny_csv_dataset
 from mlcnc.cli import main
 from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlcnc.engine.run_folder import RunLock
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
+pytestmark = pytest.mark.usefixtures("tiny_method")
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
 SECTION = "## Runs, checkpoints and commands"
 ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
 
@@ -101,7 +102,7 @@ def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
         "data.num_workers=0",
         "data.head_threshold=10",
         "data.tail_threshold=4",
-        f"method.name={test_engine.TINY_METHOD}",
+        f"method.name={TINY_METHOD}",
         "method.pretrained=false",
         "optim.epochs=2",
         "optim.batch_size=5",

@@ -27,7 +27,7 @@ from mlcnc.data.benchmarks import (
 from mlcnc.data.longtail import class_groups
 from mlcnc.data.readers import VOC_CLASSES, DataError
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "mlcnc"
+SRC = Path(__file__).resolve().parents[2] / "src" / "mlcnc"
 LOCAL_COPY = {"voc_lt": "voc_lt/img_id.txt", "coco_lt": "coco_lt/img_id.pkl"}
 # COCO 2017's 80 category ids (1..90 with gaps), the column order of COCO-LT.
 COCO_CATEGORY_IDS = [

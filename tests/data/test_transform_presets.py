@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from helpers import write_tiny_csv_dataset
 from mlcnc.analysis.export import export_metadata
 from mlcnc.analysis.preprocessing import preprocessing_of
 from mlcnc.config import ConfigError, load_config
@@ -270,8 +271,9 @@ def test_config_keys_load_and_typos_are_refused() -> None:
 def test_a_run_uses_its_presets_and_load_trained_reproduces_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import test_engine  # registers the tiny method
-    from conftest import write_tiny_csv_dataset
+    import helpers
+
+    helpers.register_tiny_method()
     from mlcnc.engine import evaluate_checkpoint, load_trained, train
 
     torch.set_num_threads(1)
@@ -285,7 +287,7 @@ def test_a_run_uses_its_presets_and_load_trained_reproduces_them(
 
     monkeypatch.setattr(data_transforms, "transforms_for", recording)
     data = write_tiny_csv_dataset(tmp_path / "data")
-    cfg = test_engine.tiny_config(
+    cfg = helpers.tiny_config(
         data,
         tmp_path / "run",
         "optim.epochs=2",

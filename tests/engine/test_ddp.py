@@ -18,13 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
+from helpers import write_tiny_csv_dataset
+
+TESTS = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, {tests!r})
-    import test_engine  # registers the tiny method
+    import helpers
+    helpers.register_tiny_method()
     from mlcnc.data import transforms
     from mlcnc.engine import train
 
@@ -33,7 +36,7 @@ SCRIPT = textwrap.dedent(
     transforms.build_transforms = lambda recipe, size, train, **kw: real(recipe, size, False)
     data, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
     from pathlib import Path
-    cfg = test_engine.tiny_config(
+    cfg = helpers.tiny_config(
         Path(data), Path(out),
         "method.model.norm=false", "method.model.dropout=0.0",
         "optim.batch_size=8", "train.eval_every=1",
@@ -56,7 +59,6 @@ def _run(command: list[str], cwd: Path) -> None:
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not found")
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     # 24 training images (3 global batches of 8, no sampler padding); 7 test images, so the
@@ -135,7 +137,6 @@ def test_mlcnc_on_two_processes_matches_one_process_epoch_by_epoch(tmp_path: Pat
     two-process losses were about 25% lower."""
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not found")
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     script = tmp_path / "run_mlcnc.py"
@@ -206,7 +207,6 @@ def test_paired_methods_on_two_processes_match_one_process(method: str, tmp_path
     wrong, are tests/test_ddp_losses.py's."""
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not found")
-    from conftest import write_tiny_csv_dataset
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     script = tmp_path / "run_paired.py"

@@ -19,7 +19,7 @@ from mlcnc.data import build_dataset, read_image
 from mlcnc.data.check import check_trainable, drop_bad_rows
 from mlcnc.data.readers import DataError, MultiLabelSplit, read_csv_split
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
 ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
 
 

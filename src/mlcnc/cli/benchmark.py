@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlcnc.comparison import run_benchmark, table_order
+    from mlcnc.benchmark import run_benchmark, table_order
     from mlcnc.config import ConfigError
     from mlcnc.data import DataError
     from mlcnc.methods import METHODS

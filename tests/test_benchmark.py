@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlcnc.comparison import (
+from mlcnc.benchmark import (
     RESULT_FILE,
     aggregate,
     run_benchmark,

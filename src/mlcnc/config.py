@@ -2,7 +2,18 @@
 ``key=value`` overrides, all checked when the config is loaded, before any data is read.
 
 A ``Config`` is ``data`` + ``method`` + ``optim`` + ``train``; each builder receives only its
-own part. ``load_config(name_or_path, overrides)`` starts from the defaults, merges a YAML file
+own part.
+
+Where a section lives (the rule): beside the code that reads it, in a module that does not
+import this one, so that this module only assembles the sections and no import comes back
+to it. ``DataConfig`` is in
+``mlcnc.data.config`` (read by ``mlcnc.data``: ``build_splits``, ``build_sampler``,
+``transforms.transforms_for``), ``MethodConfig`` in ``mlcnc.methods``; ``OptimConfig`` and
+``TrainConfig``, read only by the training engine, are here, in the engine's run-level
+config module. A builder takes its own section (plus a plain value from another, such as
+``transforms_for(cfg.data, cfg.method.recipe, train)``), never the whole ``Config``.
+
+``load_config(name_or_path, overrides)`` starts from the defaults, merges a YAML file
 (a shipped name such as ``synthetic`` or ``voc_lt``, or a path; a file may name a ``base`` it
 extends), then the overrides, then resolves it (``resolve_config``): the method's options
 with their defaults and the dataset's (DB's preset for COCO-LT), the recipe's switches, and
@@ -24,7 +35,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
-from mlcnc.data import DataConfig
+from mlcnc.data.config import DataConfig
 from mlcnc.methods import METHODS, MethodConfig, resolve_options
 from mlcnc.schema import (
     Bool,

@@ -62,7 +62,7 @@ def _todays_pipeline(train: bool, size: int) -> v2.Compose:
 def test_default_presets_give_the_same_pixels_as_before(train: bool) -> None:
     image = _image()
     cfg = load_config("synthetic", ["data.image_size=48"])
-    new = [build_transforms("paper", 48, train), transforms_for(cfg, train)]
+    new = [build_transforms("paper", 48, train), transforms_for(cfg.data, cfg.method.recipe, train)]
     for transform in new:
         for seed in (0, 1, 2):
             torch.manual_seed(seed)
@@ -75,12 +75,13 @@ def test_transforms_for_reads_augment_and_deterministic() -> None:
     image = _image()
     no_augment = load_config("synthetic", ["data.augment=false", "data.image_size=40"])
     assert torch.equal(
-        transforms_for(no_augment, train=True)(image), transforms_for(no_augment, False)(image)
+        transforms_for(no_augment.data, "paper", train=True)(image),
+        transforms_for(no_augment.data, "paper", False)(image),
     )
     flipping = load_config("synthetic", ["data.eval_flip=true", "data.image_size=40"])
-    names = [type(s).__name__ for s in transforms_for(flipping, False).transforms]
+    names = [type(s).__name__ for s in transforms_for(flipping.data, "paper", False).transforms]
     assert "RandomHorizontalFlip" in names
-    steps = transforms_for(flipping, False, deterministic=True).transforms
+    steps = transforms_for(flipping.data, "paper", False, deterministic=True).transforms
     assert not any(isinstance(s, v2.RandomHorizontalFlip) for s in steps)
 
 
@@ -280,8 +281,8 @@ def test_a_run_uses_its_presets_and_load_trained_reproduces_them(
     built: list[tuple[bool, object]] = []
     real = data_transforms.transforms_for
 
-    def recording(cfg, train, **kwargs):
-        transform = real(cfg, train, **kwargs)
+    def recording(data, recipe, train, **kwargs):
+        transform = real(data, recipe, train, **kwargs)
         built.append((train, transform))
         return transform
 

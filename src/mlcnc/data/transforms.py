@@ -37,22 +37,14 @@ each worker); a ``generator`` argument is for tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from mlcnc.data.config import EVAL_TRANSFORMS, TRAIN_TRANSFORMS, DataConfig
 from mlcnc.recipes import get_recipe
-
-if TYPE_CHECKING:
-    from mlcnc.config import Config
-
-TrainTransformName = Literal["crop_flip_jitter", "multiscale_crop_flip", "cutout_randaugment"]
-EvalTransformName = Literal["resize_center_crop", "resize_square"]
-TRAIN_TRANSFORMS: tuple[str, ...] = get_args(TrainTransformName)
-EVAL_TRANSFORMS: tuple[str, ...] = get_args(EvalTransformName)
 
 ML_GCN_SCALES = (1.0, 0.875, 0.75, 0.66, 0.5)
 
@@ -63,18 +55,18 @@ def eval_resize_size(image_size: int) -> int:
 
 
 def transforms_for(
-    cfg: Config, train: bool, *, deterministic: bool = False
+    data: DataConfig, recipe: str, train: bool, *, deterministic: bool = False
 ) -> Callable[[Tensor], Tensor]:
-    """The run's training or evaluation transform, from its whole config.
+    """The run's training or evaluation transform, from its ``data:`` section and its
+    recipe (``method.recipe``, which gives the normalisation).
 
-    Reads the recipe (``method.recipe``) and ``data.image_size``, ``train_transform``,
-    ``eval_transform``, ``normalize`` and ``eval_flip``; ``data.augment=false`` trains on the
-    evaluation transform. ``deterministic`` leaves out the random evaluation flip (a loaded
-    model predicts one answer per image).
+    Reads ``data.image_size``, ``train_transform``, ``eval_transform``, ``normalize`` and
+    ``eval_flip``; ``data.augment=false`` trains on the evaluation transform.
+    ``deterministic`` leaves out the random evaluation flip (a loaded model predicts one
+    answer per image).
     """
-    data = cfg.data
     return build_transforms(
-        cfg.method.recipe,
+        recipe,
         data.image_size,
         train and data.augment,
         eval_flip=data.eval_flip and not deterministic,

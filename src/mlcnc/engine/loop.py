@@ -684,8 +684,8 @@ def _setup(fabric: Fabric, cfg: Config, config_name: str, plan: _Resume) -> _Run
         method.model.load_state_dict(resume_state["model"])
         method.criterion.load_state_dict(resume_state["criterion"])
 
-    eval_transform = data_transforms.transforms_for(cfg, train=False)
-    train_transform = data_transforms.transforms_for(cfg, train=True)
+    eval_transform = data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False)
+    train_transform = data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=True)
     max_pixels = cfg.data.max_image_pixels
     train_set = build_dataset(train_split, train_transform, max_pixels=max_pixels)
     sampler = build_sampler(

@@ -120,7 +120,9 @@ def _rebuild(
         config=cfg,
         class_names=class_names,
         class_freq=class_freq,
-        transform=data_transforms.transforms_for(cfg, train=False, deterministic=True),
+        transform=data_transforms.transforms_for(
+            cfg.data, cfg.method.recipe, train=False, deterministic=True
+        ),
         image_size=cfg.data.image_size,
         checkpoint=choice.checkpoint,
         uses_ema=choice.use_ema,
@@ -185,7 +187,7 @@ def evaluate_checkpoint(
     precision = state.get("precision") or cfg.train.precision
     from mlcnc.data import transforms as data_transforms
 
-    transform = data_transforms.transforms_for(cfg, train=False)
+    transform = data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False)
     loader = eval_loader(
         build_dataset(splits[split], transform, max_pixels=cfg.data.max_image_pixels),
         batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),

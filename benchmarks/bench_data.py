@@ -11,7 +11,7 @@
    ``read_image``; PIL full size; PIL draft mode), RandomResizedCrop, flip, ColorJitter on
    uint8 and on float, ToDtype + Normalize.
 3. Times whole per-image pipelines (decode + transform) in variants: ``baseline`` (what the
-   engine runs), ``draft`` (reduced-size JPEG decoding, ``mlcnc.data.fast_decode``),
+   engine runs), ``draft`` (reduced-size JPEG decoding, ``read_image(..., draft_min_side=)``),
    ``float_jitter`` (jitter after the float conversion), ``jitter_first`` (jitter on the
    whole image before the crop), ``uint8_out`` (no float conversion or normalisation in
    the worker: uint8 batches, normalised on the device), and ``draft_uint8_out``.
@@ -48,9 +48,28 @@ from torchvision.transforms.v2 import functional as TF
 
 from mlcnc.data import MultiLabelSplit, read_csv_split, write_csv_split
 from mlcnc.data.dataset import read_image
-from mlcnc.data.fast_decode import draft_scale, read_image_reduced
 from mlcnc.data.transforms import build_transforms
 from mlcnc.recipes import get_recipe
+
+JPEG_SCALES = (8, 4, 2, 1)
+"""Denominators libjpeg can decode at, largest first."""
+
+
+def draft_scale(width: int, height: int, min_side: int) -> int:
+    """The denominator PIL's draft picks for a ``width`` x ``height`` JPEG asked for at least
+    ``min_side`` x ``min_side``: the largest of 8, 4, 2, 1 with ``scale <= width // min_side``
+    and ``scale <= height // min_side`` (1 when the image is already smaller)."""
+    if min(width, height, min_side) < 1:
+        raise ValueError(f"sizes must be positive, got {width}x{height} and {min_side}")
+    limit = min(width // min_side, height // min_side)
+    return next((s for s in JPEG_SCALES if s <= limit), 1)
+
+
+def read_image_reduced(path: str | Path, min_side: int | None) -> torch.Tensor:
+    """``read_image`` of ``path``, a JPEG decoded at the smallest libjpeg scale whose sides
+    both stay >= ``min_side`` (None: full size)."""
+    return read_image(path, draft_min_side=min_side)
+
 
 # A small synthetic benchmark: the scenes the photo-sized files are made from.
 SCENE_CONFIG: dict[str, Any] = {

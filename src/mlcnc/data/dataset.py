@@ -93,7 +93,8 @@ def read_image(
     or larger than ``max_pixels`` (None: no limit) is refused before decoding. Truncated or
     corrupt data is an error, never a grey patch. ``BadImageError`` naming the file.
     ``draft_min_side``: decode a JPEG at the smallest libjpeg scale (1/2, 1/4, 1/8) that keeps
-    both sides >= it (``mlcnc.data.fast_decode``); other formats at full size.
+    both sides >= it (measured in ``benchmarks/bench_data.py``: it pays only for sources
+    several times larger than the crop); other formats at full size.
     """
     path = Path(path)
     with _open_image(path, max_pixels) as image:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcnc.data.cooccurrence import cooccurrence_counts
 from mlcnc.data.readers import MultiLabelSplit
 from mlcnc.groups import CLASS_GROUPS as GROUP_NAMES
 
@@ -32,16 +33,10 @@ def class_groups(class_freq: np.ndarray, head: int = 100, tail: int = 20) -> dic
     }
 
 
-def cooccurrence_counts(labels: np.ndarray) -> np.ndarray:
-    """(C, C) int64: entry (i, j) = images positive for both i and j (diagonal = n_c)."""
-    y = np.asarray(labels, dtype=np.int64)
-    return y.T @ y
-
-
 def conditional_cooccurrence(labels: np.ndarray) -> np.ndarray:
     """(C, C) float: row i is P(j | i), the mean label vector of the images holding class i
     (a row of zeros for a class without positives)."""
-    counts = cooccurrence_counts(labels).astype(np.float64)
+    counts = cooccurrence_counts(labels, include_diagonal=True).astype(np.float64)
     freq = np.diag(counts).copy()
     return np.divide(counts, freq[:, None], out=np.zeros_like(counts), where=freq[:, None] > 0)
 
@@ -59,7 +54,7 @@ def dataset_stats(
     groups = class_groups(freq, head, tail)
     names = split.class_names
     per_image = split.labels.sum(axis=1, dtype=np.int64)
-    counts = cooccurrence_counts(split.labels)
+    counts = cooccurrence_counts(split.labels, include_diagonal=True)
     i, j = np.triu_indices(len(names), k=1)
     pair_counts = counts[i, j]
     top = np.argsort(-pair_counts, kind="stable")[:top_pairs]

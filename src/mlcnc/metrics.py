@@ -240,6 +240,48 @@ def neural_collapse(
     """
     features = _to_numpy(projections)
     labels = _to_numpy(targets)
+    per_class = _check_collapse_inputs(features, labels)
+    class_counts = labels.sum(axis=0)
+    valid, excluded = _classes_taking_part(class_counts, min_positives)
+    num_classes = labels.shape[1]
+    weights = (
+        None
+        if classifier is None
+        else _classifier_weights(classifier, features, per_class, num_classes)
+    )
+    result: dict[str, Any] = {
+        "nc1": float("nan"),
+        "nc2_equinorm": float("nan"),
+        "nc2_cos_mean_dev": float("nan"),
+        "nc2_cos_max_dev": float("nan"),
+        "nc3": None if classifier is None else float("nan"),
+        "cosine": np.full((num_classes, num_classes), np.nan),
+        "ideal_cosine": float("nan"),
+        "classifier_cosine": None if weights is None else _cosine_matrix(weights.T),
+        "class_counts": class_counts.astype(np.int64),
+        "valid_classes": valid,
+        "excluded_classes": excluded,
+    }
+    if valid.size < 2:
+        warnings.warn(
+            f"neural-collapse diagnostics need 2 classes with >= {min_positives} positives; "
+            f"found {valid.size}: the values are NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return result
+    weight = labels[:, valid] / class_counts[valid]  # (N, K): averages over class positives
+    class_means, within = _class_means_and_within(features, weight, valid, per_class)
+    centred_means = class_means - class_means.mean(axis=0)  # (K, P or D), around mu_G
+    result.update(_nc1_nc2(centred_means, within))
+    result["cosine"][np.ix_(valid, valid)] = _cosine_matrix(centred_means)
+    if weights is not None:
+        result["nc3"] = _nc3(features, weight, class_means, weights[:, valid], per_class)
+    return result
+
+
+def _check_collapse_inputs(features: np.ndarray, labels: np.ndarray) -> bool:
+    """Check ``neural_collapse``'s projections and targets; True for (N, C, P) projections."""
     if labels.ndim != 2:
         raise ValueError(f"targets must be (N, C); got shape {labels.shape}")
     num_images, num_classes = labels.shape
@@ -261,8 +303,14 @@ def neural_collapse(
         raise ValueError(
             f"targets must be 0 or 1; classes {bad_targets.tolist()} hold other values"
         )
+    return per_class
 
-    class_counts = labels.sum(axis=0)
+
+def _classes_taking_part(
+    class_counts: np.ndarray, min_positives: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, excluded) class indices: at least ``min_positives`` positives or fewer; a
+    warning (for ``neural_collapse``'s caller) names the excluded ones."""
     valid = np.flatnonzero(class_counts >= min_positives)
     excluded = np.flatnonzero(class_counts < min_positives)
     if excluded.size:
@@ -270,46 +318,31 @@ def neural_collapse(
             f"neural-collapse diagnostics leave out classes {excluded.tolist()} "
             f"with fewer than {min_positives} positives",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    classifier_cos = None
-    weights = None
-    if classifier is not None:
-        weights = _to_numpy(classifier)
-        expected_rows = features.shape[1] * features.shape[2] if per_class else features.shape[1]
-        if weights.shape != (expected_rows, num_classes):
-            raise ValueError(
-                f"classifier must be (D, C) = ({expected_rows}, {num_classes}) for projections "
-                f"{features.shape}; got {weights.shape} (pass a linear layer's weight.T)"
-            )
-        classifier_cos = _cosine_matrix(weights.T)
+    return valid, excluded
 
-    result: dict[str, Any] = {
-        "nc1": float("nan"),
-        "nc2_equinorm": float("nan"),
-        "nc2_cos_mean_dev": float("nan"),
-        "nc2_cos_max_dev": float("nan"),
-        "nc3": None if classifier is None else float("nan"),
-        "cosine": np.full((num_classes, num_classes), np.nan),
-        "ideal_cosine": float("nan"),
-        "classifier_cosine": classifier_cos,
-        "class_counts": class_counts.astype(np.int64),
-        "valid_classes": valid,
-        "excluded_classes": excluded,
-    }
+
+def _classifier_weights(
+    classifier: Any, features: np.ndarray, per_class: bool, num_classes: int
+) -> np.ndarray:
+    """The (D, C) classifier as numpy, checked against the projections' D and C."""
+    weights = _to_numpy(classifier)
+    expected_rows = features.shape[1] * features.shape[2] if per_class else features.shape[1]
+    if weights.shape != (expected_rows, num_classes):
+        raise ValueError(
+            f"classifier must be (D, C) = ({expected_rows}, {num_classes}) for projections "
+            f"{features.shape}; got {weights.shape} (pass a linear layer's weight.T)"
+        )
+    return weights
+
+
+def _class_means_and_within(
+    features: np.ndarray, weight: np.ndarray, valid: np.ndarray, per_class: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class means mu_c (K, P or D) and Sw, the mean over classes of the within-class
+    covariances; ``weight`` (N, K) averages over each class's positives."""
     num_valid = valid.size
-    if num_valid < 2:
-        warnings.warn(
-            f"neural-collapse diagnostics need 2 classes with >= {min_positives} positives; "
-            f"found {num_valid}: the values are NaN",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return result
-
-    mask = labels[:, valid]  # (N, K)
-    counts = class_counts[valid]  # (K,)
-    weight = mask / counts  # (N, K): averaging weights of each class's positives
     if per_class:
         samples = features[:, valid]  # (N, K, P)
         class_means = np.einsum("nk,nkp->kp", weight, samples)
@@ -320,33 +353,44 @@ def neural_collapse(
         # sum_k (1/n_k) sum_{i in k} x_i x_i^T - mu_k mu_k^T, without a (N, K, D) array.
         second_moment = (features * weight.sum(axis=1, keepdims=True)).T @ features
         within = (second_moment - class_means.T @ class_means) / num_valid
-    global_mean = class_means.mean(axis=0)
-    centred_means = class_means - global_mean  # (K, P or D)
+    return class_means, within
+
+
+def _nc1_nc2(centred_means: np.ndarray, within: np.ndarray) -> dict[str, float]:
+    """NC1 from Sw and the between-class covariance; NC2's equinorm and cosine deviations."""
+    num_valid = len(centred_means)
     between = centred_means.T @ centred_means / num_valid
     between_pinv = np.linalg.pinv(between, hermitian=True)
-    result["nc1"] = float(np.sum(within * between_pinv.T) / num_valid)
-
     norms = np.linalg.norm(centred_means, axis=1)
-    result["nc2_equinorm"] = float(norms.std() / norms.mean())
-    cosine = _cosine_matrix(centred_means)
     ideal = -1.0 / (num_valid - 1)
     off_diagonal = ~np.eye(num_valid, dtype=bool)
-    deviation = np.abs(cosine - ideal)[off_diagonal]
-    result["nc2_cos_mean_dev"] = float(deviation.mean())
-    result["nc2_cos_max_dev"] = float(deviation.max())
-    result["ideal_cosine"] = ideal
-    result["cosine"][np.ix_(valid, valid)] = cosine
+    deviation = np.abs(_cosine_matrix(centred_means) - ideal)[off_diagonal]
+    return {
+        "nc1": float(np.sum(within * between_pinv.T) / num_valid),
+        "nc2_equinorm": float(norms.std() / norms.mean()),
+        "nc2_cos_mean_dev": float(deviation.mean()),
+        "nc2_cos_max_dev": float(deviation.max()),
+        "ideal_cosine": ideal,
+    }
 
-    if weights is not None:
-        if per_class:  # class means of the concatenated (class-major) classifier input
-            concatenated = features.reshape(num_images, -1)
-            classifier_means = weight.T @ concatenated  # (K, C*P)
-        else:
-            classifier_means = class_means
-        centred_classifier_means = classifier_means - classifier_means.mean(axis=0)
-        alignment = _row_cosines(centred_classifier_means, weights[:, valid].T)
-        result["nc3"] = float(np.mean(1.0 - alignment))
-    return result
+
+def _nc3(
+    features: np.ndarray,
+    weight: np.ndarray,
+    class_means: np.ndarray,
+    columns: np.ndarray,
+    per_class: bool,
+) -> float:
+    """NC3: mean of 1 - cos(m_c - m_G, w_c) over the classes taking part (``columns`` are
+    their classifier columns, (D, K))."""
+    if per_class:  # class means of the concatenated (class-major) classifier input
+        concatenated = features.reshape(len(features), -1)
+        classifier_means = weight.T @ concatenated  # (K, C*P)
+    else:
+        classifier_means = class_means
+    centred_classifier_means = classifier_means - classifier_means.mean(axis=0)
+    alignment = _row_cosines(centred_classifier_means, columns.T)
+    return float(np.mean(1.0 - alignment))
 
 
 def _cosine_matrix(vectors: np.ndarray) -> np.ndarray:

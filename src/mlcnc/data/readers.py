@@ -399,60 +399,91 @@ def read_csv_split(
     if not csv_path.is_file():
         raise DataError(f"{shown}: CSV file not found")
     folder = csv_path.absolute().parent  # image paths stay valid if the cwd changes
-    rows: list[tuple[int, str, list[str]]] = []
+    rows = _read_csv_rows(csv_path, shown, folder)
+    class_names, origin = _csv_class_names(class_names, rows, folder, shown)
+    split = MultiLabelSplit(
+        [folder / image for _, image, _ in rows],
+        _multi_hot_rows(rows, class_names, origin, shown),
+        class_names,
+        str(csv_path),
+        [line for line, _, _ in rows],
+    )
+    if check_files:
+        refuse_missing_files(split)
+    return split
+
+
+CsvRow = tuple[int, str, list[str]]
+"""One row of a CSV split: (line number, image path as written, class names)."""
+
+
+def _read_csv_rows(csv_path: Path, shown: str, folder: Path) -> list[CsvRow]:
+    """The rows of a CSV split after its header; blank lines skipped, duplicates refused."""
+    rows: list[CsvRow] = []
     # surrogateescape: an image path may hold non-UTF-8 bytes (kept as the bytes on disk);
     # the header and the labels are checked to be UTF-8 below.
     with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         line = 1
         try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(
-                    f"{shown}, line 1: the file is empty; the first line must be the header "
-                    f"'{','.join(CSV_HEADER)}'"
-                )
-            if tuple(h.strip() for h in header) != CSV_HEADER:
-                got = ",".join(header)
-                raise DataError(
-                    f"{shown}, line 1: header must be '{','.join(CSV_HEADER)}', got "
-                    f"'{show_path(got)}'; make the first line exactly: {','.join(CSV_HEADER)}"
-                )
+            _check_csv_header(next(reader, None), shown)
             seen: dict[str, int] = {}
             for fields in reader:
                 line = reader.line_num
                 if not fields or all(not f.strip() for f in fields):
                     continue
-                if len(fields) != 2 or not fields[0].strip():
-                    raise DataError(
-                        f"{shown}, line {line}: malformed row {show_path(','.join(fields))!r}; "
-                        "expected 'image,labels' (quote an image path that holds a comma)"
-                    )
-                image = fields[0].strip()
-                _refuse_non_utf8(fields[1], shown, line, "labels")
-                key = os.path.normpath(folder / image)
-                if key in seen:
-                    raise DataError(
-                        f"{shown}, line {line}: duplicate image entry {show_path(image)!r} "
-                        f"(the same file as line {seen[key]}); list each image once"
-                    )
-                seen[key] = line
-                names = (
-                    [n.strip() for n in fields[1].split(LABEL_SEPARATOR)]
-                    if fields[1].strip()
-                    else []
-                )
-                if any(not n for n in names):
-                    raise DataError(
-                        f"{shown}, line {line}: empty class name in labels {fields[1]!r}"
-                    )
-                rows.append((line, image, names))
+                rows.append(_parse_csv_row(fields, line, shown, folder, seen))
         except csv.Error as err:
             line = reader.line_num or line
             raise DataError(f"{shown}, line {line}: not a readable CSV line ({err})") from None
     if not rows:
         raise DataError(f"{shown}: the dataset is empty (no rows after the header)")
+    return rows
 
+
+def _check_csv_header(header: list[str] | None, shown: str) -> None:
+    if header is None:
+        raise DataError(
+            f"{shown}, line 1: the file is empty; the first line must be the header "
+            f"'{','.join(CSV_HEADER)}'"
+        )
+    if tuple(h.strip() for h in header) != CSV_HEADER:
+        got = ",".join(header)
+        raise DataError(
+            f"{shown}, line 1: header must be '{','.join(CSV_HEADER)}', got "
+            f"'{show_path(got)}'; make the first line exactly: {','.join(CSV_HEADER)}"
+        )
+
+
+def _parse_csv_row(
+    fields: list[str], line: int, shown: str, folder: Path, seen: dict[str, int]
+) -> CsvRow:
+    """One ``image,labels`` row; ``seen`` (normalised path -> line) refuses duplicates."""
+    if len(fields) != 2 or not fields[0].strip():
+        raise DataError(
+            f"{shown}, line {line}: malformed row {show_path(','.join(fields))!r}; "
+            "expected 'image,labels' (quote an image path that holds a comma)"
+        )
+    image = fields[0].strip()
+    _refuse_non_utf8(fields[1], shown, line, "labels")
+    key = os.path.normpath(folder / image)
+    if key in seen:
+        raise DataError(
+            f"{shown}, line {line}: duplicate image entry {show_path(image)!r} "
+            f"(the same file as line {seen[key]}); list each image once"
+        )
+    seen[key] = line
+    names = [n.strip() for n in fields[1].split(LABEL_SEPARATOR)] if fields[1].strip() else []
+    if any(not n for n in names):
+        raise DataError(f"{shown}, line {line}: empty class name in labels {fields[1]!r}")
+    return line, image, names
+
+
+def _csv_class_names(
+    class_names: Sequence[str] | None, rows: list[CsvRow], folder: Path, shown: str
+) -> tuple[list[str], str]:
+    """The split's class names (given, else classes.txt beside the CSV, else the sorted
+    names in its rows) and where they came from, for error messages."""
     origin = "the class names given (the training split's)"
     if class_names is None:
         classes_file = folder / CLASSES_FILE
@@ -463,9 +494,14 @@ def read_csv_split(
             class_names = sorted({n for _, _, names in rows for n in names})
             if not class_names:
                 raise DataError(f"{shown}: no class names in any row and no {CLASSES_FILE}")
-    class_names = list(class_names)
-    class_index = {name: c for c, name in enumerate(class_names)}
+    return list(class_names), origin
 
+
+def _multi_hot_rows(
+    rows: list[CsvRow], class_names: list[str], origin: str, shown: str
+) -> np.ndarray:
+    """(N, C) uint8 labels of the rows; an unknown class name is an error naming its line."""
+    class_index = {name: c for c, name in enumerate(class_names)}
     labels = np.zeros((len(rows), len(class_names)), dtype=np.uint8)
     for row, (line, _, names) in enumerate(rows):
         for name in names:
@@ -475,16 +511,7 @@ def read_csv_split(
                     f"{len(class_names)} known classes come from {origin}"
                 )
             labels[row, class_index[name]] = 1
-    split = MultiLabelSplit(
-        [folder / image for _, image, _ in rows],
-        labels,
-        class_names,
-        str(csv_path),
-        [line for line, _, _ in rows],
-    )
-    if check_files:
-        refuse_missing_files(split)
-    return split
+    return labels
 
 
 def refuse_missing_files(split: MultiLabelSplit) -> None:

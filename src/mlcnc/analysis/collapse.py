@@ -13,7 +13,6 @@ projections), then writes into one folder:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 
 from mlcnc import metrics, plots
 from mlcnc.data import MultiLabelSplit
+from mlcnc.io import write_json
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc2_cos_max_dev", "nc3")
 
@@ -39,11 +39,8 @@ def collapse_report(
 ) -> dict[str, Any]:
     """Measure and plot ``trained`` on ``split`` into ``out_dir`` (see the module docstring);
     returns the numbers written to ``collapse.json``."""
-    from lightning.fabric import Fabric
-
-    from mlcnc.data import build_dataset
     from mlcnc.data.longtail import class_groups
-    from mlcnc.engine.evaluation import classifier_matrix, eval_loader, predict
+    from mlcnc.engine.evaluation import classifier_matrix
 
     class_names = list(trained.class_names)
     if list(split.class_names) != class_names:
@@ -52,12 +49,9 @@ def collapse_report(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fabric = Fabric(accelerator=str(device).split(":")[0], devices=1, precision="32-true")
-    trained.model.to(fabric.device)
-    loader = eval_loader(
-        build_dataset(split, trained.transform, skip_bad_images), batch_size, num_workers
+    predictions = _predict_with_projections(
+        trained, split, batch_size, num_workers, device, skip_bad_images
     )
-    predictions = predict(trained.model, loader, fabric, keep_projections=True)
     class_freq = np.asarray(trained.class_freq, dtype=np.int64)
     data_cfg = trained.config.data
     groups = class_groups(class_freq, head=data_cfg.head_threshold, tail=data_cfg.tail_threshold)
@@ -70,15 +64,7 @@ def collapse_report(
         "num_images": len(predictions.indices),
         "map": metrics.group_mean_ap(ap, groups, class_names),
         "groups": {name: [class_names[c] for c in idx] for name, idx in groups.items()},
-        "per_class": [
-            {
-                "class": class_names[c],
-                "train_positives": int(class_freq[c]),
-                "positives": int(predictions.targets[:, c].sum()),
-                "ap": None if np.isnan(ap[c]) else float(100 * ap[c]),
-            }
-            for c in range(len(class_names))
-        ],
+        "per_class": _per_class_rows(ap, class_freq, predictions.targets, class_names),
         "figures": {},
     }
     figures = result["figures"]
@@ -92,63 +78,105 @@ def collapse_report(
     ).name
 
     classifier = classifier_matrix(trained.model)
-    if predictions.projections is None:
-        result["collapse"] = None
-    else:
-        collapse = metrics.neural_collapse(predictions.projections, predictions.targets, classifier)
-        result["collapse"] = {
-            **{k: collapse[k] for k in NC_KEYS},
-            "ideal_cosine": collapse["ideal_cosine"],
-            "classes_used": len(collapse["valid_classes"]),
-            "excluded_classes": [class_names[c] for c in collapse["excluded_classes"]],
-        }
-        figures["cosine_class_means"] = plots.plot_cosine_heatmap(
-            collapse["cosine"],
-            out_dir / "cosine_class_means.png",
-            class_names,
-            ideal=collapse["ideal_cosine"],
-            title="Class means of the per-class projections",
-        ).name
-    if classifier is not None:
-        num_classes = len(class_names)
-        classifier_cosine = _cosines(classifier.numpy().T)
-        ideal = -1.0 / (num_classes - 1)
-        off = np.abs(classifier_cosine - ideal)[~np.eye(num_classes, dtype=bool)]
-        result["classifier"] = {
-            "shape": list(classifier.shape),
-            "cos_mean_dev": float(off.mean()),
-            "cos_max_dev": float(off.max()),
-            "ideal_cosine": ideal,
-        }
-        figures["cosine_classifier"] = plots.plot_cosine_heatmap(
-            classifier_cosine,
-            out_dir / "cosine_classifier.png",
-            class_names,
-            ideal=ideal,
-            title="Classifier columns",
-        ).name
-    else:
-        result["classifier"] = None
-    (out_dir / "collapse.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    result["collapse"] = _collapse_section(predictions, classifier, class_names, out_dir, figures)
+    result["classifier"] = _classifier_section(classifier, class_names, out_dir, figures)
+    write_json(out_dir / "collapse.json", result)
     (out_dir / "report.md").write_text(markdown_report(result))
     return result
+
+
+def _predict_with_projections(
+    trained: Any,
+    split: MultiLabelSplit,
+    batch_size: int,
+    num_workers: int,
+    device: str,
+    skip_bad_images: bool,
+) -> Any:
+    """``trained``'s predictions on ``split``, with the per-class projections, on one device."""
+    from lightning.fabric import Fabric
+
+    from mlcnc.data import build_dataset
+    from mlcnc.engine.evaluation import eval_loader, predict
+
+    fabric = Fabric(accelerator=str(device).split(":")[0], devices=1, precision="32-true")
+    trained.model.to(fabric.device)
+    loader = eval_loader(
+        build_dataset(split, trained.transform, skip_bad_images), batch_size, num_workers
+    )
+    return predict(trained.model, loader, fabric, keep_projections=True)
+
+
+def _per_class_rows(
+    ap: np.ndarray, class_freq: np.ndarray, targets: np.ndarray, class_names: list[str]
+) -> list[dict[str, Any]]:
+    """One row per class: its training and evaluated positives and its AP (%)."""
+    return [
+        {
+            "class": class_names[c],
+            "train_positives": int(class_freq[c]),
+            "positives": int(targets[:, c].sum()),
+            "ap": None if np.isnan(ap[c]) else float(100 * ap[c]),
+        }
+        for c in range(len(class_names))
+    ]
+
+
+def _collapse_section(
+    predictions: Any,
+    classifier: Any,
+    class_names: list[str],
+    out_dir: Path,
+    figures: dict[str, str],
+) -> dict[str, Any] | None:
+    """NC1-NC3 of the per-class projections and their cosine figure (None without them)."""
+    if predictions.projections is None:
+        return None
+    collapse = metrics.neural_collapse(predictions.projections, predictions.targets, classifier)
+    figures["cosine_class_means"] = plots.plot_cosine_heatmap(
+        collapse["cosine"],
+        out_dir / "cosine_class_means.png",
+        class_names,
+        ideal=collapse["ideal_cosine"],
+        title="Class means of the per-class projections",
+    ).name
+    return {
+        **{k: collapse[k] for k in NC_KEYS},
+        "ideal_cosine": collapse["ideal_cosine"],
+        "classes_used": len(collapse["valid_classes"]),
+        "excluded_classes": [class_names[c] for c in collapse["excluded_classes"]],
+    }
+
+
+def _classifier_section(
+    classifier: Any, class_names: list[str], out_dir: Path, figures: dict[str, str]
+) -> dict[str, Any] | None:
+    """How far the classifier's columns are from a simplex ETF, and their cosine figure
+    (None for a model without a classifier matrix)."""
+    if classifier is None:
+        return None
+    num_classes = len(class_names)
+    classifier_cosine = _cosines(classifier.numpy().T)
+    ideal = -1.0 / (num_classes - 1)
+    off = np.abs(classifier_cosine - ideal)[~np.eye(num_classes, dtype=bool)]
+    figures["cosine_classifier"] = plots.plot_cosine_heatmap(
+        classifier_cosine,
+        out_dir / "cosine_classifier.png",
+        class_names,
+        ideal=ideal,
+        title="Classifier columns",
+    ).name
+    return {
+        "shape": list(classifier.shape),
+        "cos_mean_dev": float(off.mean()),
+        "cos_max_dev": float(off.max()),
+        "ideal_cosine": ideal,
+    }
 
 
 def _cosines(vectors: np.ndarray) -> np.ndarray:
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.clip(unit @ unit.T, -1.0, 1.0)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _number(value: Any, digits: int = 4) -> str:

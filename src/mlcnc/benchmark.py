@@ -49,6 +49,7 @@ from mlcnc.config import (
 )
 from mlcnc.data.readers import DataError
 from mlcnc.groups import MAP_GROUPS as GROUPS
+from mlcnc.io import write_json
 
 MODELS = {"regular": "test", "ema": "test_ema"}
 """Which model the table reports -> the prefix of its test metrics in an epoch record."""
@@ -236,10 +237,7 @@ def write_run_result(result: RunResult, cfg: Config) -> Path:
         "note": "last-epoch test mAP (%), regular and EMA models; nothing selected on test",
         "config": config_to_dict(cfg),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, payload)  # a NaN mAP is written as null
 
 
 def read_run_result(path: Path, cfg: Config) -> RunResult:
@@ -475,40 +473,13 @@ def run_benchmark(
     A failing run is logged and recorded in ``failures``; the others go on, and the table
     holds the seeds that finished (its Seeds column says which).
     """
-    from mlcnc.methods import METHODS
-
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     methods, seeds = list(methods), [int(s) for s in seeds]
-    if not methods or not seeds:
-        raise ValueError("run_benchmark needs at least one method and one seed")
-    for name, values in (("method", methods), ("seed", seeds)):
-        duplicates = sorted({v for v in values if values.count(v) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate {name}s: {duplicates}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from: {', '.join(METHODS.names())}")
-    if recipes not in ("shared", "published"):
-        raise ValueError(f"recipes must be 'shared' or 'published', got {recipes!r}")
+    _check_benchmark_arguments(methods, seeds, model, recipes)
     train_fn = train_fn or engine_train
     data_name = load_config(data).data.name
     method_data = {m: _recipe_config(m, data, data_name, recipes) for m in methods}
     output = Path(output) if output is not None else Path("runs") / f"benchmark-{Path(data).stem}"
-    shared, per_method = split_overrides(overrides, methods)
-
-    # Every config is resolved (and so checked) before the first run starts.
-    plan = []
-    for seed in seeds:  # seed-major: a complete one-seed table comes first
-        for method in methods:
-            run_dir = output / "runs" / run_name(method, seed)
-            quiet = seed != seeds[0]  # say once per method what its configs leave out
-            cfg = run_config(
-                method_data[method], method, seed, run_dir, shared, per_method[method],
-                _silent if quiet else log,
-            )  # fmt: skip
-            plan.append((method, seed, run_dir, cfg))
-    _fill_training_size([cfg for *_, cfg in plan], log)
+    plan = _plan_runs(methods, seeds, method_data, output, overrides, log)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(
         json.dumps(
@@ -521,17 +492,7 @@ def run_benchmark(
 
     runs: list[RunResult] = []
     failures: dict[str, str] = {}
-    footer = environment_note(command)
-    own = {m: c for m, c in method_data.items() if c != data}
-    if recipes == "published":
-        footer += (
-            "Recipes: "
-            + (
-                "; ".join(f"{m} under its published recipe ({c})" for m, c in own.items())
-                or "no method has a published recipe for this benchmark"
-            )
-            + f"; the others under {data}'s.\n"
-        )
+    footer = environment_note(command) + _recipes_note(data, method_data, recipes)
     for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
         try:
@@ -544,15 +505,83 @@ def run_benchmark(
         write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
 
     rows = aggregate(runs, methods, model)
+    footer += _time_and_failures_note(runs, failures)
+    files = write_tables(rows, output, model, seeds, footer, plot=plot)
+    return BenchmarkResult(rows=rows, runs=runs, failures=failures, files=files)
+
+
+def _check_benchmark_arguments(
+    methods: list[str], seeds: list[int], model: str, recipes: str
+) -> None:
+    """Refuse a bad model, no method or seed, duplicates, an unknown method or recipes."""
+    from mlcnc.methods import METHODS
+
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    if not methods or not seeds:
+        raise ValueError("run_benchmark needs at least one method and one seed")
+    for name, values in (("method", methods), ("seed", seeds)):
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate {name}s: {duplicates}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from: {', '.join(METHODS.names())}")
+    if recipes not in ("shared", "published"):
+        raise ValueError(f"recipes must be 'shared' or 'published', got {recipes!r}")
+
+
+def _plan_runs(
+    methods: list[str],
+    seeds: list[int],
+    method_data: dict[str, str],
+    output: Path,
+    overrides: Sequence[str],
+    log: Callable[[str], None],
+) -> list[tuple[str, int, Path, Any]]:
+    """(method, seed, run folder, config) of every run, seed-major (a complete one-seed
+    table comes first); every config is resolved, and so checked, before the first run."""
+    shared, per_method = split_overrides(overrides, methods)
+    plan = []
+    for seed in seeds:
+        for method in methods:
+            run_dir = output / "runs" / run_name(method, seed)
+            quiet = seed != seeds[0]  # say once per method what its configs leave out
+            cfg = run_config(
+                method_data[method], method, seed, run_dir, shared, per_method[method],
+                _silent if quiet else log,
+            )  # fmt: skip
+            plan.append((method, seed, run_dir, cfg))
+    _fill_training_size([cfg for *_, cfg in plan], log)
+    return plan
+
+
+def _recipes_note(data: str, method_data: dict[str, str], recipes: str) -> str:
+    """The footer line saying which method ran under which recipe (``published`` only)."""
+    if recipes != "published":
+        return ""
+    own = {m: c for m, c in method_data.items() if c != data}
+    return (
+        "Recipes: "
+        + (
+            "; ".join(f"{m} under its published recipe ({c})" for m, c in own.items())
+            or "no method has a published recipe for this benchmark"
+        )
+        + f"; the others under {data}'s.\n"
+    )
+
+
+def _time_and_failures_note(runs: list[RunResult], failures: dict[str, str]) -> str:
+    """The footer's training time and its list of failed runs."""
+    note = ""
     timed = [r.seconds for r in runs if r.seconds is not None]
     if timed:
-        footer += (
+        note += (
             f"Training time: {sum(timed) / 60:.1f} min for {len(timed)} runs "
             f"({np.mean(timed):.0f} s per run on average).\n"
         )
     if failures:
-        footer += "\nFailed runs (left out of the table):\n" + "".join(
+        note += "\nFailed runs (left out of the table):\n" + "".join(
             f"- {name}: {message.splitlines()[0]}\n" for name, message in failures.items()
         )
-    files = write_tables(rows, output, model, seeds, footer, plot=plot)
-    return BenchmarkResult(rows=rows, runs=runs, failures=failures, files=files)
+    return note

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcnc.losses import MLCNCLoss, two_way_loss
-from mlcnc.models import create_model
+from mlcnc.models import create_mlcnc
 from mlcnc.models.head import MLCNCHead
 
 
@@ -289,11 +289,11 @@ def bench_full_step(args: argparse.Namespace) -> None:
     classes, batch = args.classes, args.full_batch
     device = torch.device(args.device)
     torch.manual_seed(0)
-    mlcnc_model = create_model(classes, backbone="resnet50", pretrained=False).to(device)
+    mlcnc_model = create_mlcnc(classes, backbone="resnet50", pretrained=False).to(device)
     criterion = MLCNCLoss(classes, proj_dim=mlcnc_model.proj_dim, warmup_epochs=0).to(device)
     criterion.prototypes.normal_()
     criterion.prototype_valid.fill_(True)
-    linear = LinearBaseline(create_model(classes, backbone="resnet50").backbone, classes).to(device)
+    linear = LinearBaseline(create_mlcnc(classes, backbone="resnet50").backbone, classes).to(device)
     linear.backbone.load_state_dict(mlcnc_model.backbone.state_dict())
     images = torch.randn(batch, 3, 224, 224, device=device)
     targets = (torch.rand(batch, classes, device=device) < 0.05).float()

@@ -14,7 +14,7 @@ import torch
 from helpers import write_tiny_csv_dataset
 from mlcnc.cli import main
 from mlcnc.losses import MLCNCLoss
-from mlcnc.models import create_model
+from mlcnc.models import create_mlcnc
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,7 +26,7 @@ NUM_CLASSES = 6
 
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(
+    return create_mlcnc(
         NUM_CLASSES, backbone="test_efficientnet", pretrained=False, embed_dim=16, num_heads=2
     )
 

@@ -6,7 +6,7 @@ The Python API (imported lazily, so ``import mlcnc`` stays light)::
     cfg = mlcnc.load_config("synthetic", ["optim.epochs=2"])   # checked on load
     result = mlcnc.train(cfg)                                   # -> TrainResult
     trained = mlcnc.load_trained(result.run_dir)                # model + eval transform
-    model = mlcnc.create_model(num_classes=20, backbone="resnet50")
+    model = mlcnc.create_model("erm", num_classes=20, backbone="resnet50")  # any method
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MLCNC",
     "__version__",
+    "create_mlcnc",
     "create_model",
     "evaluate_checkpoint",
     "load_config",
@@ -27,11 +28,13 @@ __all__ = [
 if TYPE_CHECKING:
     from mlcnc.config import load_config
     from mlcnc.engine import evaluate_checkpoint, load_trained, train
-    from mlcnc.models import MLCNC, create_model
+    from mlcnc.methods import create_model
+    from mlcnc.models import MLCNC, create_mlcnc
 
 _LAZY = {
     "MLCNC": "mlcnc.models",
-    "create_model": "mlcnc.models",
+    "create_mlcnc": "mlcnc.models",
+    "create_model": "mlcnc.methods",
     "load_config": "mlcnc.config",
     "train": "mlcnc.engine",
     "load_trained": "mlcnc.engine",

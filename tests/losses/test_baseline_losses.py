@@ -2,38 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from mlcnc.losses.baselines import (
-    DB_PRESETS,
-    AsymmetricCriterion,
+from mlcnc.losses.asymmetric import AsymmetricCriterion, asymmetric_loss
+from mlcnc.losses.bce import (
     BCECriterion,
-    ClassBalancedFocalCriterion,
+    ReweightedBCECriterion,
+    bce_loss,
+    inverse_frequency_weights,
+)
+from mlcnc.losses.class_balanced_focal import ClassBalancedFocalCriterion
+from mlcnc.losses.distribution_balanced import (
+    DB_PRESETS,
     DBParams,
     DistributionBalancedCriterion,
-    FocalCriterion,
-    LDAMCriterion,
-    ReweightedBCECriterion,
-    TwoWayCriterion,
-    as_class_freq,
-    asymmetric_loss,
-    bce_loss,
-    class_balanced_weights,
     distribution_balanced_loss,
-    focal_loss,
-    inverse_frequency_weights,
-    ldam_loss,
-    ldam_margins,
 )
+from mlcnc.losses.focal import FocalCriterion, focal_loss
 from mlcnc.losses.functional import two_way_loss
+from mlcnc.losses.ldam import LDAMCriterion, ldam_loss, ldam_margins
+from mlcnc.losses.reduction import as_class_freq
+from mlcnc.losses.two_way import TwoWayCriterion
 from mlcnc.models.output import ModelOutput
 
 CLASS_FREQ = [50.0, 20.0, 7.0, 3.0, 1.0]
 NUM_SAMPLES = 60
+ASL_DEFAULTS = {
+    "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "eps": 1e-8,
+    "detach_focal_weight": True, "reduction": "sum",
+}  # fmt: skip
+ASL = {"eps": 1e-8, "detach_focal_weight": True, "reduction": "sum"}
+DB_FOCAL = {"gamma": 2.0, "balance_param": 2.0}
 
 
 def sigmoid(x: float) -> float:
@@ -71,18 +75,6 @@ def test_inverse_frequency_weights_match_formula() -> None:
         assert got.mean().item() == pytest.approx(1.0, rel=1e-6)
 
 
-def test_class_balanced_weights_match_effective_number() -> None:
-    for beta in (0.9, 0.99, 0.999):
-        raw = [(1 - beta) / (1 - beta**n) for n in CLASS_FREQ]
-        expected = [w * len(raw) / sum(raw) for w in raw]
-        got = class_balanced_weights(CLASS_FREQ, beta)
-        assert torch.allclose(got, torch.tensor(expected, dtype=torch.float32), rtol=1e-5)
-        assert got.sum().item() == pytest.approx(len(CLASS_FREQ), rel=1e-5)
-    assert torch.allclose(class_balanced_weights(CLASS_FREQ, 0.0), torch.ones(5))
-    with pytest.raises(ValueError, match="beta"):
-        class_balanced_weights(CLASS_FREQ, 1.0)
-
-
 def test_ldam_margins_match_formula() -> None:
     got = ldam_margins(CLASS_FREQ, max_margin=0.5)
     largest = max(n**-0.25 for n in CLASS_FREQ)
@@ -94,11 +86,12 @@ def test_ldam_margins_match_formula() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda f: inverse_frequency_weights(f),
-        lambda f: class_balanced_weights(f, 0.9),
-        lambda f: ldam_margins(f),
-        lambda f: ReweightedBCECriterion(f),
-        lambda f: DistributionBalancedCriterion(f, num_samples=100),
+        lambda f: inverse_frequency_weights(f, 1.0),
+        lambda f: ldam_margins(f, 0.5),
+        lambda f: ReweightedBCECriterion(f, mode="inv"),
+        lambda f: DistributionBalancedCriterion(
+            f, num_samples=100, params=DB_PRESETS["voc"], focal=True, gamma=2.0, balance_param=2.0
+        ),
     ],
 )
 def test_zero_frequency_class_is_refused_by_name(make) -> None:
@@ -138,16 +131,19 @@ def test_focal_and_cb_focal_match_loop(batch) -> None:
 
     for alpha in (None, 0.25):
         expected = np.mean([focal(z, y, 2.0, alpha) for *_, z, y in entries(logits, targets)])
-        assert focal_loss(logits, targets, 2.0, alpha).item() == pytest.approx(expected, rel=1e-5)
-    weight = class_balanced_weights(CLASS_FREQ, 0.999)
+        assert focal_loss(logits, targets, gamma=2.0, alpha=alpha).item() == pytest.approx(
+            expected, rel=1e-5
+        )
+    raw = torch.tensor([(1 - 0.999) / (1 - 0.999**n) for n in CLASS_FREQ])
+    weight = raw * len(CLASS_FREQ) / raw.sum()  # class-balanced weights (Cui et al.)
     expected = np.mean(
         [float(weight[c]) * focal(z, y, 2.0, None) for _, c, z, y in entries(logits, targets)]
     )
-    got = focal_loss(logits, targets, 2.0, None, class_weight=weight)
+    got = focal_loss(logits, targets, gamma=2.0, alpha=None, class_weight=weight)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # DB's CB-Focal (per-sample weights) is tested in test_baselines_reference.py.
     with pytest.raises(ValueError, match="alpha"):
-        focal_loss(logits, targets, alpha=1.5)
+        focal_loss(logits, targets, gamma=2.0, alpha=1.5)
 
 
 def test_ldam_matches_loop(batch) -> None:
@@ -174,11 +170,13 @@ def test_asymmetric_loss_matches_published_formula(batch) -> None:
 
     for gamma_neg, gamma_pos, clip in [(4.0, 0.0, 0.05), (2.0, 1.0, 0.0), (4.0, 1.0, 0.2)]:
         expected = [asl(z, y, gamma_neg, gamma_pos, clip) for *_, z, y in entries(logits, targets)]
-        got = asymmetric_loss(logits, targets, gamma_neg, gamma_pos, clip, reduction="sum")
+        got = asymmetric_loss(
+            logits, targets, **ASL, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip
+        )
         assert got.item() == pytest.approx(np.sum(expected), rel=1e-5)
     # A negative whose probability is below the clip costs nothing.
     low = torch.tensor([[-5.0]])
-    assert asymmetric_loss(low, torch.zeros(1, 1)).item() == 0.0
+    assert asymmetric_loss(low, torch.zeros(1, 1), **ASL_DEFAULTS).item() == 0.0
 
 
 def db_reference(
@@ -217,9 +215,13 @@ def test_distribution_balanced_loss_matches_spec(batch, preset: str, focal: bool
     params = DB_PRESETS[preset]
     expected = db_reference(logits, targets, params, focal)
     freq = torch.tensor(CLASS_FREQ)
-    got = distribution_balanced_loss(logits, targets, freq, NUM_SAMPLES, params, focal=focal)
+    got = distribution_balanced_loss(
+        logits, targets, freq, NUM_SAMPLES, params, focal=focal, **DB_FOCAL
+    )
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    criterion = DistributionBalancedCriterion(CLASS_FREQ, NUM_SAMPLES, params, focal=focal)
+    criterion = DistributionBalancedCriterion(
+        CLASS_FREQ, NUM_SAMPLES, params, focal=focal, **DB_FOCAL
+    )
     out = criterion(ModelOutput(logits=logits), targets)
     assert out["total"].item() == pytest.approx(expected, rel=1e-5)
     assert set(out) == {"total", "db_focal" if focal else "db"}
@@ -240,14 +242,20 @@ def test_two_way_criterion_is_the_core_loss(batch) -> None:
 def all_criteria() -> dict[str, torch.nn.Module]:
     return {
         "bce": BCECriterion(),
-        "rw": ReweightedBCECriterion(CLASS_FREQ),
-        "focal": FocalCriterion(),
-        "cb_focal": ClassBalancedFocalCriterion(CLASS_FREQ),
-        "ldam": LDAMCriterion(CLASS_FREQ),
-        "asl": AsymmetricCriterion(),
-        "db": DistributionBalancedCriterion(CLASS_FREQ, NUM_SAMPLES, focal=False),
-        "db_focal": DistributionBalancedCriterion(CLASS_FREQ, NUM_SAMPLES),
-        "two_way": TwoWayCriterion(),
+        "rw": ReweightedBCECriterion(CLASS_FREQ, mode="inv"),
+        "focal": FocalCriterion(gamma=2.0, alpha=None),
+        "cb_focal": ClassBalancedFocalCriterion(
+            CLASS_FREQ, beta=0.9, gamma=2.0, mode="average_w", balance_param=2.0
+        ),
+        "ldam": LDAMCriterion(CLASS_FREQ, max_margin=0.5, scale=30.0),
+        "asl": AsymmetricCriterion(**ASL_DEFAULTS),
+        "db": DistributionBalancedCriterion(
+            CLASS_FREQ, NUM_SAMPLES, DB_PRESETS["voc"], focal=False
+        ),
+        "db_focal": DistributionBalancedCriterion(
+            CLASS_FREQ, NUM_SAMPLES, DB_PRESETS["voc"], focal=True, **DB_FOCAL
+        ),
+        "two_way": TwoWayCriterion(tp=4.0, tn=1.0),
     }
 
 
@@ -281,10 +289,10 @@ def test_criteria_are_float32_under_autocast(name: str) -> None:
 def test_criteria_state_dict_carries_class_statistics() -> None:
     criteria = all_criteria()
     assert torch.equal(
-        criteria["rw"].state_dict()["class_weight"], inverse_frequency_weights(CLASS_FREQ)
+        criteria["rw"].state_dict()["class_weight"], inverse_frequency_weights(CLASS_FREQ, 1.0)
     )
     assert torch.equal(criteria["cb_focal"].state_dict()["class_freq"], torch.tensor(CLASS_FREQ))
-    assert torch.equal(criteria["ldam"].state_dict()["margins"], ldam_margins(CLASS_FREQ))
+    assert torch.equal(criteria["ldam"].state_dict()["margins"], ldam_margins(CLASS_FREQ, 0.5))
     assert torch.equal(criteria["db"].state_dict()["class_freq"], torch.tensor(CLASS_FREQ))
     assert criteria["bce"].state_dict() == {}
     assert criteria["focal"].state_dict() == {}
@@ -303,13 +311,14 @@ def test_shape_mismatch_is_a_clear_error() -> None:
 
 def test_reduction_none_keeps_entries(batch) -> None:
     logits, targets = batch
-    for fn in (bce_loss, focal_loss):
+    focal = functools.partial(focal_loss, gamma=2.0, alpha=None)
+    for fn in (bce_loss, focal):
         per_entry = fn(logits, targets, reduction="none")
         assert per_entry.shape == logits.shape
         assert per_entry.mean().item() == pytest.approx(fn(logits, targets).item(), rel=1e-6)
     # ASL sums by default (its authors' reduction).
-    per_entry = asymmetric_loss(logits, targets, reduction="none")
+    per_entry = asymmetric_loss(logits, targets, **{**ASL_DEFAULTS, "reduction": "none"})
     assert per_entry.shape == logits.shape
     assert per_entry.sum().item() == pytest.approx(
-        asymmetric_loss(logits, targets).item(), rel=1e-6
+        asymmetric_loss(logits, targets, **ASL_DEFAULTS).item(), rel=1e-6
     )

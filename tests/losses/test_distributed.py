@@ -33,21 +33,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from mlcnc.losses.baselines import (
-    asymmetric_loss,
-    bce_loss,
-    distribution_balanced_loss,
-    focal_loss,
-    ldam_loss,
-    ldam_margins,
-)
+from mlcnc.losses.asymmetric import asymmetric_loss
+from mlcnc.losses.bce import bce_loss
 from mlcnc.losses.distributed import gather_batch, global_mean, local_batch, world_size
+from mlcnc.losses.distribution_balanced import DB_PRESETS, distribution_balanced_loss
+from mlcnc.losses.focal import focal_loss
 from mlcnc.losses.functional import (
     collapse_calibration_loss,
     feature_label_alignment_loss,
     two_way_loss,
 )
+from mlcnc.losses.ldam import ldam_loss, ldam_margins
 from mlcnc.methods import METHODS, MethodConfig, build_method, method_defaults
+
+ASL = {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "eps": 1e-8, "detach_focal_weight": True}
 
 WORLD = 2
 SPLITS = {"equal": (4, 4), "unequal": (5, 3)}
@@ -215,13 +214,29 @@ FUNCTIONAL = {
         ),
     ),
     "bce_sum": ("logits", lambda x, i, y: bce_loss(x, y, reduction="sum")),
-    "focal_sum": ("logits", lambda x, i, y: focal_loss(x, y, reduction="sum")),
-    "ldam_sum": ("logits", lambda x, i, y: ldam_loss(x, y, ldam_margins(FREQ), reduction="sum")),
-    "asl_mean": ("logits", lambda x, i, y: asymmetric_loss(x, y, reduction="mean")),
-    "asl_sum": ("logits", lambda x, i, y: asymmetric_loss(x, y, reduction="sum")),
+    "focal_sum": (
+        "logits",
+        lambda x, i, y: focal_loss(x, y, gamma=2.0, alpha=None, reduction="sum"),
+    ),
+    "ldam_sum": (
+        "logits",
+        lambda x, i, y: ldam_loss(x, y, ldam_margins(FREQ, 0.5), scale=30.0, reduction="sum"),
+    ),
+    "asl_mean": ("logits", lambda x, i, y: asymmetric_loss(x, y, **ASL, reduction="mean")),
+    "asl_sum": ("logits", lambda x, i, y: asymmetric_loss(x, y, **ASL, reduction="sum")),
     "db_focal_sum": (
         "logits",
-        lambda x, i, y: distribution_balanced_loss(x, y, FREQ, NUM_SAMPLES, reduction="sum"),
+        lambda x, i, y: distribution_balanced_loss(
+            x,
+            y,
+            FREQ,
+            NUM_SAMPLES,
+            DB_PRESETS["voc"],
+            focal=True,
+            gamma=2.0,
+            balance_param=2.0,
+            reduction="sum",
+        ),
     ),
 }
 

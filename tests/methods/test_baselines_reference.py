@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from mlcnc.data.cooccurrence import conditional_probabilities, cooccurrence_counts
-from mlcnc.losses.baselines import (
+from mlcnc.losses.asymmetric import AsymmetricCriterion, asymmetric_loss
+from mlcnc.losses.class_balanced_focal import (
     CB_MODES,
-    AsymmetricCriterion,
     ClassBalancedFocalCriterion,
-    asymmetric_loss,
     class_balanced_focal_loss,
     effective_number_weights,
 )
@@ -22,6 +21,15 @@ from mlcnc.losses.mfm import MultiFocalModifierCriterion
 from mlcnc.models.output import ModelOutput
 
 CLASS_FREQ = [50.0, 20.0, 7.0, 3.0, 1.0]
+CB = {"beta": 0.9, "gamma": 2.0, "mode": "average_w", "balance_param": 2.0}
+ASL = {
+    "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "eps": 1e-8,
+    "detach_focal_weight": True, "reduction": "sum",
+}  # fmt: skip
+MFM = {
+    "gamma_neg": 3.0, "gamma_pos": 0.0, "clip": 0.05, "class_neg_scale": 1.2,
+    "weight_power": 1.0 / 3.0, "eps": 1e-8, "detach_focal_weight": True, "reduction": "sum",
+}  # fmt: skip
 
 
 def sigmoid(x: float) -> float:
@@ -82,7 +90,7 @@ def cb_focal_reference(logits, targets, beta: float, gamma: float, mode: str) ->
 def test_cb_focal_matches_db_formula_entry_by_entry(batch, mode: str, beta: float) -> None:
     logits, targets = batch
     freq = torch.tensor(CLASS_FREQ)
-    got = class_balanced_focal_loss(logits, targets, freq, beta=beta, mode=mode)
+    got = class_balanced_focal_loss(logits, targets, freq, **{**CB, "beta": beta, "mode": mode})
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(
         cb_focal_reference(logits, targets, beta, 2.0, mode), rel=1e-5
@@ -96,13 +104,17 @@ def test_cb_focal_average_w_weights_whole_rows_and_by_class_whole_columns(batch)
     assert torch.allclose(
         weights, torch.tensor([(1 - 0.9) / (1 - 0.9**n) for n in CLASS_FREQ]), rtol=1e-6
     )
-    entries = class_balanced_focal_loss(logits, targets, freq, mode="average_w", reduction="none")
-    plain = class_balanced_focal_loss(logits, targets, freq, beta=0.0, reduction="none")
+    entries = class_balanced_focal_loss(logits, targets, freq, **CB, reduction="none")
+    plain = class_balanced_focal_loss(
+        logits, targets, freq, **{**CB, "beta": 0.0}, reduction="none"
+    )
     ratio = entries / plain  # beta 0 gives every weight 1, so the ratio is the weight
     # Row 1 has positives 0 and 3: every entry of the row, negatives too, weighs their mean.
     assert torch.allclose(ratio[1], ((weights[0] + weights[3]) / 2).expand(5), rtol=1e-5)
     assert torch.allclose(ratio[2], weights[4].expand(5), rtol=1e-5)
-    by_class = class_balanced_focal_loss(logits, targets, freq, mode="by_class", reduction="none")
+    by_class = class_balanced_focal_loss(
+        logits, targets, freq, **{**CB, "mode": "by_class"}, reduction="none"
+    )
     assert torch.allclose(by_class / plain, weights.expand(7, 5), rtol=1e-5)
 
 
@@ -113,31 +125,33 @@ def test_cb_focal_finite_everywhere(mode: str) -> None:
         requires_grad=True,
     )
     targets = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0], [0.0] * 5, [1.0] * 5])
-    criterion = ClassBalancedFocalCriterion(CLASS_FREQ, mode=mode)
+    criterion = ClassBalancedFocalCriterion(CLASS_FREQ, **{**CB, "mode": mode})
     out = criterion(ModelOutput(logits=logits), targets)
     assert torch.isfinite(out["total"])
     out["total"].backward()
     assert torch.isfinite(logits.grad).all()
     per_entry = class_balanced_focal_loss(
-        logits.detach(), targets, torch.tensor(CLASS_FREQ), mode=mode, reduction="none"
+        logits.detach(),
+        targets,
+        torch.tensor(CLASS_FREQ),
+        **{**CB, "mode": mode},
+        reduction="none",
     )
     assert torch.isfinite(per_entry).all()
 
 
 def test_cb_focal_criterion_defaults_and_refusals() -> None:
-    criterion = ClassBalancedFocalCriterion(CLASS_FREQ)
+    criterion = ClassBalancedFocalCriterion(CLASS_FREQ, **CB)
     assert (criterion.beta, criterion.gamma, criterion.mode, criterion.balance_param) == (
         0.9,
         2.0,
         "average_w",
         2.0,
     )
-    with pytest.raises(ValueError, match="no alpha"):
-        ClassBalancedFocalCriterion(CLASS_FREQ, alpha=0.25)
     with pytest.raises(ValueError, match="mode must be one of"):
-        ClassBalancedFocalCriterion(CLASS_FREQ, mode="average")
+        ClassBalancedFocalCriterion(CLASS_FREQ, **{**CB, "mode": "average"})
     with pytest.raises(ValueError, match="beta"):
-        ClassBalancedFocalCriterion(CLASS_FREQ, beta=1.0)
+        ClassBalancedFocalCriterion(CLASS_FREQ, **{**CB, "beta": 1.0})
 
 
 # --------------------------------------------------------------------------- ASL
@@ -157,17 +171,17 @@ def test_asl_defaults_are_the_training_script_and_sum(batch) -> None:
         for b in range(logits.shape[0])
         for c in range(logits.shape[1])
     )
-    assert asymmetric_loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
-    out = AsymmetricCriterion()(ModelOutput(logits=logits), targets)
+    assert asymmetric_loss(logits, targets, **ASL).item() == pytest.approx(expected, rel=1e-5)
+    out = AsymmetricCriterion(**ASL)(ModelOutput(logits=logits), targets)
     assert out["total"].item() == pytest.approx(expected, rel=1e-5)
-    mean = AsymmetricCriterion(reduction="mean")(ModelOutput(logits=logits), targets)
+    mean = AsymmetricCriterion(**{**ASL, "reduction": "mean"})(ModelOutput(logits=logits), targets)
     assert mean["total"].item() == pytest.approx(expected / logits.numel(), rel=1e-5)
 
 
 def test_asl_eps_clamp_as_authors() -> None:
     # A badly wrong positive: log(max(p, 1e-8)) is constant, so it has no gradient.
     z = torch.tensor([[-30.0]], requires_grad=True)
-    loss = asymmetric_loss(z, torch.ones(1, 1))
+    loss = asymmetric_loss(z, torch.ones(1, 1), **ASL)
     assert loss.item() == pytest.approx(-math.log(1e-8), rel=1e-6)
     loss.backward()
     assert z.grad.item() == 0.0
@@ -176,7 +190,7 @@ def test_asl_eps_clamp_as_authors() -> None:
 def test_asl_focal_weight_is_detached_by_default() -> None:
     z = torch.tensor([[1.5, -0.3, 2.0, 0.7]], dtype=torch.float64, requires_grad=True)
     y = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
-    asymmetric_loss(z, y, gamma_pos=1.0).backward()
+    asymmetric_loss(z, y, **{**ASL, "gamma_pos": 1.0}).backward()
     expected = []
     for zi, yi in zip(z.detach()[0].tolist(), y[0].tolist(), strict=True):
         p = sigmoid(zi)
@@ -188,14 +202,18 @@ def test_asl_focal_weight_is_detached_by_default() -> None:
     assert torch.allclose(z.grad[0].float(), torch.tensor(expected).float(), rtol=1e-5)
     # With the weights in the graph the gradient is that of the full formula.
     z2 = z.detach().clone().requires_grad_(True)
-    asymmetric_loss(z2, y, gamma_pos=1.0, detach_focal_weight=False).backward()
+    asymmetric_loss(z2, y, **{**ASL, "gamma_pos": 1.0, "detach_focal_weight": False}).backward()
     step = 1e-2  # float32 losses: a wide central difference
     for k in range(4):
         bump = torch.zeros_like(z2)
         bump[0, k] = step
         numeric = (
-            asymmetric_loss(z2.detach() + bump, y, gamma_pos=1.0, detach_focal_weight=False)
-            - asymmetric_loss(z2.detach() - bump, y, gamma_pos=1.0, detach_focal_weight=False)
+            asymmetric_loss(
+                z2.detach() + bump, y, **{**ASL, "gamma_pos": 1.0, "detach_focal_weight": False}
+            )
+            - asymmetric_loss(
+                z2.detach() - bump, y, **{**ASL, "gamma_pos": 1.0, "detach_focal_weight": False}
+            )
         ) / (2 * step)
         assert z2.grad[0, k].item() == pytest.approx(numeric.item(), rel=1e-3)
 
@@ -204,8 +222,10 @@ def test_asl_sum_and_mean_reductions(batch) -> None:
     """ASL's sum under DDP (world size x the local sum) is checked with two real gloo
     processes in tests/test_ddp_losses.py, for every registered method."""
     logits, targets = batch
-    full = AsymmetricCriterion()(ModelOutput(logits=logits), targets)["total"]
-    mean = AsymmetricCriterion(reduction="mean")(ModelOutput(logits=logits), targets)["total"]
+    full = AsymmetricCriterion(**ASL)(ModelOutput(logits=logits), targets)["total"]
+    mean = AsymmetricCriterion(**{**ASL, "reduction": "mean"})(ModelOutput(logits=logits), targets)[
+        "total"
+    ]
     assert mean.item() == pytest.approx(full.item() / logits.numel(), rel=1e-6)  # not scaled
 
 
@@ -265,7 +285,7 @@ def mfm_reference(logits, targets, labels, gamma_neg=3.0, gamma_pos=0.0, clip=0.
 
 def test_mfm_matches_comic_formula(batch) -> None:
     logits, targets = batch
-    criterion = MultiFocalModifierCriterion(LABELS.sum(axis=0), cooccurrence_counts(LABELS))
+    criterion = MultiFocalModifierCriterion(LABELS.sum(axis=0), cooccurrence_counts(LABELS), **MFM)
     out = criterion(ModelOutput(logits=logits), targets)
     assert set(out) == {"total", "mfm"}
     assert out["total"].item() == pytest.approx(mfm_reference(logits, targets, LABELS), rel=1e-5)
@@ -274,7 +294,7 @@ def test_mfm_matches_comic_formula(batch) -> None:
 
 
 def test_mfm_finite_and_gradients() -> None:
-    criterion = MultiFocalModifierCriterion(LABELS.sum(axis=0), cooccurrence_counts(LABELS))
+    criterion = MultiFocalModifierCriterion(LABELS.sum(axis=0), cooccurrence_counts(LABELS), **MFM)
     logits = torch.tensor(
         [[40.0, -40.0, 0.0, 100.0, -100.0], [0.5, -0.5, 3.0, -3.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]],
         requires_grad=True,
@@ -285,4 +305,4 @@ def test_mfm_finite_and_gradients() -> None:
     out["total"].backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"cooccurrence must be \(5, 5\)"):
-        MultiFocalModifierCriterion(LABELS.sum(axis=0), np.zeros((4, 4)))
+        MultiFocalModifierCriterion(LABELS.sum(axis=0), np.zeros((4, 4)), **MFM)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mlcnc.losses.baselines import DB_PRESETS, DistributionBalancedCriterion, ReweightedBCECriterion
+from mlcnc.losses.bce import ReweightedBCECriterion
+from mlcnc.losses.distribution_balanced import DB_PRESETS, DistributionBalancedCriterion
 from mlcnc.methods import METHODS, MethodConfig, build_method, method_defaults, needs_num_samples
 from mlcnc.models.linear import LinearHeadModel
 

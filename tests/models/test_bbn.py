@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlcnc.data.paired import PairedDataset
 from mlcnc.data.samplers import PairedSampler, ReversedSampler, ShuffleSampler
+from mlcnc.losses.bbn import BBNCriterion
 from mlcnc.models.backbone import create_backbone
-from mlcnc.models.bbn import BBNCriterion, BBNModel, bbn_alpha
+from mlcnc.models.bbn import BBNModel, bbn_alpha
 from mlcnc.models.branches import BBNOutput, split_backbone
 from mlcnc.models.output import ModelOutput
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mlcnc.config import load_config
 from mlcnc.engine.optim import build_optimizer
-from mlcnc.losses.baselines import BCECriterion
+from mlcnc.losses.bce import BCECriterion
 from mlcnc.models.mlgcn import (
     MLGCNModel,
     load_node_features,

@@ -8,7 +8,7 @@ from torch import nn
 
 import mlcnc
 from mlcnc.losses import MLCNCLoss
-from mlcnc.models import MLCNC, ModelOutput, create_model
+from mlcnc.models import MLCNC, ModelOutput, create_mlcnc
 from mlcnc.models.backbone import (
     TimmBackbone,
     create_backbone,
@@ -16,6 +16,7 @@ from mlcnc.models.backbone import (
     load_backbone_file,
 )
 from mlcnc.models.head import MLCNCHead
+from mlcnc.schema import ConfigError
 
 C, E, P, HEADS = 4, 32, 3, 4
 SMALL = {"embed_dim": E, "num_heads": HEADS, "proj_dim": P}
@@ -23,7 +24,7 @@ SMALL = {"embed_dim": E, "num_heads": HEADS, "proj_dim": P}
 
 def tiny_model(recipe: str = "paper", seed: int = 0, **options) -> MLCNC:
     torch.manual_seed(seed)
-    return create_model(
+    return create_mlcnc(
         C, backbone="resnet18", pretrained=False, recipe=recipe, **{**SMALL, **options}
     )
 
@@ -150,12 +151,24 @@ def test_determinism_under_a_seed(images: torch.Tensor) -> None:
 
 def test_create_model_errors_and_public_exports() -> None:
     with pytest.raises(ValueError, match="unknown recipe"):
-        create_model(C, backbone="resnet18", recipe="nope")
+        create_mlcnc(C, backbone="resnet18", recipe="nope")
     with pytest.raises(TypeError):
-        create_model(C, backbone="resnet18", not_an_option=1)
+        create_mlcnc(C, backbone="resnet18", not_an_option=1)
     with pytest.raises(ValueError, match="divisible"):
-        create_model(C, backbone="resnet18", embed_dim=30, num_heads=4)
-    assert mlcnc.create_model is create_model and mlcnc.MLCNC is MLCNC
+        create_mlcnc(C, backbone="resnet18", embed_dim=30, num_heads=4)
+    assert mlcnc.create_mlcnc is create_mlcnc and mlcnc.MLCNC is MLCNC
+
+
+def test_public_create_model_builds_any_registered_method() -> None:
+    from mlcnc.methods import create_model
+    from mlcnc.models.linear import LinearHeadModel
+
+    assert mlcnc.create_model is create_model
+    model = mlcnc.create_model("mlcnc", C, backbone="resnet18", **SMALL)
+    assert isinstance(model, MLCNC) and model.proj_dim == P
+    assert isinstance(mlcnc.create_model("db", C, backbone="resnet18"), LinearHeadModel)
+    with pytest.raises(ConfigError, match="unknown model option"):
+        mlcnc.create_model("erm", C, backbone="resnet18", embed_dim=8)
 
 
 # ---- backbones ------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from mlcnc.losses.urs import URSCriterion, compensated_bce, logit_consistency
 from mlcnc.models.branches import TwoBranchOutput, mean_probability_logit
 from mlcnc.models.output import ModelOutput
-from mlcnc.models.urs import URSCriterion, URSModel, compensated_bce, logit_consistency
+from mlcnc.models.urs import URSModel
 
 
 def sigmoid(x: float) -> float:
@@ -87,7 +88,7 @@ def test_total_loss_is_eq1() -> None:
         compensation_r=comp * 2,
     )
     targets = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[0.0, 0, 1], [1, 0, 0]]])
-    losses = URSCriterion(consistency_weight=0.5)(out, targets)
+    losses = URSCriterion(consistency_weight=0.5, consistency="mse_prob")(out, targets)
     cls_u = compensated_bce(u, targets[:, 0], comp)
     cls_r = compensated_bce(r, targets[:, 1], comp * 2)
     con = ((torch.sigmoid(u) - torch.sigmoid(uc)) ** 2).mean() + (
@@ -98,9 +99,9 @@ def test_total_loss_is_eq1() -> None:
         ((u - uc) ** 2).mean().item()
     )
     with pytest.raises(ValueError, match="paired training output"):
-        URSCriterion()(ModelOutput(logits=u), targets)
+        URSCriterion(consistency_weight=0.1, consistency="mse_prob")(ModelOutput(logits=u), targets)
     with pytest.raises(ValueError, match="consistency must be one of"):
-        URSCriterion(consistency="kl")
+        URSCriterion(consistency_weight=0.1, consistency="kl")
 
 
 def test_training_step_reaches_every_parameter(model: URSModel) -> None:
@@ -108,7 +109,7 @@ def test_training_step_reaches_every_parameter(model: URSModel) -> None:
     model.zero_grad()
     pair = torch.randn(4, 2, 3, 16, 16)
     targets = (torch.rand(4, 2, 3) < 0.5).float()
-    losses = URSCriterion()(model(pair), targets)
+    losses = URSCriterion(consistency_weight=0.1, consistency="mse_prob")(model(pair), targets)
     assert torch.isfinite(losses["total"])
     losses["total"].backward()
     for name, param in model.named_parameters():

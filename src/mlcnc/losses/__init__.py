@@ -1,4 +1,5 @@
-"""Losses. MLC-NC's are here; the baselines live in ``mlcnc.losses.baselines``."""
+"""Losses: MLC-NC's (``criterion``, ``functional``) and one module per baseline loss (a pure
+function plus a thin criterion); ``reduction`` holds what they share."""
 
 from mlcnc.losses.criterion import MLCNCLoss
 from mlcnc.losses.functional import (

@@ -37,3 +37,16 @@ class Criterion(nn.Module):
 
     def end_epoch(self, all_reduce: AllReduce | None = None) -> None:
         """Called after each training epoch; stateful losses update their memory here."""
+
+
+class LogitLossCriterion(Criterion):
+    """Base of the baseline criteria: a loss of the logits alone, logged under one term."""
+
+    term = "loss"
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
+        value = self.loss(output.logits, targets)
+        return {"total": value, self.term: value}

@@ -36,16 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mlcnc.losses.baselines import (
-    ClassFreq,
-    LogitLossCriterion,
-    _prepare,
-    _reduce,
-    as_class_freq,
-)
+from mlcnc.losses.base import LogitLossCriterion
+from mlcnc.losses.reduction import ClassFreq, as_class_freq, prepare_logits, reduce_entries
 
 
-def mfm_class_weights(class_freq: Tensor, power: float = 1.0 / 3.0) -> Tensor:
+def mfm_class_weights(class_freq: Tensor, power: float) -> Tensor:
     """w_c = (1 - log(n_c / max_j n_j))^power, (C,): 1 for the most frequent class, larger
     for rarer ones (the code's ``create_weight``, power 1/3)."""
     freq = class_freq.double()
@@ -75,17 +70,18 @@ def multi_focal_modifier_loss(
     targets: Tensor,
     class_weight: Tensor,
     normalised: Tensor,
-    gamma_neg: float = 3.0,
-    gamma_pos: float = 0.0,
-    clip: float = 0.05,
-    class_neg_scale: float = 1.2,
-    eps: float = 1e-8,
-    detach_focal_weight: bool = True,
-    reduction: str = "sum",
+    *,
+    gamma_neg: float,
+    gamma_pos: float,
+    clip: float,
+    class_neg_scale: float,
+    eps: float,
+    detach_focal_weight: bool,
+    reduction: str,
 ) -> Tensor:
     """MFM (module docstring). logits, targets (B, C); class_weight (C,) from
     ``mfm_class_weights``; normalised (C, C) from ``normalised_cooccurrence``."""
-    z, y = _prepare(logits, targets, "multi_focal_modifier_loss")
+    z, y = prepare_logits(logits, targets, "multi_focal_modifier_loss")
     num_classes = z.shape[1]
     if class_weight.shape != (num_classes,) or normalised.shape != (num_classes, num_classes):
         raise ValueError(
@@ -111,7 +107,7 @@ def multi_focal_modifier_loss(
         w_neg = (1.0 - p_neg).pow(gamma_neg + weight)  # exponent gamma_neg + w_c >= 1
         negative = negative * (w_neg.detach() if detach_focal_weight else w_neg)
     loss = -weight * (y * positive + (1.0 - y) * negative)
-    return _reduce(loss, reduction)
+    return reduce_entries(loss, reduction)
 
 
 class MultiFocalModifierCriterion(LogitLossCriterion):
@@ -120,7 +116,7 @@ class MultiFocalModifierCriterion(LogitLossCriterion):
     cooccurrence: (C, C) counts of images positive for both classes, diagonal ignored
     (``mlcnc.data.cooccurrence.cooccurrence_counts(train_labels)``).
     With ``reduction="sum"`` (the authors') the per-process sum is multiplied by the DDP
-    world size, as for ASL (``_reduce`` -> ``mlcnc.losses.distributed.global_sum``).
+    world size, as for ASL (``reduce_entries`` -> ``mlcnc.losses.distributed.global_sum``).
     """
 
     term = "mfm"
@@ -129,14 +125,15 @@ class MultiFocalModifierCriterion(LogitLossCriterion):
         self,
         class_freq: ClassFreq,
         cooccurrence: Tensor | np.ndarray,
-        gamma_neg: float = 3.0,
-        gamma_pos: float = 0.0,
-        clip: float = 0.05,
-        class_neg_scale: float = 1.2,
-        weight_power: float = 1.0 / 3.0,
-        eps: float = 1e-8,
-        detach_focal_weight: bool = True,
-        reduction: str = "sum",
+        *,
+        gamma_neg: float,
+        gamma_pos: float,
+        clip: float,
+        class_neg_scale: float,
+        weight_power: float,
+        eps: float,
+        detach_focal_weight: bool,
+        reduction: str,
     ) -> None:
         super().__init__()
         freq = as_class_freq(class_freq, "MultiFocalModifierCriterion")
@@ -165,8 +162,8 @@ class MultiFocalModifierCriterion(LogitLossCriterion):
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         value = multi_focal_modifier_loss(
-            logits, targets, self.class_weight, self.cooccurrence, self.gamma_neg,
-            self.gamma_pos, self.clip, self.class_neg_scale, self.eps,
-            self.detach_focal_weight, self.reduction,
+            logits, targets, self.class_weight, self.cooccurrence, gamma_neg=self.gamma_neg,
+            gamma_pos=self.gamma_pos, clip=self.clip, class_neg_scale=self.class_neg_scale,
+            eps=self.eps, detach_focal_weight=self.detach_focal_weight, reduction=self.reduction,
         )  # fmt: skip
-        return value  # "sum": the global-batch sum via _reduce
+        return value  # "sum": the global-batch sum via reduce_entries

@@ -1,6 +1,6 @@
 """Models: every forward returns ``mlcnc.models.output.ModelOutput``."""
 
-from mlcnc.models.mlcnc import MLCNC, create_model
+from mlcnc.models.mlcnc import MLCNC, create_mlcnc
 from mlcnc.models.output import ModelOutput
 
-__all__ = ["MLCNC", "ModelOutput", "create_model"]
+__all__ = ["MLCNC", "ModelOutput", "create_mlcnc"]

@@ -28,7 +28,8 @@ into ``cb_block`` / ``rb_block``); the two images go through the shared layers i
 separate passes, as BBN's two ``model(...)`` calls (BatchNorm sees each half separately).
 On a timm EfficientNet-family backbone (``models.branches.split_backbone``) each branch is
 the last inverted-residual block and the 1x1 head convolution, the analogue of the last
-residual block. Both BCE terms are means over the global batch (exact under DDP).
+residual block. Both BCE terms are means over the global batch (exact under DDP); the loss is
+``mlcnc.losses.bbn.BBNCriterion``.
 
 Training-loop contract: the loader gives paired batches (``mlcnc.data.paired``), images
 (B, 2, 3, H, W) and targets (B, 2, C), and the loop calls ``model.set_epoch(epoch)`` before
@@ -40,17 +41,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlcnc.losses.base import Criterion
-from mlcnc.losses.baselines import bce_loss
 from mlcnc.models.branches import (
     BBNOutput,
     copy_module,
     global_average_pool,
     paired_images,
-    paired_targets,
     split_backbone,
 )
-from mlcnc.models.output import ModelOutput
 
 
 def bbn_alpha(epoch: int, alpha_epochs: int) -> float:
@@ -125,26 +122,3 @@ class BBNModel(nn.Module):
         f_c = global_average_pool(self.conventional(self.trunk(uniform)))
         f_r = global_average_pool(self.rebalancing(self.trunk(reversed_)))
         return BBNOutput(logits=self.mix(f_c, f_r, self.alpha), alpha=self.alpha)
-
-
-class BBNCriterion(Criterion):
-    """alpha BCE(z, y_uniform) + (1 - alpha) BCE(z, y_reversed), BCE the mean over the
-    global batch's B x C entries.
-
-    alpha comes with the model's paired output (``BBNOutput.alpha``), so model and loss use
-    the same value. Terms: ``total``, ``bce_uniform``, ``bce_reversed`` (unweighted).
-    """
-
-    def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
-        alpha = getattr(output, "alpha", None)
-        if alpha is None:
-            raise ValueError(
-                "BBNCriterion needs BBNModel's paired training output (images (B, 2, 3, H, W)); "
-                "got an output without alpha"
-            )
-        y_uniform, y_reversed = paired_targets(targets, "BBNCriterion")
-        z = output.logits.float()
-        uniform = bce_loss(z, y_uniform)  # means over the global batch (losses.distributed)
-        reversed_ = bce_loss(z, y_reversed)
-        total = alpha * uniform + (1.0 - alpha) * reversed_
-        return {"total": total, "bce_uniform": uniform, "bce_reversed": reversed_}

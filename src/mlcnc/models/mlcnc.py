@@ -39,14 +39,15 @@ class MLCNC(nn.Module):
         return self.forward_head(self.forward_features(images), return_attention=return_attention)
 
 
-def create_model(
+def create_mlcnc(
     num_classes: int,
     backbone: str = "resnet50",
     pretrained: bool | str = False,
     recipe: str = "paper",
     **options: Any,
 ) -> MLCNC:
-    """Build MLC-NC for ``num_classes`` classes.
+    """Build MLC-NC for ``num_classes`` classes (``mlcnc.create_model("mlcnc", ...)`` builds it,
+    or any registered method's model, from a method's options).
 
     recipe: "paper" or "official" (``mlcnc.recipes``); sets ``classifier_trainable``.
     pretrained: True (ImageNet weights; the paper's setting), False, or a local file.

@@ -50,8 +50,6 @@ from mlcnc.etf import simplex_etf
 from mlcnc.models.backbone import create_backbone
 from mlcnc.models.output import ModelOutput
 
-NODE_FEATURES = ("onehot", "etf")
-
 
 def mlgcn_correlation(
     labels: np.ndarray, tau: float = 0.4, p: float = 0.2, self_weight: float | None = None

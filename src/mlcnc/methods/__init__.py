@@ -1,0 +1,101 @@
+"""Methods a config picks by name: one module per method family, each holding its options
+sections, its builder and its registration (``mlcnc.methods.registry``).
+
+The modules are imported below in the paper's Table 1 order (baselines, then MLC-NC and its
+ablations), which is the registration order ``table_order`` reports. ``method_table()``
+lists the registered methods (name, display name, sampler, source); samplers follow the
+benchmark's setting for each baseline, and ``method.sampler`` overrides any of them.
+Adding a loss-only method is one module here (options, criterion factory, ``register_linear``)
+plus its loss in ``mlcnc.losses``; import it below at its place in the table.
+"""
+
+from mlcnc.methods.registry import (
+    METHODS,
+    Builder,
+    BuildRequest,
+    Method,
+    MethodConfig,
+    MethodRecord,
+    NoOptions,
+    SamplerKind,
+    build_method,
+    create_model,
+    display_name,
+    method_defaults,
+    method_table,
+    needs_num_samples,
+    register_method,
+    resolve_options,
+    table_order,
+)
+
+# isort: off
+# Registration order is the paper's Table 1 order.
+from mlcnc.methods import erm, rw, focal, cb_focal, ldam, mlgcn, bbn, asl
+from mlcnc.methods import db, urs, mfm, two_way, mlcnc
+
+# isort: on
+from mlcnc.methods.asl import AsymmetricOptions
+from mlcnc.methods.bbn import BBNModelOptions
+from mlcnc.methods.cb_focal import ClassBalancedFocalOptions
+from mlcnc.methods.db import DBFocalOptions, DBOptions
+from mlcnc.methods.focal import FocalOptions
+from mlcnc.methods.ldam import LDAMOptions
+from mlcnc.methods.linear import CosineModelOptions, LinearModelOptions, register_linear
+from mlcnc.methods.mfm import MFMOptions
+from mlcnc.methods.mlcnc import MLCNCLossOptions, MLCNCModelOptions
+from mlcnc.methods.mlgcn import MLGCNModelOptions
+from mlcnc.methods.rw import ReweightOptions
+from mlcnc.methods.two_way import TwoWayOptions
+from mlcnc.methods.urs import URSLossOptions, URSModelOptions
+
+__all__ = [
+    "METHODS",
+    "AsymmetricOptions",
+    "BBNModelOptions",
+    "BuildRequest",
+    "Builder",
+    "ClassBalancedFocalOptions",
+    "CosineModelOptions",
+    "DBFocalOptions",
+    "DBOptions",
+    "FocalOptions",
+    "LDAMOptions",
+    "LinearModelOptions",
+    "MFMOptions",
+    "MLCNCLossOptions",
+    "MLCNCModelOptions",
+    "MLGCNModelOptions",
+    "Method",
+    "MethodConfig",
+    "MethodRecord",
+    "NoOptions",
+    "ReweightOptions",
+    "SamplerKind",
+    "TwoWayOptions",
+    "URSLossOptions",
+    "URSModelOptions",
+    "asl",
+    "bbn",
+    "build_method",
+    "cb_focal",
+    "create_model",
+    "db",
+    "display_name",
+    "erm",
+    "focal",
+    "ldam",
+    "method_defaults",
+    "method_table",
+    "mfm",
+    "mlcnc",
+    "mlgcn",
+    "needs_num_samples",
+    "register_linear",
+    "register_method",
+    "resolve_options",
+    "rw",
+    "table_order",
+    "two_way",
+    "urs",
+]

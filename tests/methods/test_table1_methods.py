@@ -59,3 +59,30 @@ def test_new_row_trains_and_evaluates(name: str, tiny_csv_dataset: Path, tmp_pat
     assert report["models"]["regular"]["map"]["total"] == pytest.approx(
         result.last["test/map_total"], abs=1e-6
     )
+
+
+def builtin_methods() -> list[str]:
+    """The names ``mlcnc.methods`` registers (not the test method of ``tests/helpers.py``)."""
+    return [
+        name
+        for name in METHODS.registered()
+        if METHODS.get(name).build.__module__.startswith("mlcnc.methods.")
+    ]
+
+
+def test_docs_list_exactly_the_registered_methods() -> None:
+    import re
+
+    from mlcnc.methods import method_table
+
+    root = Path(__file__).resolve().parents[2]
+    names = builtin_methods()
+    reference = (root / "docs" / "baselines_reference.md").read_text()
+    assert "\n".join(method_table(names)) in reference
+    readme = (root / "README.md").read_text()
+    start = readme.index("| name | method | source |")
+    table = readme[start : readme.index("\n\n", start)]
+    cells = [row.split("|")[1] for row in table.splitlines()[2:]]
+    listed = [n for cell in cells for n in re.findall(r"`([a-z0-9_]+)`", cell)]
+    assert sorted(listed) == sorted(names)
+    assert len(method_table(names)) == len(names) + 2

@@ -14,7 +14,7 @@ registering itself; ``method_table`` lists them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -240,11 +240,11 @@ class NoOptions:
     """A loss without options."""
 
 
-def method_table() -> list[str]:
-    """The registered methods as markdown table rows, in table order:
-    ``| name | display name | sampler | source |``, after a header and its rule."""
+def method_table(names: Iterable[str] | None = None) -> list[str]:
+    """The registered methods (or ``names`` of them) as markdown table rows, in table order:
+    a header, its rule, then ``| `name` | display name | sampler | source |`` per method."""
     rows = ["| name | display name | sampler | source |", "|---|---|---|---|"]
-    for name in METHODS.registered():
+    for name in table_order(list(METHODS.registered() if names is None else names)):
         record = METHODS.get(name)
         rows.append(f"| `{name}` | {record.display_name} | {record.sampler} | {record.source} |")
     return rows

@@ -299,7 +299,7 @@ def _(tmp_path, run, trained):
     _, copy = _copy_run(trained, tmp_path)
     path = copy / "checkpoints" / "last.ckpt"
     state = load_checkpoint(path)
-    for key in ("data", "history", "test_ap"):  # what older checkpoints lack
+    for key in ("format", "data", "history", "test_ap"):  # what older checkpoints lack
         del state[key]
     save_checkpoint(state, path)
     outcome = run("train", "--resume", copy)

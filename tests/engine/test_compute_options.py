@@ -65,13 +65,13 @@ def test_the_options_are_checked_and_auto_by_default() -> None:
 def test_auto_threads_follow_the_cores_and_the_processes(monkeypatch) -> None:
     from lightning.fabric import Fabric
 
-    from mlcnc.engine import loop, threads
+    from mlcnc.engine import setup, threads
 
     monkeypatch.setattr(threads, "available_cores", lambda: 6)
     monkeypatch.setattr(threads, "idle_cores", lambda *a, **k: 6)
     seen = []
     monkeypatch.setattr(torch, "set_num_threads", seen.append)
     fabric = Fabric(accelerator="cpu", devices=1)
-    loop._set_compute_options(fabric, load_config("synthetic"))
-    loop._set_compute_options(fabric, load_config("synthetic", ["train.num_threads=3"]))
+    setup.set_compute_options(fabric, load_config("synthetic"))
+    setup.set_compute_options(fabric, load_config("synthetic", ["train.num_threads=3"]))
     assert seen == [6, 3]

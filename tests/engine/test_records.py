@@ -39,9 +39,9 @@ from mlcnc.engine.checkpoint import (
     data_fingerprint,
     load_checkpoint,
     save_checkpoint,
-    temporary_name,
 )
 from mlcnc.engine.run_folder import TIMING_KEYS, RunFolder, RunFolderError, RunLock
+from mlcnc.io import temporary_name
 
 pytestmark = pytest.mark.usefixtures("tiny_method")
 
@@ -514,7 +514,7 @@ def test_an_old_checkpoint_without_fingerprint_compares_class_names(
     _, run = _relocated(finished, tmp_path)
     for name in ("last.ckpt", "best.ckpt"):
         state = load_checkpoint(run / "checkpoints" / name)
-        for key in ("data", "history", "test_ap"):
+        for key in ("format", "data", "history", "test_ap"):  # an older mlcnc's checkpoint
             del state[key]
         save_checkpoint(state, run / "checkpoints" / name)
     train(None, resume=run)

@@ -148,11 +148,25 @@ def test_selection_json_is_written_atomically(tmp_path: Path, monkeypatch) -> No
     first = sel.on_last(1, "val/map_total", True)
     sel.write_selection(tmp_path, first)
 
-    def broken_dump(obj, f, **kwargs):
-        f.write('{"checkpoint": "la')
-        raise OSError(28, "No space left on device")
+    import mlcnc.io
 
-    monkeypatch.setattr(sel.json, "dump", broken_dump)
+    real_open = open
+
+    class Full:  # a disk that fills up after the first bytes of the temporary file
+        def __init__(self, *args, **kwargs) -> None:
+            self.file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.file.close()
+
+        def write(self, data) -> None:
+            self.file.write(data[:17])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlcnc.io, "open", Full, raising=False)
     with pytest.raises(OSError, match="No space left"):
         sel.write_selection(tmp_path, sel.on_last(2, "val/map_total", True))
     monkeypatch.undo()
@@ -220,7 +234,7 @@ def test_an_older_checkpoint_without_a_selection_loads_last_regular_and_says_so(
 ) -> None:
     run = runs["val"].run_dir
     state = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    for key in ("selection", "precision"):
+    for key in ("format", "selection", "precision"):  # an older mlcnc's checkpoint
         del state[key]
     old = tmp_path / "old_run"
     save_checkpoint(state, old / "checkpoints" / "last.ckpt")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.data import BadImageError, DataError
     from mlcnc.data.check import BadImagesError
     from mlcnc.engine import evaluate_checkpoint
-    from mlcnc.engine.trained import to_json
+    from mlcnc.io import write_json
 
     try:
         result = evaluate_checkpoint(
@@ -84,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
                     f"{ap:>7} {row['f1']:>7.2f}"
                 )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(to_json({k: v for k, v in result.items() if k != "table"}), f, indent=2)
+        write_json(args.json, {k: v for k, v in result.items() if k != "table"})
         print(f"wrote {args.json}")
     return 0

@@ -79,36 +79,14 @@ def resolve_train_config(args: argparse.Namespace):
         overrides.append(f"train.output={args.output}")
     if args.resume and args.config is None:
         # Resume with the run's own config (plus any overrides, which are then checked).
-        data = saved_config(Path(args.resume))
+        from mlcnc.engine.resume import read_saved_run
+
+        data = read_saved_run(args.resume).config
         for text in overrides:
             data = merge_dicts(data, parse_override(text))
         return config_from_dict(data), Path(args.resume).name
     name = args.config or DEFAULT_CONFIG
     return load_config(name, overrides), Path(name).stem
-
-
-def saved_config(resume: Path) -> dict:
-    """The config of the run ``--resume`` names: its checkpoint's, or for a run folder
-    stopped before its first checkpoint, its config.yaml."""
-    import yaml
-
-    from mlcnc.engine.checkpoint import (
-        CHECKPOINT_DIR,
-        LAST,
-        MissingCheckpointError,
-        load_checkpoint,
-        resolve_checkpoint,
-    )
-
-    started = resume / "config.yaml"
-    if resume.is_dir() and not (resume / CHECKPOINT_DIR / LAST).is_file():
-        if not started.is_file():
-            raise MissingCheckpointError(
-                f"run folder {resume} has no {CHECKPOINT_DIR}/{LAST} and no config.yaml: "
-                "there is no run to resume there"
-            )
-        return yaml.safe_load(started.read_text())
-    return load_checkpoint(resolve_checkpoint(resume, LAST))["config"]
 
 
 def run(args: argparse.Namespace) -> int:

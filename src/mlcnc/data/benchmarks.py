@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlcnc.data.readers import DataError, MultiLabelSplit, read_coco, read_id_list, read_voc
+from mlcnc.io import write_atomic
 
 RAW_URL = "https://raw.githubusercontent.com/wutong16/DistributionBalancedLoss/master/{path}"
 """Canonical location of the split files (the DistributionBalancedLoss repository)."""
@@ -122,14 +123,10 @@ def fetch_split_file(
     if target.is_file():
         return verify_split_file(benchmark, target)
     source = url or spec.url
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.filename}.")
-    try:
+
+    def download(out: Any) -> None:
         digest = hashlib.sha256()
-        with (
-            os.fdopen(handle, "wb") as out,
-            urllib.request.urlopen(source, timeout=timeout) as response,
-        ):
+        with urllib.request.urlopen(source, timeout=timeout) as response:
             for chunk in iter(lambda: response.read(1 << 16), b""):
                 digest.update(chunk)
                 out.write(chunk)
@@ -138,17 +135,15 @@ def fetch_split_file(
                 f"{spec.filename} downloaded from {source}: SHA-256 {digest.hexdigest()} does "
                 f"not match the published {spec.sha256}; nothing was cached"
             )
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600
-        os.replace(temp_name, target)
+
+    try:
+        write_atomic(target, writer=download, mode=0o644)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise SplitFileUnavailable(
             f"cannot download the {benchmark} split file ({err}). Fetch {spec.filename} "
             f"yourself from {spec.url} and put it at {target} (or pass it as a local file: "
             f"data.{benchmark}_split_file in a config); its SHA-256 must be {spec.sha256}"
         ) from None
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
     return target
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from mlcnc.engine.loop import NonFiniteLossError, TrainResult, make_fabric, train
+from mlcnc.engine.finite import NonFiniteLossError
+from mlcnc.engine.loop import train
+from mlcnc.engine.records import TrainResult
+from mlcnc.engine.setup import make_fabric
 from mlcnc.engine.trained import TrainedModel, evaluate_checkpoint, load_trained
 
 __all__ = [

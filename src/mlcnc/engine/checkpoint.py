@@ -7,23 +7,29 @@ two processes never share one), flushes it to disk and renames it over the targe
 checkpoint as it was.
 
 ``load_checkpoint`` refuses, with one ``CheckpointError`` line naming the file, a file that
-is missing, empty, truncated, not a PyTorch file, holds pickled Python objects, or lacks the
-keys of an mlcnc checkpoint.
+is missing, empty, truncated, not a PyTorch file, holds pickled Python objects, lacks the
+keys of an mlcnc checkpoint, or has a ``format`` newer than this mlcnc reads.
 
-What the training loop stores besides the weights (see ``engine.loop``): ``history`` (every
-epoch record so far: the run folder's metrics files are rebuilt from it on resume),
-``best`` (the record of the best epoch on val), ``test_ap`` (per-class test AP of the last
-evaluation) and ``data`` (class names and a fingerprint of the training split, compared
-on resume). Checkpoints written before these keys existed still load.
+What the training loop stores besides the weights (see ``engine.setup.Run.checkpoint_state``):
+``history`` (every epoch record so far: the run folder's metrics files are rebuilt from it
+on resume), ``best`` (the record of the best epoch on val), ``selection``, ``precision``,
+``test_ap`` (per-class test AP of the last evaluation) and ``data`` (class names and a
+fingerprint of the training split, compared on resume).
+
+Formats: every checkpoint carries ``format`` (``FORMAT``, now 2). A checkpoint without it is
+format 1: what mlcnc wrote before the key existed, including older files that lack some of
+the keys above. ``load_checkpoint`` passes every state through ``upgrade_checkpoint``, the
+one place that knows older formats: the rest of mlcnc reads the current form only. An
+upgraded state says what it was: ``upgraded_from`` (its format) and ``filled`` (the keys
+the file lacked and the upgrade filled in), for the notes that tell a user a checkpoint
+comes from an older mlcnc.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import pickle
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,11 +38,14 @@ import numpy as np
 import torch
 
 from mlcnc.data.readers import DataError
+from mlcnc.io import write_atomic
 
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 REQUIRED_KEYS = ("model", "config", "class_names", "class_freq")
+FORMAT = 2
+"""The checkpoint format this mlcnc writes (2: ``format`` recorded; 1: none recorded)."""
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 _PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle stream (protocol >= 2)
@@ -50,26 +59,10 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """The checkpoint (or run folder) named does not exist."""
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden temporary file beside ``path``, unique to this process and call."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (unique temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (``mlcnc.io.write_atomic``: unique temp file,
+    ``torch.save`` into it, fsync, rename)."""
+    return write_atomic(path, writer=lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -109,7 +102,55 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not an mlcnc checkpoint: it lacks {', '.join(missing)}")
+    return upgrade_checkpoint(state, path)
+
+
+def upgrade_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """``state`` in the current format (``FORMAT``), the one place that knows older ones.
+
+    Format 1 (no ``format`` key; the files of earlier mlcnc releases) is upgraded by filling
+    each key the file lacks with what a run without it means: no EMA weights, best record,
+    selection or test AP (None); no metrics ({}); no epoch history (None: the records come
+    from the run folder's metrics.jsonl); no data record beyond the class names (no
+    fingerprint); the precision its config asked for; no ``num_train_samples`` (None).
+    The state records ``upgraded_from`` (1) and ``filled`` (the keys filled in). A format
+    newer than ``FORMAT`` is refused with a one-line ``CheckpointError`` naming the file.
+    """
+    found = state.get("format", 1)
+    if not isinstance(found, int) or found < 1:
+        raise CheckpointError(f"{path} is not an mlcnc checkpoint: its format is {found!r}")
+    if found > FORMAT:
+        raise CheckpointError(
+            f"{path} is a format-{found} checkpoint of a newer mlcnc; this mlcnc reads formats "
+            f"up to {FORMAT}: update mlcnc to use it"
+        )
+    if found == FORMAT:
+        return state
+    train_cfg = state["config"].get("train") or {}
+    defaults: dict[str, Any] = {
+        "ema": None,
+        "metrics": {},
+        "best": None,
+        "selection": None,
+        "precision": train_cfg.get("precision", "auto"),
+        "history": None,
+        "test_ap": None,
+        "num_train_samples": None,
+        "data": {"class_names": list(state["class_names"])},
+    }
+    filled = [key for key in defaults if state.get(key) is None and defaults[key] is not None]
+    filled += [key for key in defaults if key not in state and defaults[key] is None]
+    if "fingerprint" not in (state.get("data") or {}):
+        filled.append("data")  # a data record without a fingerprint: the class names only
+    state = {**state, **{key: defaults[key] for key in set(filled)}}
+    state.update(format=FORMAT, upgraded_from=found, filled=sorted(set(filled)))
     return state
+
+
+def filled_by_upgrade(state: dict[str, Any], key: str) -> bool:
+    """Whether ``key`` of a loaded checkpoint was missing from its file (an older mlcnc's
+    checkpoint, see ``upgrade_checkpoint``)."""
+    return key in state.get("filled", ())
 
 
 def _first_line(error: BaseException) -> str:
@@ -192,7 +233,7 @@ def compare_data(state: dict[str, Any], split: Any, path: str | Path) -> tuple[l
     """Differences between the data ``state`` (a checkpoint at ``path``) was trained on and
     ``split``: (problems, note). ``problems`` is empty when they agree; ``note`` says what
     could not be compared (an older checkpoint without a fingerprint)."""
-    saved_names = list(state.get("class_names", []))
+    saved_names = list(state["class_names"])
     names = list(split.class_names)
     problems = []
     if len(saved_names) != len(names):
@@ -220,9 +261,9 @@ def compare_data(state: dict[str, Any], split: Any, path: str | Path) -> tuple[l
         else:
             changed = [n for n in names if n not in saved_names]
             problems.append(f"the class names ({', '.join(changed[:5])} not in {path})")
-    saved = state.get("data") or {}
+    saved = state["data"]
     note = ""
-    if "fingerprint" not in saved:
+    if filled_by_upgrade(state, "data"):
         note = (
             f"{path} was written by an older mlcnc without a fingerprint of its training "
             "data: only the class names were compared"

@@ -40,8 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlcnc.engine.checkpoint import CHECKPOINT_DIR, temporary_name
+from mlcnc.engine.checkpoint import CHECKPOINT_DIR
 from mlcnc.groups import MAP_GROUPS as GROUPS
+from mlcnc.io import jsonable, write_atomic
 from mlcnc.schema import ConfigError
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc3")
@@ -73,22 +74,6 @@ def run_contents(path: str | Path) -> list[str]:
     if checkpoints.is_dir():
         found += [f"{CHECKPOINT_DIR}/{p.name}" for p in sorted(checkpoints.glob("*.ckpt"))]
     return found
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a unique temporary file and a rename."""
-    path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -303,7 +288,7 @@ class RunFolder:
     def write_config(self, text: str) -> None:
         """config.yaml (the resolved config), atomically."""
         if self.enabled:
-            write_text_atomic(self.path / "config.yaml", text)
+            write_atomic(self.path / "config.yaml", text)
 
     # -- metrics -------------------------------------------------------------------------
 
@@ -312,10 +297,10 @@ class RunFolder:
         whole and renamed into place."""
         if not self.enabled:
             return
-        self.records = [jsonable_record(r) for r in records]
-        lines = "".join(json.dumps(record) + "\n" for record in self.records)
-        write_text_atomic(self.path / "metrics.jsonl", lines)
-        write_text_atomic(self.path / "metrics.csv", _csv_text(self.records))
+        self.records = [jsonable(dict(r)) for r in records]
+        lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in self.records)
+        write_atomic(self.path / "metrics.jsonl", lines)
+        write_atomic(self.path / "metrics.csv", _csv_text(self.records))
 
     def read_records(self) -> list[dict[str, Any]]:
         """metrics.jsonl as it is on disk (for checkpoints without a history)."""
@@ -398,11 +383,7 @@ class RunFolder:
 
         folder = self.path / "plots"
         folder.mkdir(exist_ok=True)
-        written = []
-        epochs = [r["epoch"] for r in self.records]
-
-        def series(key: str, records: list[dict[str, Any]]) -> list[float]:
-            return [_float(r.get(key)) for r in records]
+        written: list[Path] = []
 
         def attempt(name: str, draw: Any) -> None:
             try:
@@ -410,46 +391,7 @@ class RunFolder:
             except Exception as error:  # a figure is a convenience: warn, never fail the run
                 warnings.warn(f"plot {name} skipped: {error}", RuntimeWarning, stacklevel=2)
 
-        terms = sorted({k for r in self.records for k in r if k.startswith("loss/")})
-        if terms:
-            attempt(
-                "loss terms",
-                lambda: plots.plot_loss_terms(
-                    {t.removeprefix("loss/"): series(t, self.records) for t in terms},
-                    folder / "loss_terms.png",
-                    x=epochs,
-                    x_label="epoch",
-                ),
-            )
-        evaluated = [r for r in self.records if f"{split}/map_total" in r]
-        if evaluated:
-            eval_epochs = [r["epoch"] for r in evaluated]
-            regular = {g: series(f"{split}/map_{g}", evaluated) for g in GROUPS}
-            ema = None
-            if f"{split}_ema/map_total" in evaluated[-1]:
-                ema = {g: series(f"{split}_ema/map_{g}", evaluated) for g in GROUPS}
-            attempt(
-                "mAP by group",
-                lambda: plots.plot_map_by_group(
-                    eval_epochs,
-                    regular,
-                    folder / "map_by_group.png",
-                    ema=ema,
-                    title=f"mAP by class group ({split})",
-                ),
-            )
-            nc = {
-                k: series(f"{split}/{k}", evaluated)
-                for k in NC_KEYS
-                if f"{split}/{k}" in evaluated[-1]
-            }
-            if nc:
-                attempt(
-                    "neural collapse",
-                    lambda: plots.plot_neural_collapse(
-                        eval_epochs, nc, folder / "neural_collapse.png"
-                    ),
-                )
+        self._plot_records(folder, split, attempt)
         if last_ap is not None:
             attempt(
                 "AP vs frequency",
@@ -463,6 +405,55 @@ class RunFolder:
                 ),
             )
         return written
+
+    def _plot_records(self, folder: Path, split: str, attempt: Any) -> None:
+        """Loss terms, mAP by group and the NC diagnostics over the epochs of the records."""
+        from mlcnc import plots
+
+        epochs = [r["epoch"] for r in self.records]
+        terms = sorted({k for r in self.records for k in r if k.startswith("loss/")})
+        if terms:
+            attempt(
+                "loss terms",
+                lambda: plots.plot_loss_terms(
+                    {t.removeprefix("loss/"): _series(t, self.records) for t in terms},
+                    folder / "loss_terms.png",
+                    x=epochs,
+                    x_label="epoch",
+                ),
+            )
+        evaluated = [r for r in self.records if f"{split}/map_total" in r]
+        if not evaluated:
+            return
+        eval_epochs = [r["epoch"] for r in evaluated]
+        regular = {g: _series(f"{split}/map_{g}", evaluated) for g in GROUPS}
+        ema = None
+        if f"{split}_ema/map_total" in evaluated[-1]:
+            ema = {g: _series(f"{split}_ema/map_{g}", evaluated) for g in GROUPS}
+        attempt(
+            "mAP by group",
+            lambda: plots.plot_map_by_group(
+                eval_epochs,
+                regular,
+                folder / "map_by_group.png",
+                ema=ema,
+                title=f"mAP by class group ({split})",
+            ),
+        )
+        nc = {
+            k: _series(f"{split}/{k}", evaluated)
+            for k in NC_KEYS
+            if f"{split}/{k}" in evaluated[-1]
+        }
+        if nc:
+            attempt(
+                "neural collapse",
+                lambda: plots.plot_neural_collapse(eval_epochs, nc, folder / "neural_collapse.png"),
+            )
+
+
+def _series(key: str, records: list[dict[str, Any]]) -> list[float]:
+    return [_float(r.get(key)) for r in records]
 
 
 def refuse_message(path: Path, found: Sequence[str]) -> str:
@@ -489,16 +480,3 @@ def _csv_text(records: Sequence[Mapping[str, Any]]) -> str:
 
 def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
-
-
-def jsonable_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """An epoch record as metrics.jsonl holds it (plain numbers; None for NaN / inf)."""
-    return {k: _jsonable(v) for k, v in record.items()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; None marks "not available"
-    return value

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlcnc.engine.checkpoint import BEST, CHECKPOINT_DIR, LAST, load_checkpoint
+from mlcnc.io import write_json
 from mlcnc.schema import ConfigError
 
 SELECTION_FILE = "selection.json"
@@ -119,20 +119,8 @@ def describe(selection: dict[str, Any]) -> str:
 
 
 def write_selection(run_dir: str | Path, selection: dict[str, Any]) -> Path:
-    """Write ``RUN/selection.json`` atomically (temp file + fsync + rename)."""
-    path = Path(run_dir) / SELECTION_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(selection, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``RUN/selection.json`` atomically (``mlcnc.io.write_json``)."""
+    return write_json(Path(run_dir) / SELECTION_FILE, selection)
 
 
 def read_selection(run_dir: str | Path) -> dict[str, Any] | None:
@@ -155,7 +143,7 @@ def _selected_name(run_dir: Path) -> str:
     if selection is None:
         last = run_dir / CHECKPOINT_DIR / LAST
         if last.is_file():
-            recorded = load_checkpoint(last).get("selection")
+            recorded = load_checkpoint(last)["selection"]
             if isinstance(recorded, dict):
                 selection = recorded
     name = selection.get("checkpoint") if selection is not None else LAST
@@ -227,11 +215,11 @@ def choose_weights(
         raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
 
     state = load_checkpoint(ckpt_path, map_location=map_location)
-    recorded = state.get("selection")
+    recorded = state["selection"]
     recorded = (
         recorded if isinstance(recorded, dict) and recorded.get("variant") in VARIANTS else None
     )
-    has_ema = state.get("ema") is not None
+    has_ema = state["ema"] is not None
     if use_ema is None:
         if recorded is None:
             variant = "regular"

@@ -99,7 +99,7 @@ def _rebuild(
     class_names = list(state["class_names"])
     class_freq = np.asarray(state["class_freq"], dtype=np.int64)
     method_cfg = dataclasses.replace(cfg.method, pretrained=False)  # weights come from the file
-    num_samples = state.get("num_train_samples")
+    num_samples = state["num_train_samples"]
     model = build_method(method_cfg, len(class_names), class_freq, num_samples=num_samples).model
     model.to(dtype)  # first, so float64 / bf16 weights load without rounding
     weights = state["ema"] if choice.use_ema else state["model"]
@@ -148,21 +148,73 @@ def evaluate_checkpoint(
     ``use_ema`` scores only the one asked for; ``checkpoint`` (``best`` / ``last``) picks
     the file of a run folder. data_overrides: ``key=value`` for the ``data:`` part
     (``root=...`` or ``data.root=...``), e.g. to point at the images on this machine.
-    Returns a JSON-ready dict: ``loaded`` (one line: which file and weights, and why),
-    ``precision``, and for each of ``regular`` / ``ema``, the mAP table (total, head,
-    medium, tail in %), CF1 / OF1 and per-class AP and F1 with training frequency and
-    group; plus ``table`` (text).
+    Returns a dict (``mlcnc.io.jsonable`` makes it JSON): ``loaded`` (one line: which file
+    and weights, and why), ``precision``, and for each of ``regular`` / ``ema``, the mAP
+    table (total, head, medium, tail in %), CF1 / OF1 and per-class AP and F1 with training
+    frequency and group; plus ``table`` (text).
     """
     from lightning.fabric import Fabric
 
-    from mlcnc.data import build_dataset, build_splits
+    from mlcnc.data import build_dataset
+    from mlcnc.data import transforms as data_transforms
     from mlcnc.data.longtail import class_groups
 
     choice = choose_weights(path, checkpoint, use_ema)
-    ckpt_path, state = choice.checkpoint, choice.state
+    state = choice.state
     saved = state["config"]
     cfg = config_from_dict({**saved, "data": merge_data_overrides(saved["data"], data_overrides)})
+    evaluated = _split_to_evaluate(cfg, state, split)
+    accelerator = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")  # device only
+    # The precision the run trained in (as recorded; see checkpoint.upgrade_checkpoint).
+    precision = state["precision"]
+    loader = eval_loader(
+        build_dataset(
+            evaluated,
+            data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False),
+            max_pixels=cfg.data.max_image_pixels,
+        ),
+        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
+        cfg.data.num_workers,
+        pin_memory=fabric.device.type == "cuda",
+    )
+    # The variant loaded by default: the one the checkpoint's recorded selection names
+    # (regular for an older checkpoint, or when it has no EMA).
+    recorded = (choice.selection or {}).get("variant", "regular")
+    selected = recorded if recorded == "regular" or state["ema"] is not None else "regular"
+    class_freq = np.asarray(state["class_freq"], dtype=np.int64)
+    groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
+    result = _result_header(choice, cfg, split, len(evaluated), threshold, selected, precision)
+    result["groups"] = {
+        name: [state["class_names"][int(c)] for c in idx] for name, idx in groups.items()
+    }
+    if use_ema is None:
+        names = ["regular"] + (["ema"] if state["ema"] is not None else [])
+    else:
+        names = [choice.variant]
+    dtype = precision_dtype(precision)
+    models = {
+        name: _rebuild(
+            dataclasses.replace(choice, use_ema=name == "ema"), cfg, fabric.device, dtype
+        ).model
+        for name in names
+    }
+    rows = []
+    for name, predictions in predict_models(models, loader, fabric).items():
+        scores = _scores(predictions, groups, list(state["class_names"]), class_freq, threshold)
+        result["models"][name] = scores
+        label = WEIGHTS[name].removesuffix(" weights")
+        rows.append((f"{label} (selected)" if name == selected else label, scores["map"]))
+    result["table"] = format_map_table(
+        rows,
+        title=f"{split} mAP (%) of {choice.checkpoint} (epoch {result['epoch']}, {precision})",
+    )
+    return result
 
+
+def _split_to_evaluate(cfg: Config, state: dict[str, Any], split: str) -> Any:
+    """The checked ``split`` of the checkpoint's dataset, with the checkpoint's classes."""
+    from mlcnc.data import build_splits
     from mlcnc.engine.data_check import checked_splits
 
     splits, _ = checked_splits(cfg.data, build_splits(cfg.data))
@@ -176,95 +228,61 @@ def evaluate_checkpoint(
             f"the {split} split's classes differ from the checkpoint's: "
             f"{list(splits[split].class_names)[:5]}... vs {class_names[:5]}..."
         )
-    class_freq = np.asarray(state["class_freq"], dtype=np.int64)
-    groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
-    group_of = {int(c): name for name, indices in groups.items() for c in indices}
+    return splits[split]
 
-    accelerator = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")  # device only
-    # The precision the run trained in (recorded; older checkpoints: the config's, where
-    # "auto" meant float32 weights on every device).
-    precision = state.get("precision") or cfg.train.precision
-    from mlcnc.data import transforms as data_transforms
 
-    transform = data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False)
-    loader = eval_loader(
-        build_dataset(splits[split], transform, max_pixels=cfg.data.max_image_pixels),
-        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
-        cfg.data.num_workers,
-        pin_memory=fabric.device.type == "cuda",
-    )
-    # The variant loaded by default: the one the checkpoint's recorded selection names
-    # (regular for an older checkpoint, or when it has no EMA).
-    recorded = (choice.selection or {}).get("variant", "regular")
-    selected = recorded if recorded == "regular" or state.get("ema") is not None else "regular"
-    result: dict[str, Any] = {
-        "checkpoint": str(ckpt_path),
+def _result_header(
+    choice: WeightsChoice,
+    cfg: Config,
+    split: str,
+    num_images: int,
+    threshold: float,
+    selected: str,
+    precision: str,
+) -> dict[str, Any]:
+    """What ``evaluate_checkpoint`` returns besides the groups and the scores."""
+    return {
+        "checkpoint": str(choice.checkpoint),
         "loaded": choice.message,
         "selected": selected,
         "precision": precision,
-        "epoch": int(state["epoch"]),
+        "epoch": int(choice.state["epoch"]),
         "dataset": cfg.data.name,
         "split": split,
-        "num_images": len(splits[split]),
+        "num_images": num_images,
         "threshold": threshold,
-        "groups": {name: [class_names[int(c)] for c in idx] for name, idx in groups.items()},
+        "groups": {},
         "models": {},
     }
-    if use_ema is None:
-        names = ["regular"] + (["ema"] if state.get("ema") is not None else [])
-    else:
-        names = [choice.variant]
-    dtype = precision_dtype(precision)
-    models = {
-        name: _rebuild(
-            dataclasses.replace(choice, use_ema=name == "ema"), cfg, fabric.device, dtype
-        ).model
-        for name in names
+
+
+def _scores(
+    predictions: Any,
+    groups: dict[str, np.ndarray],
+    class_names: list[str],
+    class_freq: np.ndarray,
+    threshold: float,
+) -> dict[str, Any]:
+    """mAP table, CF1 / OF1 and per-class rows of one model's predictions."""
+    group_of = {int(c): name for name, indices in groups.items() for c in indices}
+    scored = score_predictions(predictions, groups, class_names, threshold)
+    class_f1 = per_class_f1(predictions.probabilities, predictions.targets, threshold)
+    return {
+        "map": scored["map"],
+        "f1": scored["f1"],
+        "per_class": [
+            {
+                "class": class_names[c],
+                "train_positives": int(class_freq[c]),
+                "test_positives": int(predictions.targets[:, c].sum()),
+                "group": group_of.get(c, ""),
+                "ap": _percent(scored["ap"][c]),
+                "f1": float(class_f1[c]),
+            }
+            for c in range(len(class_names))
+        ],
     }
-    rows = []
-    for name, predictions in predict_models(models, loader, fabric).items():
-        scored = score_predictions(predictions, groups, class_names, threshold)
-        class_f1 = per_class_f1(predictions.probabilities, predictions.targets, threshold)
-        result["models"][name] = {
-            "map": scored["map"],
-            "f1": scored["f1"],
-            "per_class": [
-                {
-                    "class": class_names[c],
-                    "train_positives": int(class_freq[c]),
-                    "test_positives": int(predictions.targets[:, c].sum()),
-                    "group": group_of.get(c, ""),
-                    "ap": _percent(scored["ap"][c]),
-                    "f1": float(class_f1[c]),
-                }
-                for c in range(len(class_names))
-            ],
-        }
-        label = WEIGHTS[name].removesuffix(" weights")
-        rows.append((f"{label} (selected)" if name == selected else label, scored["map"]))
-    result["table"] = format_map_table(
-        rows, title=f"{split} mAP (%) of {ckpt_path} (epoch {result['epoch']}, {precision})"
-    )
-    return result
 
 
 def _percent(value: float) -> float | None:
     return None if np.isnan(value) else float(100.0 * value)
-
-
-def to_json(result: dict[str, Any]) -> dict[str, Any]:
-    """``result`` with NaN replaced by None (JSON has no NaN)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, float) and value != value:
-            return None
-        if isinstance(value, np.generic):
-            return clean(value.item())
-        return value
-
-    return clean(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,13 @@ from mlcnc.cli import main
 from mlcnc.config import ConfigError
 from mlcnc.engine import evaluate_checkpoint, load_trained, train
 from mlcnc.engine import selection as sel
-from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
+from mlcnc.engine.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    upgrade_checkpoint,
+)
 
 pytestmark = pytest.mark.usefixtures("tiny_method")
 
@@ -309,3 +316,67 @@ def test_commands_on_a_run_folder_without_val_use_last_and_say_so(runs, tmp_path
     assert line in capsys.readouterr().err
     assert json.loads((report / "collapse.json").read_text())["weights"] == "regular"
     assert not math.isnan(json.loads((report / "collapse.json").read_text())["map"]["total"])
+
+
+# --------------------------------------------------------------------------------------
+# checkpoint formats: older files load through checkpoint.upgrade_checkpoint
+
+
+def _as_format_1(run: Path, root: Path, *lacking: str) -> Path:
+    """A copy of ``run`` whose checkpoints are written the way the previous release wrote
+    them: no ``format`` key (format 1), and without ``lacking`` (keys older files lack)."""
+    copy = root / "format1"
+    shutil.copytree(run, copy)
+    for path in sorted((copy / "checkpoints").glob("*.ckpt")):
+        state = torch.load(path, weights_only=True)
+        assert state["format"] == FORMAT
+        for key in ("format", *lacking):
+            del state[key]
+        save_checkpoint(state, path)
+    return copy
+
+
+def _logits(trained, batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return trained.model(batch).logits
+
+
+@pytest.mark.parametrize(
+    "lacking",
+    [(), ("selection", "precision", "history", "test_ap", "data")],
+    ids=["previous-release", "older"],
+)
+def test_a_format_1_checkpoint_loads_with_identical_logits_and_the_same_messages(
+    runs, tmp_path: Path, lacking: tuple[str, ...]
+) -> None:
+    run = runs["val"].run_dir
+    old = _as_format_1(run, tmp_path, *lacking)
+    best = old / "checkpoints" / "best.ckpt"
+    state = load_checkpoint(best)
+    assert state["format"] == FORMAT and state["upgraded_from"] == 1
+    assert state["filled"] == sorted(lacking)
+    assert upgrade_checkpoint(state) is state  # the current format passes unchanged
+    if "precision" in lacking:
+        assert state["precision"] == "auto"  # the config's, as before
+    batch = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    for use_ema in (None, False, True):
+        # Without a recorded selection the default is the regular weights, as before.
+        as_before = False if lacking and use_ema is None else use_ema
+        current, loaded = load_trained(run, use_ema=as_before), load_trained(old, use_ema=use_ema)
+        assert torch.equal(_logits(current, batch), _logits(loaded, batch))
+        if not lacking:  # the previous release's file says what the current one says
+            assert loaded.message == current.message.replace(str(run), str(old))
+        elif use_ema is None:
+            assert "records no selection (an older mlcnc): regular weights" in loaded.message
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(runs, tmp_path: Path) -> None:
+    path = tmp_path / "newer.ckpt"
+    state = torch.load(runs["val"].run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    save_checkpoint({**state, "format": FORMAT + 1}, path)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{path} is a format-{FORMAT + 1} checkpoint of a newer mlcnc; [^\n]*$",
+    ):
+        load_checkpoint(path)
+    assert main(["evaluate", str(path)]) == 1

@@ -481,13 +481,10 @@ def run_benchmark(
     output = Path(output) if output is not None else Path("runs") / f"benchmark-{Path(data).stem}"
     plan = _plan_runs(methods, seeds, method_data, output, overrides, log)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "benchmark.json").write_text(
-        json.dumps(
-            {"data": data, "methods": methods, "seeds": seeds, "overrides": list(overrides),
-             "model": model, "recipes": recipes, "run_configs": method_data,
-             "command": command},
-            indent=2,
-        ) + "\n"
+    write_json(
+        output / "benchmark.json",
+        {"data": data, "methods": methods, "seeds": seeds, "overrides": list(overrides),
+         "model": model, "recipes": recipes, "run_configs": method_data, "command": command},
     )  # fmt: skip
 
     runs: list[RunResult] = []

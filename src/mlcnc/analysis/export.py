@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcnc.analysis.preprocessing import Preprocessing
+from mlcnc.io import temporary_name
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -88,7 +89,7 @@ def export_model(
     wrapper = ProbabilityModel(model).eval()
     example = example.detach().float().cpu()
     wrapper.cpu()
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_name(path)  # per process; renamed into place when complete
     try:
         if fmt == "onnx":
             _export_onnx(wrapper, tmp, metadata, example)

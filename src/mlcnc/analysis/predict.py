@@ -10,7 +10,6 @@ a million images never sits in memory. An unreadable file yields a prediction wi
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlcnc.analysis.preprocessing import Preprocessing
 from mlcnc.data.dataset import BadImageError, read_image
+from mlcnc.io import json_text
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 """Suffixes collected from folders (what ``mlcnc.data.read_image`` decodes); files named
@@ -232,7 +232,9 @@ class PredictionWriter:
                     name: round(float(p), 6)
                     for name, p in zip(self.class_names, prediction.probabilities, strict=True)
                 }
-            self.stream.write(("\n" if self.count == 0 else ",\n") + json.dumps(record))
+            self.stream.write(
+                ("\n" if self.count == 0 else ",\n") + json_text(record, None).rstrip()
+            )
         self.count += 1
         self.stream.flush()
 

@@ -13,7 +13,6 @@ Bad input is one line on stderr naming the file and line, and exit code 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -160,8 +159,9 @@ def _stats(args: argparse.Namespace) -> int:
         )
         print(f"class-frequency plot: {args.plot}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(stats, indent=2))
+        from mlcnc.io import write_json
+
+        write_json(args.json, stats)
         print(f"statistics: {args.json}")
     return 0
 

@@ -127,26 +127,26 @@ def run(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> TrainRes
     if fabric.world_size > 1:  # registered once per process, however many runs it makes
         atexit.unregister(_destroy_process_group)
         atexit.register(_destroy_process_group)
-    state = setup(fabric, cfg, config_name, plan)
+    proc = setup(fabric, cfg, config_name, plan)  # this process's Run
     o, t = cfg.optim, cfg.train
-    show = state.rank == 0 and t.progress
+    show = proc.rank == 0 and t.progress
     try:
         epochs_bar = tqdm(
-            total=o.epochs, initial=state.start_epoch, desc="epochs", unit="epoch", disable=not show
+            total=o.epochs, initial=proc.start_epoch, desc="epochs", unit="epoch", disable=not show
         )
-        record: dict[str, Any] = state.history[-1] if state.history else {}
-        for epoch in range(state.start_epoch, o.epochs):
-            record = train_epoch(state, epoch)
+        record: dict[str, Any] = proc.history[-1] if proc.history else {}
+        for epoch in range(proc.start_epoch, o.epochs):
+            record = train_epoch(proc, epoch)
             last_epoch = epoch + 1 == o.epochs
             if last_epoch or (epoch + 1) % t.eval_every == 0:
-                record |= evaluate(state)
-            select_and_save(state, epoch, record)
+                record |= evaluate(proc)
+            select_and_save(proc, epoch, record)
             epochs_bar.update(1)
             fabric.barrier()
         epochs_bar.close()
-        return finish(state, record)
+        return finish(proc, record)
     except BaseException:
-        state.folder.close("failed")  # releases the lock: a later --resume may continue
+        proc.folder.close("failed")  # releases the lock: a later --resume may continue
         raise
 
 

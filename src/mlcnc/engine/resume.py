@@ -202,7 +202,8 @@ def restore_run(run: Run, state: dict[str, Any], optimizer: Any) -> None:
     if run.ema is not None and state["ema"] is not None:
         run.ema.module.load_state_dict(state["ema"])
     run.best, run.selection = state["best"], state["selection"]
-    if run.selection is None and run.best is not None:  # a best, but no selection recorded
+    if filled_by_upgrade(state, "selection") and run.best is not None:
+        # An older mlcnc's checkpoint recorded the best epoch but no selection: select it.
         run.selection = sel.on_val(run.best, t.select_metric, run.ema is not None)
     if state["test_ap"] is not None:
         run.last_ap = np.asarray(state["test_ap"], dtype=np.float64)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mlcnc.losses.base import Criterion
-from mlcnc.losses.focal import FocalCriterion
 from mlcnc.methods.linear import register_linear
 from mlcnc.methods.registry import BuildRequest
 from mlcnc.schema import Fraction, NonNegativeFloat, section
@@ -18,6 +17,8 @@ class FocalOptions:
 
 
 def focal_criterion(request: BuildRequest) -> Criterion:
+    from mlcnc.losses.focal import FocalCriterion  # imports torchvision: lazy (mlcnc --help)
+
     return FocalCriterion(**request.loss)
 
 

@@ -256,7 +256,7 @@ def train_run(
         from timm.utils import ModelEmaV3
 
         from mlcnc.config import OptimConfig
-        from mlcnc.engine.loop import ModelWithLoss
+        from mlcnc.engine.task import ModelWithLoss
         from mlcnc.engine.optim import build_scheduler, parameter_groups
 
         fabric = Fabric(accelerator=device.type, devices=1, precision=precision)

@@ -380,3 +380,9 @@ def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(runs, tmp_path: P
     ):
         load_checkpoint(path)
     assert main(["evaluate", str(path)]) == 1
+    # A current-format file lacking a key was edited, not written by an older mlcnc.
+    save_checkpoint({k: v for k, v in state.items() if k != "history"}, path)
+    with pytest.raises(
+        CheckpointError, match=r"not a complete format-2 mlcnc checkpoint: .*history"
+    ):
+        load_checkpoint(path)

@@ -124,9 +124,8 @@ def upgrade_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -
             f"{path} is a format-{found} checkpoint of a newer mlcnc; this mlcnc reads formats "
             f"up to {FORMAT}: update mlcnc to use it"
         )
-    if found == FORMAT:
-        return state
-    train_cfg = state["config"].get("train") or {}
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    train_cfg = config.get("train") or {}
     defaults: dict[str, Any] = {
         "ema": None,
         "metrics": {},
@@ -138,6 +137,14 @@ def upgrade_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -
         "num_train_samples": None,
         "data": {"class_names": list(state["class_names"])},
     }
+    if found == FORMAT:
+        missing = [key for key in defaults if key not in state]
+        if missing:
+            raise CheckpointError(
+                f"{path} is not a complete format-{FORMAT} mlcnc checkpoint: it lacks "
+                f"{', '.join(missing)} (was it edited?)"
+            )
+        return state
     filled = [key for key in defaults if state.get(key) is None and defaults[key] is not None]
     filled += [key for key in defaults if key not in state and defaults[key] is None]
     if "fingerprint" not in (state.get("data") or {}):

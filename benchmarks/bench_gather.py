@@ -70,12 +70,12 @@ def shard_values() -> None:
     output, targets = batch(torch.device("cpu"))
     with local_batch():
         print(
-            f"two-way loss, B={B}, C={C}: global batch {two_way_loss(output.logits, targets):.4f}"
+            f"two-way loss, B={B}, C={C}: global batch {two_way_loss(output.logits, targets, tp=4.0, tn=1.0):.4f}"
         )
         for world in (2, 4, 8):
             values = [
                 two_way_loss(*[t[r * B // world : (r + 1) * B // world] for t in
-                               (output.logits, targets)])
+                               (output.logits, targets)], tp=4.0, tn=1.0)
                 for r in range(world)
             ]  # fmt: skip
             print(f"  mean of per-shard values, W={world}: {torch.stack(values).mean():.4f}")
@@ -127,7 +127,7 @@ def run(rank: int, world: int, steps: int, port: int | None) -> None:
         both[:, :C].sum().backward()
 
     def two_way_step() -> None:
-        two_way_loss(output.logits, targets).backward()
+        two_way_loss(output.logits, targets, tp=4.0, tn=1.0).backward()
 
     def criterion_step() -> None:
         criterion(output, targets)["total"].backward()

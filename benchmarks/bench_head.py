@@ -119,7 +119,7 @@ def loop_losses(
             if targets[:, c].any():
                 sums[c] += projections[targets[:, c] == 1, c].sum(0)
                 counts[c] += targets[:, c].sum()
-    return 0.5 * fla + 0.1 * fpc + two_way_loss(logits, targets)
+    return 0.5 * fla + 0.1 * fpc + two_way_loss(logits, targets, tp=4.0, tn=1.0)
 
 
 def head_flops(

@@ -256,8 +256,8 @@ def train_run(
         from timm.utils import ModelEmaV3
 
         from mlcnc.config import OptimConfig
-        from mlcnc.engine.task import ModelWithLoss
         from mlcnc.engine.optim import build_scheduler, parameter_groups
+        from mlcnc.engine.task import ModelWithLoss
 
         fabric = Fabric(accelerator=device.type, devices=1, precision=precision)
         optim_cfg = OptimConfig(epochs=2)

@@ -235,7 +235,9 @@ def test_db_presets_are_the_spec_values() -> None:
 def test_two_way_criterion_is_the_core_loss(batch) -> None:
     logits, targets = batch
     out = TwoWayCriterion(tp=4.0, tn=1.0)(ModelOutput(logits=logits), targets)
-    assert out["total"].item() == pytest.approx(two_way_loss(logits, targets, 4.0, 1.0).item())
+    assert out["total"].item() == pytest.approx(
+        two_way_loss(logits, targets, tp=4.0, tn=1.0).item()
+    )
 
 
 # --------------------------------------------------------------------------- every criterion

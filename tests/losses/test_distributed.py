@@ -312,7 +312,11 @@ def _sharded_helpers(rank: int) -> dict[str, Any]:
     (gathered * torch.arange(1.0, 9.0).view(8, 1)).sum().backward()
     logits = _functional_inputs()["logits"][rows]
     with local_batch():
-        local = (world_size(), two_way_loss(logits, TARGETS[rows]), bce_loss(logits, TARGETS[rows]))
+        local = (
+            world_size(),
+            two_way_loss(logits, TARGETS[rows], tp=4.0, tn=1.0),
+            bce_loss(logits, TARGETS[rows]),
+        )
     return {
         f"helpers/{rank}": {
             "world_size": world_size(),
@@ -468,7 +472,7 @@ def test_local_batch_reduces_over_the_shard_alone(runs: dict[str, Any]) -> None:
     got = runs["sharded"]["helpers/0"]
     assert got["local_world_size"] == 1
     logits, targets = _functional_inputs()["logits"][:5], TARGETS[:5]
-    want = torch.stack([two_way_loss(logits, targets), bce_loss(logits, targets)])
+    want = torch.stack([two_way_loss(logits, targets, tp=4.0, tn=1.0), bce_loss(logits, targets)])
     torch.testing.assert_close(got["local_losses"], want, rtol=1e-6, atol=0)
 
 

@@ -115,20 +115,20 @@ def test_two_way_matches_reference(targets: torch.Tensor, tp: float, tn: float) 
 def test_two_way_known_value() -> None:
     # One sample, one positive (z=0) and one negative (z=0): softplus(0 + 0) twice... per sample
     # softplus(log e^0 + 4 log e^0) = log 2; class 0 has a positive and no negative -> 0.
-    loss = two_way_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+    loss = two_way_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), tp=4.0, tn=1.0)
     assert loss.item() == pytest.approx(math.log(2))
 
 
 def test_two_way_is_finite_for_large_logits() -> None:
     logits = torch.tensor([[80.0, -90.0, 100.0], [-100.0, 95.0, 0.0]], requires_grad=True)
-    loss = two_way_loss(logits, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    loss = two_way_loss(logits, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), tp=4.0, tn=1.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
 
 def test_two_way_rejects_mismatched_targets() -> None:
     with pytest.raises(ValueError, match="two_way_loss"):
-        two_way_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+        two_way_loss(torch.zeros(2, 3), torch.zeros(2, 4), tp=4.0, tn=1.0)
 
 
 # ---- feature-label alignment ---------------------------------------------------------------
@@ -260,8 +260,8 @@ def test_gradcheck_each_loss() -> None:
     valid = torch.tensor([True, True, False, True, True])
 
     # Double inputs stay double inside the losses, so the default tolerances apply.
-    assert two_way_loss(logits, targets).dtype == torch.float64
-    torch.autograd.gradcheck(lambda z: two_way_loss(z, targets), (logits,))
+    assert two_way_loss(logits, targets, tp=4.0, tn=1.0).dtype == torch.float64
+    torch.autograd.gradcheck(lambda z: two_way_loss(z, targets, tp=4.0, tn=1.0), (logits,))
     torch.autograd.gradcheck(lambda z: two_way_loss(z, targets, tp=2.0, tn=0.5), (logits,))
     torch.autograd.gradcheck(
         lambda f, e: feature_label_alignment_loss(f, e, targets), (features, labels)
@@ -282,7 +282,7 @@ def test_losses_return_float32_under_autocast() -> None:
         features = torch.randn(5, C, 8).bfloat16()
         mu = torch.randn(5, C, 4).bfloat16()
         values = [
-            two_way_loss(logits, targets),
+            two_way_loss(logits, targets, tp=4.0, tn=1.0),
             feature_label_alignment_loss(features, torch.randn(C, 8), targets),
             collapse_calibration_loss(mu, torch.randn(C, 4), targets),
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -14,8 +16,30 @@ from mlcnc.losses.functional import (
 )
 from mlcnc.models.output import ModelOutput
 from mlcnc.recipes import get_recipe
+from mlcnc.schema import Bool, NonNegativeFloat, NonNegativeInt, PositiveFloat, section
 
 PROTOTYPE_MODES = ("per_epoch", "cumulative")
+
+
+@section
+class MLCNCLossOptions:
+    """MLCNCLoss's options (paper section 4.1 and spec 2.4: alpha 0.5, beta 0.1, tau 0.5,
+    Tp 4, Tn 1, 5 warm-up epochs). legacy_warmup / prototype_mode: None = the recipe's."""
+
+    alpha: NonNegativeFloat = 0.5
+    beta: NonNegativeFloat = 0.1
+    tau1: PositiveFloat = 0.5
+    tau2: PositiveFloat | None = None
+    tp: PositiveFloat = 4.0
+    tn: PositiveFloat = 1.0
+    warmup_epochs: NonNegativeInt = 5
+    legacy_warmup: Bool | None = None
+    prototype_mode: Literal["per_epoch", "cumulative"] | None = None
+    fpc_reduction: Literal["positive_mean", "per_sample"] = "positive_mean"
+
+
+DEFAULTS = MLCNCLossOptions()
+"""The one place MLCNCLoss's defaults are written (``method.loss`` of the MLC-NC family)."""
 
 
 class MLCNCLoss(Criterion):
@@ -46,16 +70,16 @@ class MLCNCLoss(Criterion):
         proj_dim: int = 20,
         recipe: str = "paper",
         *,
-        alpha: float = 0.5,
-        beta: float = 0.1,
-        tau1: float = 0.5,
-        tau2: float | None = None,
-        tp: float = 4.0,
-        tn: float = 1.0,
-        warmup_epochs: int = 5,
-        legacy_warmup: bool | None = None,
-        prototype_mode: str | None = None,
-        fpc_reduction: str = "positive_mean",
+        alpha: float = DEFAULTS.alpha,
+        beta: float = DEFAULTS.beta,
+        tau1: float = DEFAULTS.tau1,
+        tau2: float | None = DEFAULTS.tau2,
+        tp: float = DEFAULTS.tp,
+        tn: float = DEFAULTS.tn,
+        warmup_epochs: int = DEFAULTS.warmup_epochs,
+        legacy_warmup: bool | None = DEFAULTS.legacy_warmup,
+        prototype_mode: str | None = DEFAULTS.prototype_mode,
+        fpc_reduction: str = DEFAULTS.fpc_reduction,
     ) -> None:
         super().__init__()
         defaults = get_recipe(recipe)

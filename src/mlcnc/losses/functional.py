@@ -79,7 +79,7 @@ def _filled_logsumexp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
 
 
 @_float32
-def two_way_loss(logits: Tensor, targets: Tensor, tp: float = 4.0, tn: float = 1.0) -> Tensor:
+def two_way_loss(logits: Tensor, targets: Tensor, *, tp: float, tn: float) -> Tensor:
     """Two-way multi-label loss (Kobayashi, CVPR 2023) as MLC-NC's code computes it (spec 2.3).
 
     For each sample (row) and each class (column) with at least one positive:

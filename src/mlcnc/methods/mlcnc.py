@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
+from mlcnc.losses.criterion import MLCNCLossOptions
 from mlcnc.methods.registry import (
     BuildRequest,
     Method,
@@ -19,50 +20,11 @@ from mlcnc.methods.registry import (
     field_default,
     register_method,
 )
+from mlcnc.models.head import MLCNCModelOptions
 from mlcnc.recipes import get_recipe
 from mlcnc.schema import (
-    Bool,
-    Fraction,
-    Int,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     section,
 )
-
-
-@section
-class MLCNCModelOptions:
-    """MLCNCHead's options (spec section 1; defaults of the authors' code, spec 9).
-
-    classifier_trainable: None = the recipe's choice (``mlcnc.recipes``).
-    """
-
-    embed_dim: PositiveInt = 768
-    num_heads: PositiveInt = 8
-    attn_dropout: Fraction = 0.1
-    proj_dim: PositiveInt = 20
-    alpha_att: float = 1.0
-    classifier_trainable: Bool | None = None
-    etf_seed: Int = 0
-
-
-@section
-class MLCNCLossOptions:
-    """MLCNCLoss's options (paper section 4.1 and spec 2.4: alpha 0.5, beta 0.1, tau 0.5,
-    Tp 4, Tn 1, 5 warm-up epochs). legacy_warmup / prototype_mode: None = the recipe's."""
-
-    alpha: NonNegativeFloat = 0.5
-    beta: NonNegativeFloat = 0.1
-    tau1: PositiveFloat = 0.5
-    tau2: PositiveFloat | None = None
-    tp: PositiveFloat = 4.0
-    tn: PositiveFloat = 1.0
-    warmup_epochs: NonNegativeInt = 5
-    legacy_warmup: Bool | None = None
-    prototype_mode: Literal["per_epoch", "cumulative"] | None = None
-    fpc_reduction: Literal["positive_mean", "per_sample"] = "positive_mean"
 
 
 def without(options: type, fixed: Mapping[str, Any], name: str) -> type:
@@ -73,7 +35,7 @@ def without(options: type, fixed: Mapping[str, Any], name: str) -> type:
         if f.name not in fixed
     ]
     plain = dataclasses.make_dataclass(name, kept)
-    plain.__module__ = __name__
+    plain.__module__ = options.__module__  # its field types resolve where they were written
     return section(plain)
 
 

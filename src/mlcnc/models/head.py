@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from mlcnc.etf import simplex_etf
 from mlcnc.geometry import safe_normalize
 from mlcnc.models.output import ModelOutput
+from mlcnc.schema import Bool, Fraction, Int, PositiveInt, section
 
 
 class ETFQueryAttention(nn.Module):
@@ -60,6 +61,26 @@ class ETFQueryAttention(nn.Module):
         return self.mha.out_proj(mixed), attention
 
 
+@section
+class MLCNCModelOptions:
+    """MLCNCHead's options (spec section 1; defaults of the authors' code, spec 9).
+
+    classifier_trainable: None = the recipe's choice (``mlcnc.recipes``).
+    """
+
+    embed_dim: PositiveInt = 768
+    num_heads: PositiveInt = 8
+    attn_dropout: Fraction = 0.1
+    proj_dim: PositiveInt = 20
+    alpha_att: float = 1.0
+    classifier_trainable: Bool | None = None
+    etf_seed: Int = 0
+
+
+HEAD_DEFAULTS = MLCNCModelOptions()
+"""The one place MLCNCHead's defaults are written (``method.model`` of the MLC-NC family)."""
+
+
 class MLCNCHead(nn.Module):
     """From a backbone map (B, F, H, W) to MLC-NC's ``ModelOutput``.
 
@@ -71,13 +92,13 @@ class MLCNCHead(nn.Module):
         self,
         in_features: int,
         num_classes: int,
-        embed_dim: int = 768,
-        num_heads: int = 8,
-        attn_dropout: float = 0.1,
-        proj_dim: int = 20,
-        alpha_att: float = 1.0,
+        embed_dim: int = HEAD_DEFAULTS.embed_dim,
+        num_heads: int = HEAD_DEFAULTS.num_heads,
+        attn_dropout: float = HEAD_DEFAULTS.attn_dropout,
+        proj_dim: int = HEAD_DEFAULTS.proj_dim,
+        alpha_att: float = HEAD_DEFAULTS.alpha_att,
         classifier_trainable: bool = False,
-        etf_seed: int = 0,
+        etf_seed: int = HEAD_DEFAULTS.etf_seed,
     ) -> None:
         super().__init__()
         if embed_dim < num_classes:

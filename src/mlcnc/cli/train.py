@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR_OR_CKPT",
         help="continue a run in its folder from its last checkpoint, or from RUN/checkpoints/"
         "NAME.ckpt (same config and data unless --force); with --output DIR, continue it "
-        "in the new folder DIR",
+        "in the new folder DIR; 'auto': continue the run in --output if it holds one, else "
+        "start it there (what a requeued SLURM job does without --resume)",
     )
     parser.add_argument(
         "--force",
@@ -72,6 +73,12 @@ def resolve_train_config(args: argparse.Namespace):
     the overrides, ``--seed`` and ``--output``; and a name for the run folder."""
     from mlcnc.config import config_from_dict, load_config, merge_dicts, parse_override
 
+    from mlcnc.launch.slurm import resolve_resume
+
+    output = args.output or next(
+        (o.partition("=")[2] for o in args.overrides if o.startswith("train.output=")), None
+    )
+    args.resume = resolve_resume(args.resume, output)  # --resume auto; a requeued SLURM job
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
@@ -99,6 +106,16 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(shipped_configs()))
         return 0
     cfg, name = resolve_train_config(args)
+    from mlcnc.cli._paths import check_output
+    from mlcnc.config import config_to_dict
+
+    data_paths = [v for v in config_to_dict(cfg)["data"].values() if isinstance(v, str) and v]
+    check_output(
+        cfg.train.output,
+        option="--output (train.output)",
+        inputs=[*data_paths, args.config, args.resume],
+        folder=True,
+    )
     if args.dry_run:
         print(
             f"config OK: method {cfg.method.name} ({cfg.method.recipe} recipe, "
@@ -126,5 +143,6 @@ def run(args: argparse.Namespace) -> int:
         print(result.table())
         print(f"\nrun folder: {result.run_dir}")
         if result.best is None:
-            print("(no val split: the last epoch is reported)")
+            reason = (result.selection or {}).get("reason") or "no val split"
+            print(f"({reason}: the last epoch is reported)")
     return 0

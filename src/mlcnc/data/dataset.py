@@ -281,8 +281,9 @@ class MultiLabelDataset(Dataset):
                 "data.skip_bad_images drops bad rows before a run starts: the file changed "
                 "after that check"
                 if self.skip_bad_images
-                else "run `mlcnc data check` to list every bad image, or set "
-                "data.skip_bad_images=true to drop them"
+                else "`mlcnc data check --decode` decodes every image and lists every bad "
+                "one, or set data.skip_bad_images=true to drop them (it decodes every image "
+                "before the run)"
             )
             raise BadImageError(
                 path, f"{err.reason} (listed at {self.split.where(index)}; {hint})"

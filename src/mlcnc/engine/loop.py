@@ -275,7 +275,12 @@ def select_and_save(run: Run, epoch: int, record: dict[str, Any]) -> None:
     last_epoch = epoch + 1 == run.cfg.optim.epochs
     save_last = last_epoch or improved or (epoch + 1) % t.checkpoint_every == 0
     if save_last and (run.selection is None or run.selection["rule"] == "last"):
-        run.selection = sel.on_last(epoch + 1, t.select_metric, has_ema)
+        reason = None
+        if "val" in run.eval_loaders and any(
+            k.startswith("val/") for r in [*run.history, record] for k in r
+        ):
+            reason = f"{t.select_metric} was never defined on val (NaN at every evaluation)"
+        run.selection = sel.on_last(epoch + 1, t.select_metric, has_ema, reason)
     # -- records and checkpoints
     record = jsonable(record)  # as metrics.jsonl holds it
     run.history.append(record)
@@ -293,7 +298,10 @@ def select_and_save(run: Run, epoch: int, record: dict[str, Any]) -> None:
         if run.selection is not None:
             sel.write_selection(run.folder.path, run.selection)
     run.folder.write_records(run.history)
-    tqdm.write(epoch_line(record, run.cfg.optim.epochs))
+    line = epoch_line(record, run.cfg.optim.epochs)
+    if t.limit_eval_batches is not None and "test/map_total" in record:
+        line += "  [mAP PARTIAL: train.limit_eval_batches]"
+    tqdm.write(line)
 
 
 def finish(run: Run, record: dict[str, Any]) -> TrainResult:
@@ -324,4 +332,7 @@ def finish(run: Run, record: dict[str, Any]) -> TrainResult:
         history=history,
         global_rank=run.rank,
         selection=run.selection,
+        ema_decay=run.cfg.train.ema_decay,
+        ema_warmup=run.cfg.train.ema_warmup,
+        limit_eval_batches=run.cfg.train.limit_eval_batches,
     )

@@ -11,6 +11,7 @@ from typing import Any
 from mlcnc.engine import selection as sel
 from mlcnc.engine.evaluation import format_map_table
 from mlcnc.engine.run_folder import GROUPS
+from mlcnc.engine.traps import ema_note, partial_eval_note
 
 
 @dataclass
@@ -31,6 +32,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     global_rank: int = 0
     selection: dict[str, Any] | None = None
+    ema_decay: float = 0.0  # with ema_warmup: the EMA's note in the selection line
+    ema_warmup: bool = False
+    limit_eval_batches: int | None = None  # the table is marked PARTIAL
 
     def table(self) -> str:
         """Total / Head / Medium / Tail test mAP: last epoch (regular and EMA); the epoch
@@ -78,7 +82,19 @@ class TrainResult:
                 f"({sel.describe(chosen)}); evaluate / predict / export / inspect of the run "
                 "folder use it"
             )
-        return "\n".join([format_map_table(rows, title="Test mAP (%)"), *notes])
+            if chosen["variant"] == "ema":
+                steps = next(
+                    (r.get("step") for r in self.history if r.get("epoch") == chosen["epoch"]),
+                    self.last.get("step"),
+                )
+                note = ema_note(steps, self.ema_decay, self.ema_warmup)
+                if note is not None:
+                    notes.append(f"{note}; --no-ema loads the regular weights")
+        title = "Test mAP (%)"
+        partial = partial_eval_note(self.limit_eval_batches)
+        if partial is not None:
+            title += f", {partial}"
+        return "\n".join([format_map_table(rows, title=title), *notes])
 
 
 def map_groups(record: dict[str, Any], key: str) -> dict[str, float]:

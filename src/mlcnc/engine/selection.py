@@ -85,9 +85,12 @@ def on_val(record: dict[str, Any], select_metric: str, has_ema: bool) -> dict[st
     }
 
 
-def on_last(epoch: int, select_metric: str, has_ema: bool) -> dict[str, Any]:
-    """The selection of a run without a val split: the last epoch, the named variant."""
-    return {
+def on_last(
+    epoch: int, select_metric: str, has_ema: bool, reason: str | None = None
+) -> dict[str, Any]:
+    """The selection of a run without a val split (or whose val split never gave
+    ``select_metric`` a value: ``reason`` says so): the last epoch, the named variant."""
+    selection = {
         "checkpoint": LAST,
         "variant": preferred_variant(select_metric, has_ema),
         "epoch": int(epoch),
@@ -96,6 +99,9 @@ def on_last(epoch: int, select_metric: str, has_ema: bool) -> dict[str, Any]:
         "value": None,
         "select_metric": select_metric,
     }
+    if reason is not None:
+        selection["reason"] = reason
+    return selection
 
 
 def improves(candidate: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
@@ -115,7 +121,7 @@ def describe(selection: dict[str, Any]) -> str:
         value = selection.get("value")
         score = f" = {float(value):.2f}" if value is not None else ""
         return f"selected on {selection['metric']}{score} at epoch {selection['epoch']}"
-    return f"the last epoch, {selection['epoch']} (no val split)"
+    return f"the last epoch, {selection['epoch']} ({selection.get('reason') or 'no val split'})"
 
 
 def write_selection(run_dir: str | Path, selection: dict[str, Any]) -> Path:
@@ -244,5 +250,11 @@ def choose_weights(
     if variant == "ema" and not has_ema:
         variant = "regular"
         why.append("the checkpoint has no EMA weights (train.ema_decay=0)")
+    if variant == "ema":
+        from mlcnc.engine.traps import ema_note_from_state
+
+        note = ema_note_from_state(state)
+        if note is not None:
+            why.append(note)
     message = f"loaded {ckpt_path}, {WEIGHTS[variant]} ({'; '.join(why)})"
     return WeightsChoice(ckpt_path, state, variant == "ema", recorded, message)

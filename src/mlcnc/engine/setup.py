@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -45,6 +46,7 @@ from mlcnc.engine.run_folder import (
     run_contents,
 )
 from mlcnc.engine.task import ModelWithLoss
+from mlcnc.engine.traps import check_launcher, start_warnings
 from mlcnc.losses.base import Criterion
 from mlcnc.methods import Method, build_method
 
@@ -52,6 +54,7 @@ from mlcnc.methods import Method, build_method
 def make_fabric(cfg: Config) -> Fabric:
     """Fabric from ``train:``; ``precision=auto`` is bf16-mixed / 16-mixed on CUDA, 32 on CPU."""
     t = cfg.train
+    check_launcher(cfg)
     precision = t.precision
     if precision == "auto":
         cuda = torch.cuda.is_available() and t.accelerator in ("auto", "cuda", "gpu")
@@ -67,13 +70,21 @@ def make_fabric(cfg: Config) -> Fabric:
         # MLC-NC's paper warm-up leaves the projections and the temperature out of the loss,
         # so DDP must look for parameters without gradients.
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
-    return Fabric(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=strategy,
-        precision=precision,
-    )
+    try:
+        return Fabric(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=strategy,
+            precision=precision,
+        )
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as error:  # Lightning refuses them
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ConfigError(
+            f"train.accelerator={t.accelerator}, train.devices={t.devices}, "
+            f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes}: Lightning refuses "
+            f"them: {lines[0] if lines else type(error).__name__}"
+        ) from None
 
 
 @dataclass
@@ -171,6 +182,8 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
     if cfg.train.limit_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.train.limit_train_batches)
     check_trainable(cfg, train_split, steps_per_epoch, batch_per_device)
+    for line in start_warnings(cfg, method.criterion, steps_per_epoch):
+        note(fabric.global_rank, line)
     optimizer, scheduler = build_optimization(fabric, cfg, method, steps_per_epoch)
     model, fabric_optimizer, ema = wrap_for_training(fabric, cfg, method, optimizer)
     d = cfg.data

@@ -1,0 +1,199 @@
+"""Keeps the "Settings that train, but not as meant" and "Names that look alike" sections of
+docs/bad_input.md true: every row of their tables is a case run here with the real ``mlcnc``
+command; the output must contain the row's message and the exit code must be the row's.
+
+Training uses the tiny method of tests/helpers.py (a second or two per run).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import bad_inputs
+from helpers import TINY_METHOD, write_tiny_csv_dataset
+from mlcnc.cli import main
+
+pytestmark = pytest.mark.usefixtures("tiny_method")
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
+SECTIONS = ("## Settings that train, but not as meant", "## Names that look alike")
+ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
+
+
+def _doc_rows() -> dict[str, tuple[str, str]]:
+    """case -> (message, result) from the sections' tables."""
+    rows, inside = {}, False
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line.strip() in SECTIONS
+        found = ROW.match(line) if inside else None
+        if found:
+            case, _, _, message, result = found.groups()
+            assert case not in rows, f"case {case} twice in {DOC.name}"
+            rows[case] = (message, result.strip())
+    return rows
+
+
+CASES: dict[str, Callable[..., tuple[str, str]]] = {}
+
+
+def case(name: str):
+    def register(function):
+        CASES[name] = function
+        return function
+
+    return register
+
+
+class Runner:
+    """Runs ``mlcnc`` in-process; returns ("exit N", stdout + stderr), keeps both."""
+
+    def __init__(self, capsys: pytest.CaptureFixture) -> None:
+        self.capsys = capsys
+        self.out = self.err = ""
+
+    def __call__(self, *argv: str | Path) -> tuple[str, str]:
+        self.capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+            code = 1 if isinstance(exit_.code, str) else int(exit_.code or 0)
+        captured = self.capsys.readouterr()
+        self.out, self.err = captured.out, captured.err
+        return f"exit {code}", captured.out + captured.err
+
+
+def tiny_args(data: Path, out: Path, *extra: str, val: bool = True) -> list[str]:
+    """``mlcnc train`` of the tiny method on the tiny CSV dataset (2 epochs, CPU)."""
+    return [
+        "train",
+        "--config",
+        "csv",
+        "--output",
+        str(out),
+        f"data.train_csv={data / 'train.csv'}",
+        *([f"data.val_csv={data / 'val.csv'}"] if val else []),
+        f"data.test_csv={data / 'test.csv'}",
+        "data.image_size=24",
+        "data.num_workers=0",
+        "data.head_threshold=10",
+        "data.tail_threshold=4",
+        f"method.name={TINY_METHOD}",
+        "method.pretrained=false",
+        "optim.epochs=2",
+        "optim.batch_size=5",
+        "train.accelerator=cpu",
+        "train.ema_decay=0.9",
+        "train.progress=false",
+        "train.plots=false",
+        "train.num_threads=1",
+        *extra,
+    ]
+
+
+# ------------------------------------------------------------------ settings
+
+
+@case("ema-barely-moved")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    # No val split and select_metric on the EMA: the run selects the EMA of its last epoch.
+    trained = run(
+        *tiny_args(
+            data, out, "train.ema_decay=0.9997", "train.select_metric=val_ema/map_total", val=False
+        )
+    )
+    assert trained[0] == "exit 0", trained[1]
+    table = run.out
+    assert "selected model: last.ckpt, EMA weights" in table
+    assert "of it is still the weights of the first step" in table, table
+    assert "the EMA will average only 10 steps" in run.err  # said at the start too
+    return run("evaluate", out)
+
+
+@case("mlcnc-epochs-within-warmup")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    args = tiny_args(data, tmp_path / "run", "optim.epochs=1", "train.limit_train_batches=2")
+    args = [a for a in args if not a.startswith("method.")]
+    args += [
+        "method.name=mlcnc",
+        "method.backbone=resnet18",
+        "method.pretrained=false",
+        "method.loss.warmup_epochs=2",
+    ]
+    return run(*args)
+
+
+@case("partial-eval")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    outcome = run(*tiny_args(data, tmp_path / "run", "train.limit_eval_batches=1"))
+    assert "[mAP PARTIAL" in run.out + run.err  # the epoch lines
+    assert "Test mAP (%), PARTIAL" in run.out  # the table
+    return outcome
+
+
+@case("num-nodes-without-launcher")
+def _(tmp_path, run, monkeypatch):
+    from mlcnc.engine.traps import LAUNCH_VARIABLES
+
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    outcome = run(*tiny_args(data, tmp_path / "run", "train.num_nodes=2"))
+    assert not (tmp_path / "run").exists()
+    return outcome
+
+
+@case("select-metric-never-defined")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    outcome = run(
+        *tiny_args(
+            data, tmp_path / "run", "data.head_threshold=100", "train.select_metric=val/map_head"
+        )
+    )
+    assert "no val split" not in outcome[1]
+    return outcome
+
+
+@case("bad-image-hint")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    bad_inputs.truncated_jpeg(data / "images" / "train_003.png")
+    # The check before a run reads headers: it passes; data check --decode finds it.
+    found = run("data", "check", "--csv", data / "train.csv", "--decode")
+    assert found[0] == "exit 1" and "train_003.png" in found[1], found[1]
+    return run(*tiny_args(data, tmp_path / "run"))
+
+
+# ------------------------------------------------------------------------ tests
+
+ROWS = _doc_rows()
+
+
+def test_every_documented_case_has_a_test_and_back() -> None:
+    assert sorted(ROWS) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_documented_answer(name, tmp_path, capsys, monkeypatch) -> None:
+    message, expected = ROWS[name]
+    function = CASES[name]
+    extra = {"monkeypatch": monkeypatch} if "monkeypatch" in function.__code__.co_varnames else {}
+    result, text = function(tmp_path, Runner(capsys), **extra)
+    assert result == expected, text
+    assert message in text, text
+    assert "Traceback" not in text
+    if result != "exit 0":
+        errors = [line for line in text.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and re.match(r"mlcnc \w+: error: ", errors[0]), text

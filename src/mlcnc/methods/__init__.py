@@ -31,7 +31,7 @@ from mlcnc.methods.registry import (
 
 # isort: off
 # Registration order is the paper's Table 1 order.
-from mlcnc.methods import erm, rw, focal, cb_focal, ldam, mlgcn, bbn, asl
+from mlcnc.methods import erm, rw, focal, cb_focal, ldam, mlgcn, oltr, bbn, asl
 from mlcnc.methods import db, urs, mfm, two_way, mlcnc
 
 # isort: on
@@ -40,11 +40,12 @@ from mlcnc.methods.bbn import BBNModelOptions
 from mlcnc.methods.cb_focal import ClassBalancedFocalOptions
 from mlcnc.methods.db import DBFocalOptions, DBOptions
 from mlcnc.methods.focal import FocalOptions
-from mlcnc.methods.ldam import LDAMOptions
+from mlcnc.methods.ldam import LDAMDRWOptions, LDAMOptions
 from mlcnc.methods.linear import CosineModelOptions, LinearModelOptions, register_linear
 from mlcnc.methods.mfm import MFMOptions
 from mlcnc.methods.mlcnc import MLCNCLossOptions, MLCNCModelOptions
 from mlcnc.methods.mlgcn import MLGCNModelOptions
+from mlcnc.methods.oltr import OLTRLossOptions, OLTRModelOptions
 from mlcnc.methods.rw import ReweightOptions
 from mlcnc.methods.two_way import TwoWayOptions
 from mlcnc.methods.urs import URSLossOptions, URSModelOptions
@@ -60,6 +61,7 @@ __all__ = [
     "DBFocalOptions",
     "DBOptions",
     "FocalOptions",
+    "LDAMDRWOptions",
     "LDAMOptions",
     "LinearModelOptions",
     "MFMOptions",
@@ -70,6 +72,8 @@ __all__ = [
     "MethodConfig",
     "MethodRecord",
     "NoOptions",
+    "OLTRLossOptions",
+    "OLTRModelOptions",
     "ReweightOptions",
     "SamplerKind",
     "TwoWayOptions",
@@ -91,6 +95,7 @@ __all__ = [
     "mlcnc",
     "mlgcn",
     "needs_num_samples",
+    "oltr",
     "register_linear",
     "register_method",
     "resolve_options",

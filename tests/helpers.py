@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from mlcnc.config import load_config
+from mlcnc.config import OptimConfig, load_config
+from mlcnc.engine.optim import build_optimizer, build_scheduler
 from mlcnc.losses.base import AllReduce, Criterion
 from mlcnc.methods import METHODS, BuildRequest, Method, MethodRecord, register_method
 from mlcnc.models.output import ModelOutput
@@ -149,3 +150,16 @@ def tiny_config(data: Path, out: Path, *overrides: str):
             *overrides,
         ],
     )
+
+
+def onecycle_lrs(epochs: int, steps_per_epoch: int) -> list[float]:
+    """The lr after each optimizer step of a fresh OneCycle (index 0: before any step)."""
+    cfg = OptimConfig(epochs=epochs, lr=0.01)
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    optimizer.step()
+    lrs = [scheduler.get_last_lr()[0]]
+    for _ in range(epochs * steps_per_epoch):
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    return lrs

@@ -125,18 +125,26 @@ def register_tiny_method() -> None:
         register_method(TINY_RECORD)
 
 
+def tiny_data_overrides(data: Path, image_size: int = 32) -> list[str]:
+    """The ``data:`` overrides of the tiny CSV dataset in ``data`` (train, val, test; no
+    workers; head / tail thresholds that give the 4 classes all three groups)."""
+    return [
+        f"data.train_csv={data / 'train.csv'}",
+        f"data.val_csv={data / 'val.csv'}",
+        f"data.test_csv={data / 'test.csv'}",
+        f"data.image_size={image_size}",
+        "data.num_workers=0",
+        "data.head_threshold=10",
+        "data.tail_threshold=4",
+    ]
+
+
 def tiny_config(data: Path, out: Path, *overrides: str):
     """A csv config for the tiny method: 32 px, batch 5, 3 epochs, CPU, no workers."""
     return load_config(
         "csv",
         [
-            f"data.train_csv={data / 'train.csv'}",
-            f"data.val_csv={data / 'val.csv'}",
-            f"data.test_csv={data / 'test.csv'}",
-            "data.image_size=24",
-            "data.num_workers=0",
-            "data.head_threshold=10",
-            "data.tail_threshold=4",
+            *tiny_data_overrides(data, image_size=24),
             f"method.name={TINY_METHOD}",
             "method.pretrained=false",
             "optim.epochs=3",

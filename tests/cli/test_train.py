@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_tiny_csv_dataset
+from helpers import tiny_data_overrides, write_tiny_csv_dataset
 from mlcnc.cli import main
 
 
@@ -23,13 +23,7 @@ def tiny_mlcnc_args(data: Path, out: Path, *extra: str) -> list[str]:
         "3",
         "--output",
         str(out),
-        f"data.train_csv={data / 'train.csv'}",
-        f"data.val_csv={data / 'val.csv'}",
-        f"data.test_csv={data / 'test.csv'}",
-        "data.image_size=32",
-        "data.num_workers=0",
-        "data.head_threshold=10",
-        "data.tail_threshold=4",
+        *tiny_data_overrides(data),
         "method.backbone=test_efficientnet",
         "method.pretrained=false",
         "method.model.embed_dim=16",

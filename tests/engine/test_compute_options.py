@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_data_overrides
 from mlcnc.config import ConfigError, load_config
 
 
@@ -14,13 +15,7 @@ def _config(data: Path, out: Path, *extra: str):
     return load_config(
         "csv",
         [
-            f"data.train_csv={data / 'train.csv'}",
-            f"data.val_csv={data / 'val.csv'}",
-            f"data.test_csv={data / 'test.csv'}",
-            "data.image_size=32",
-            "data.num_workers=0",
-            "data.head_threshold=10",
-            "data.tail_threshold=4",
+            *tiny_data_overrides(data),
             "method.name=erm",
             "method.backbone=resnet18",
             "method.pretrained=false",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_data_overrides
 from mlcnc.config import load_config
 from mlcnc.methods import METHODS, table_order
 
@@ -30,13 +31,7 @@ def test_new_row_trains_and_evaluates(name: str, tiny_csv_dataset: Path, tmp_pat
     cfg = load_config(
         "csv",
         [
-            f"data.train_csv={data / 'train.csv'}",
-            f"data.val_csv={data / 'val.csv'}",
-            f"data.test_csv={data / 'test.csv'}",
-            "data.image_size=32",
-            "data.num_workers=0",
-            "data.head_threshold=10",
-            "data.tail_threshold=4",
+            *tiny_data_overrides(data),
             f"method.name={name}",
             "method.backbone=resnet18",
             "method.pretrained=false",

@@ -28,6 +28,7 @@ from mlcnc.data.samplers import (
     PairedSampler,
     ReversedSampler,
     ShuffleSampler,
+    WeightedSampler,
 )
 
 __all__ = [
@@ -91,6 +92,15 @@ def build_sampler(
         return ClassAwareSampler(
             labels,
             num_samples_cls=cfg.num_samples_cls,
+            epoch_length=cfg.epoch_length,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+    if kind == "weighted":  # LM-CLIP: by sample weight, with replacement
+        return WeightedSampler(
+            labels,
+            power=cfg.sampler_power,
             epoch_length=cfg.epoch_length,
             seed=seed,
             rank=rank,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from mlcnc.schema import Bool, NonNegativeInt, PositiveInt, Str, section
+from mlcnc.schema import Bool, NonNegativeInt, PositiveFloat, PositiveInt, Str, section
 
 __all__ = [
     "DATASET_NAMES",
@@ -52,10 +52,12 @@ class DataConfig:
                       crop: the default) or ``resize_square`` (resize to image_size x
                       image_size, nothing cropped: ML-GCN's and ASL's evaluation).
     normalize:        normalise with the recipe's mean / std (default); false keeps pixels
-                      in [0, 1], as ASL trains and evaluates.
+                      in [0, 1], as ASL trains and evaluates; ``clip`` uses CLIP's statistics.
     See ``mlcnc.data.transforms`` for each step.
     num_workers:      DataLoader worker processes.
     num_samples_cls:  images per class draw of the class-aware sampler (spec: 1).
+    sampler_power:    power s of the ``weighted`` sampler (LM-CLIP): image i is drawn with
+                      probability proportional to (sum_{c in y_i} N / n_c)^s.
     epoch_length:     samples per epoch of either sampler (None: class-aware max_c n_c x C,
                       random one pass over the training images).
     skip_bad_images:  drop unreadable images from their split before training (listed in the
@@ -83,9 +85,10 @@ class DataConfig:
     augment: Bool = True
     train_transform: TrainTransformName = "crop_flip_jitter"
     eval_transform: EvalTransformName = "resize_center_crop"
-    normalize: Bool = True
+    normalize: Bool | Literal["clip"] = True
     num_workers: NonNegativeInt = 4
     num_samples_cls: PositiveInt = 1
+    sampler_power: PositiveFloat = 1.0
     epoch_length: PositiveInt | None = None
     skip_bad_images: Bool = False
     check_images: Bool = True

@@ -132,6 +132,33 @@ class ShuffleSampler(_EpochSampler):
         return order.ravel()[: self.epoch_length]
 
 
+class WeightedSampler(_EpochSampler):
+    """LM-CLIP's sampler (``WeightedRandomSampler(sw, num_samples=N, replacement=True)``,
+    vlm-spec 2.3): ``epoch_length`` (None: N) draws with replacement, image i with
+    probability proportional to sw_i = (sum_{c in y_i} N / n_c)^power; deterministic per
+    (seed, epoch) and split by rank like the others."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        power: float = 1.0,
+        epoch_length: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        from mlcnc.losses.balanced_asl import lmclip_sample_weights
+
+        weights = lmclip_sample_weights(labels, power)
+        self.probabilities = weights / weights.sum()
+        super().__init__(epoch_length or len(weights), seed, rank, world_size, drop_last)
+
+    def global_indices(self, epoch: int | None = None) -> np.ndarray:
+        rng = self._generator(epoch)
+        return rng.choice(len(self.probabilities), self.epoch_length, p=self.probabilities)
+
+
 class ClassAwareSampler(_EpochSampler):
     """Class-aware sampler over a (N, C) multi-hot ``labels`` matrix (see module docstring).
 

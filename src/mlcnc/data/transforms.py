@@ -53,6 +53,10 @@ def eval_resize_size(image_size: int) -> int:
     """Short side before the center crop: 256 for 224 (the recipes' ratio)."""
     return round(image_size * 256 / 224)
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's normalisation statistics (``data.normalize=clip``)."""
+
 
 def transforms_for(
     data: DataConfig, recipe: str, train: bool, *, deterministic: bool = False
@@ -84,7 +88,7 @@ def build_transforms(
     eval_flip: bool = False,
     train_transform: str = "crop_flip_jitter",
     eval_transform: str = "resize_center_crop",
-    normalize: bool = True,
+    normalize: bool | str = True,
 ) -> Callable[[Tensor], Tensor]:
     """The ``recipe``'s training or evaluation transform (see the module docstring)."""
     normalization = get_recipe(recipe)
@@ -92,7 +96,9 @@ def build_transforms(
         raise ValueError(f"image_size must be positive, got {image_size}")
     _check_choice("train_transform", train_transform, TRAIN_TRANSFORMS)
     _check_choice("eval_transform", eval_transform, EVAL_TRANSFORMS)
-    if normalize:
+    if normalize == "clip":  # CLIP's own statistics (mlcnc.models.clip.CLIP_MEAN / CLIP_STD)
+        mean, std = CLIP_MEAN, CLIP_STD
+    elif normalize:
         mean, std = normalization.mean, normalization.std
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

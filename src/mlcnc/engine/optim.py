@@ -3,6 +3,7 @@ SGD and mmcv's step / multi-step schedules with warm-up for the baselines' recip
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -43,12 +44,18 @@ def build_optimizer(
     the backbone's part, at lr x scale, and the rest (``scaled_backbone_groups``)."""
     if cfg.optimizer == "sgd":
         groups = [{"params": list(model.parameters())}]  # sgd_optimizer drops frozen ones
+    elif cfg.optimizer == "adamw":  # LM-CLIP: decay on every trainable parameter
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     else:
         groups = parameter_groups(model, cfg.weight_decay)
     if cfg.backbone_lr_scale != 1.0:
         groups = scaled_backbone_groups(model, groups, cfg.lr, cfg.backbone_lr_scale)
     if cfg.optimizer == "sgd":
         return sgd_optimizer(groups, cfg.lr, cfg.momentum, cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adamw":  # LM-CLIP: AdamW, decay on every parameter
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
     return torch.optim.Adam(
         groups,
         lr=cfg.lr,
@@ -92,6 +99,12 @@ def build_scheduler(
     warm-up of ``warmup_iters`` iterations)."""
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.schedule == "cosine":  # per epoch, as CosineAnnealingLR(T_max=epochs, eta_min=0)
+        planned = cfg.planned_epochs
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / planned)),
+        )
     if cfg.schedule == "step":
         return step_lr_scheduler(
             optimizer,

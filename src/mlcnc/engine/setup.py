@@ -284,6 +284,7 @@ def build_checked_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Met
             data_name=cfg.data.name,
             train_labels=split.labels,
             epochs=cfg.optim.epochs,
+            class_names=class_names,
         )
     except (ConfigError, DataError):
         raise

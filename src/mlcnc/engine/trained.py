@@ -100,7 +100,9 @@ def _rebuild(
     class_freq = np.asarray(state["class_freq"], dtype=np.int64)
     method_cfg = dataclasses.replace(cfg.method, pretrained=False)  # weights come from the file
     num_samples = state["num_train_samples"]
-    model = build_method(method_cfg, len(class_names), class_freq, num_samples=num_samples).model
+    model = build_method(
+        method_cfg, len(class_names), class_freq, num_samples=num_samples, class_names=class_names
+    ).model
     model.to(dtype)  # first, so float64 / bf16 weights load without rounding
     weights = state["ema"] if choice.use_ema else state["model"]
     try:

@@ -34,6 +34,9 @@ from mlcnc.methods.registry import (
 from mlcnc.methods import erm, rw, focal, cb_focal, ldam, mlgcn, oltr, bbn, asl
 from mlcnc.methods import db, urs, mfm, two_way, mlcnc
 
+# Vision-language methods (CLIP towers through open_clip), after Table 1.
+from mlcnc.methods import lmclip
+
 # isort: on
 from mlcnc.methods.asl import AsymmetricOptions
 from mlcnc.methods.bbn import BBNModelOptions
@@ -42,6 +45,7 @@ from mlcnc.methods.db import DBFocalOptions, DBOptions
 from mlcnc.methods.focal import FocalOptions
 from mlcnc.methods.ldam import LDAMDRWOptions, LDAMOptions
 from mlcnc.methods.linear import CosineModelOptions, LinearModelOptions, register_linear
+from mlcnc.methods.lmclip import LMCLIPLossOptions, LMCLIPModelOptions
 from mlcnc.methods.mfm import MFMOptions
 from mlcnc.methods.mlcnc import MLCNCLossOptions, MLCNCModelOptions
 from mlcnc.methods.mlgcn import MLGCNModelOptions
@@ -63,6 +67,8 @@ __all__ = [
     "FocalOptions",
     "LDAMDRWOptions",
     "LDAMOptions",
+    "LMCLIPLossOptions",
+    "LMCLIPModelOptions",
     "LinearModelOptions",
     "MFMOptions",
     "MLCNCLossOptions",
@@ -89,6 +95,7 @@ __all__ = [
     "erm",
     "focal",
     "ldam",
+    "lmclip",
     "method_defaults",
     "method_table",
     "mfm",

@@ -34,9 +34,10 @@ from mlcnc.schema import (
     section,
 )
 
-SamplerKind = Literal["random", "class_aware", "paired_reversed", "paired_class_aware"]
+SamplerKind = Literal["random", "class_aware", "paired_reversed", "paired_class_aware", "weighted"]
 """``random`` / ``class_aware`` draw one image per sample; the paired kinds draw two (a
-uniform one and a re-balanced one: reversed (BBN) or class-aware (URS))."""
+uniform one and a re-balanced one: reversed (BBN) or class-aware (URS)); ``weighted`` draws
+images with probability by LM-CLIP's sample weights (power ``data.sampler_power``)."""
 
 
 @section(key="method")
@@ -86,6 +87,7 @@ class BuildRequest:
     num_samples: int | None
     train_labels: np.ndarray | None = None
     epochs: int | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 Builder = Callable[[BuildRequest], Method]
@@ -205,6 +207,7 @@ def build_method(
     *,
     train_labels: np.ndarray | None = None,
     epochs: int | None = None,
+    class_names: tuple[str, ...] | list[str] | None = None,
 ) -> Method:
     """Build the named method for ``num_classes`` classes with training counts ``class_freq``.
 
@@ -217,8 +220,9 @@ def build_method(
         raise ValueError(f"class_freq must have shape ({num_classes},), got {class_freq.shape}")
     record = METHODS.get(cfg.name)
     model, loss = resolve_options(cfg, data_name)
+    names = tuple(class_names) if class_names is not None else None
     request = BuildRequest(
-        cfg, model, loss, num_classes, class_freq, num_samples, train_labels, epochs
+        cfg, model, loss, num_classes, class_freq, num_samples, train_labels, epochs, names
     )
     method = record.build(request)
     if cfg.sampler is not None:

@@ -140,6 +140,10 @@ def check_backbone_name(name: str) -> str | None:
     """None when ``name`` is a known backbone, else a message with the nearest names."""
     if name in TORCHVISION_RESNETS:
         return None
+    if name.startswith("open_clip:"):  # CLIP towers (mlcnc.models.clip)
+        from mlcnc.models.clip import check_clip_name
+
+        return check_clip_name(name)
     names = backbone_names()
     if name in names:
         return None
@@ -172,6 +176,10 @@ def create_backbone(
             f"the torchvision ResNets ({', '.join(TORCHVISION_RESNETS)}); remove them or choose "
             "one of those"
         )
+    if name.startswith("open_clip:"):  # CLIP image towers (mlcnc.models.clip)
+        from mlcnc.models.clip import create_clip_backbone
+
+        return create_clip_backbone(name, pretrained)
     if name in TORCHVISION_RESNETS:
         backbone: nn.Module = TorchvisionResNet(name, frozen_stages, norm_eval, freeze_norm_affine)
         if pretrained is True:

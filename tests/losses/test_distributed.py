@@ -55,6 +55,8 @@ CLASS_FREQ = np.array([40, 20, 9, 4, 2])
 NUM_SAMPLES = 50
 TINY = "test_resnet"
 TINY_SPLITTABLE = "test_efficientnet"
+TINY_CLIP = "open_clip:mlcnc-tiny-vit"  # random-weight tiny CLIP (mlcnc.models.clip)
+CLIP_METHOD_MODULES = ("lmclip", "mlcnc_clip", "lmpt")
 PAIRED_EPOCHS = 20  # BBN's alpha at epoch 10 is then 1 - (10 / 20)^2 = 0.75
 RTOL = 1e-5
 
@@ -125,11 +127,17 @@ def criterion_cases() -> list[Case]:
     return cases
 
 
+def needs_clip(method: str) -> bool:
+    """A vision-language method: built on the tiny random-weight CLIP."""
+    return METHODS.get(method).build.__module__.rsplit(".", 1)[-1] in CLIP_METHOD_MODULES
+
+
 def build(case: Case):
     model = {"embed_dim": 16, "num_heads": 2} if case.method.startswith("mlcnc") else {}
+    backbone = TINY_SPLITTABLE if is_paired(case.method) else TINY
     cfg = MethodConfig(
         name=case.method,
-        backbone=TINY_SPLITTABLE if is_paired(case.method) else TINY,
+        backbone=TINY_CLIP if needs_clip(case.method) else backbone,
         pretrained=False,
         recipe=case.recipe,
         model=model,

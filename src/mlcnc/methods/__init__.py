@@ -35,7 +35,7 @@ from mlcnc.methods import erm, rw, focal, cb_focal, ldam, mlgcn, oltr, bbn, asl
 from mlcnc.methods import db, urs, mfm, two_way, mlcnc
 
 # Vision-language methods (CLIP towers through open_clip), after Table 1.
-from mlcnc.methods import lmclip
+from mlcnc.methods import lmclip, mlcnc_clip
 
 # isort: on
 from mlcnc.methods.asl import AsymmetricOptions
@@ -100,6 +100,7 @@ __all__ = [
     "method_table",
     "mfm",
     "mlcnc",
+    "mlcnc_clip",
     "mlgcn",
     "needs_num_samples",
     "oltr",

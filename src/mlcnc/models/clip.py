@@ -274,12 +274,41 @@ def class_text_embeddings(
     key = _cache_key(config, pretrained, class_names, templates)
     if key not in _TEXT_CACHE:
         model = clip_model if clip_model is not None else create_clip(config, pretrained)
-        _TEXT_CACHE[key] = encode_class_texts(
-            model, text_tokenizer(config), class_names, templates
-        )
+        _TEXT_CACHE[key] = encode_class_texts(model, text_tokenizer(config), class_names, templates)
     return _TEXT_CACHE[key].clone()
 
 
 def placeholder_class_names(num_classes: int) -> list[str]:
     """Names for a model rebuilt without its data (a checkpoint restores the embeddings)."""
     return [f"class {i}" for i in range(num_classes)]
+
+
+# --------------------------------------------------------------------------- CLIP label geometry
+def procrustes_etf(text_embeddings: Tensor) -> Tensor:
+    """The (d, C) simplex ETF nearest to CLIP's (C, d) label embeddings T (vlm-spec 4.4 B).
+
+    Orthogonal Procrustes: U = P Q^T from the SVD T^T = P S Q^T (U (d, C) with orthonormal
+    columns, maximising tr(U^T T^T)), then V = sqrt(C/(C-1)) U (I - 11^T/C), the construction
+    of ``mlcnc.etf.simplex_etf`` with U from CLIP instead of a random QR: unit columns,
+    pairwise cosine -1/(C-1). Computed in float64, returned float32. Needs C <= d.
+    """
+    t = text_embeddings.detach().to(torch.float64)
+    c, d = t.shape
+    if c < 2 or c > d:
+        raise ValueError(f"procrustes_etf needs 2 <= C <= d, got C={c}, d={d}")
+    p, _, qt = torch.linalg.svd(t.T, full_matrices=False)  # (d, C), (C,), (C, C)
+    u = p @ qt
+    centering = torch.eye(c, dtype=torch.float64) - 1.0 / c
+    return ((c / (c - 1)) ** 0.5 * u @ centering).float()
+
+
+def isometry(dim_in: int, dim_out: int, seed: int = 0) -> Tensor:
+    """A fixed seeded (dim_out, dim_in) matrix with orthonormal columns (dim_out >= dim_in):
+    lifts vectors from R^dim_in to R^dim_out keeping norms and angles."""
+    if dim_out < dim_in:
+        raise ValueError(f"cannot lift R^{dim_in} isometrically into R^{dim_out}")
+    if dim_out == dim_in:
+        return torch.eye(dim_in)
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim_out, dim_in, generator=g, dtype=torch.float64))
+    return q.float()

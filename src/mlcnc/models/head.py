@@ -110,6 +110,7 @@ class MLCNCHead(nn.Module):
         self.proj_dim = proj_dim
         self.alpha_att = alpha_att
         self.token_embed = nn.Linear(in_features, embed_dim)
+        self.token_relu = True  # MLC-NC on CLIP, variant C: identity tokens without the ReLU
         self.attention = ETFQueryAttention(embed_dim, num_heads, attn_dropout)
         generator = torch.Generator().manual_seed(etf_seed)
         self.register_buffer(
@@ -129,7 +130,9 @@ class MLCNCHead(nn.Module):
 
     def forward(self, feature_map: Tensor, return_attention: bool = False) -> ModelOutput:
         batch, _, height, width = feature_map.shape
-        tokens = F.relu(self.token_embed(feature_map.flatten(2).transpose(1, 2)))  # (B, N, E)
+        tokens = self.token_embed(feature_map.flatten(2).transpose(1, 2))  # (B, N, E)
+        if self.token_relu:
+            tokens = F.relu(tokens)
         features, attention = self.attention(self.label_queries, tokens, return_attention)
         if self.alpha_att != 1.0:
             features = torch.where(features > 0, self.alpha_att * features, features)

@@ -89,7 +89,7 @@ def test_overrides_are_read_as_yaml_and_typed() -> None:
             "unknown config key 'optim.lrr'; allowed keys under 'optim': optimizer, lr",
         ),
         ("trian.seed=1", "unknown config key 'trian'; allowed keys: data, method, optim, train"),
-        ("optim.lr=fast", "bad value 'fast' for 'optim.lr'; expected a number"),
+        ("optim.lr=fast", "bad value 'fast' for 'optim.lr'; expected a finite number"),
         ("optim.epochs=2.5", "bad value 2.5 for 'optim.epochs'; expected an integer"),
         ("train.precision=fp8", "allowed values: 'auto', '32-true'"),
         ("data.name=imagenet", "bad value 'imagenet' for 'data.name'; allowed values: 'synthetic'"),

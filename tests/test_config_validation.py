@@ -29,7 +29,7 @@ REFUSED = [
     ("train.select_metric=val/mAP_total", "bad value 'val/mAP_total' for 'train.select_metric'"),
     ("data.image_size=0", "bad value 0 for 'data.image_size'; expected an integer >= 1"),
     ("train.eval_batch_size=0", "bad value 0 for 'train.eval_batch_size'"),
-    ("optim.lr=-1", "bad value -1 for 'optim.lr'; expected a number > 0"),
+    ("optim.lr=-1", "bad value -1 for 'optim.lr'; expected a finite number > 0"),
     ("optim.optimizer=lamb", "bad value 'lamb' for 'optim.optimizer'"),
     ("method.loss.fpc_reduction=sum", "bad value 'sum' for 'method.loss.fpc_reduction'"),
 ]  # fmt: skip

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, Strict, TypeAdapter, ValidationError
 
 from mlcnc.data.config import DataConfig
 from mlcnc.methods import METHODS, MethodConfig, resolve_options
@@ -41,7 +41,6 @@ from mlcnc.schema import (
     Bool,
     ConfigError,
     Fraction,
-    Int,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -51,6 +50,7 @@ from mlcnc.schema import (
     did_you_mean,
     section,
 )
+from mlcnc.yaml_file import YAMLRefused, load_yaml
 
 __all__ = [
     "RUNTIME_ONLY_KEYS",
@@ -92,16 +92,19 @@ class OptimConfig:
     ``schedule_epochs: 80, epochs: 41``. Must be at least ``epochs``.
     backbone_lr_scale: the backbone's parameters (the model's ``backbone`` module, the
     pretrained part) train at lr x this, the rest at lr; ML-GCN's ``lrp`` of 0.1.
+    ``optimizer: adamw`` (LM-CLIP): decoupled decay ``weight_decay`` on every trainable
+    parameter, biases and norms included; ``schedule: cosine``: cosine annealing per epoch
+    from lr to 0 over the planned epochs (``CosineAnnealingLR(T_max=epochs)``), no warm-up.
     """
 
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
     lr: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 1e-4
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     momentum: Fraction = 0.9
     nesterov: Bool = False
-    schedule: Literal["onecycle", "constant", "step"] = "onecycle"
+    schedule: Literal["onecycle", "constant", "step", "cosine"] = "onecycle"
     milestones: list[PositiveInt] = field(default_factory=list)
     gamma: PositiveFloat = 0.1
     warmup: Literal["none", "linear", "constant", "exp"] = "linear"
@@ -164,7 +167,7 @@ class TrainConfig:
                    (smoke tests; None = all). The schedule follows the capped epoch.
     """
 
-    seed: Int = 0
+    seed: Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)] = 0  # numpy's seed range
     output: Str | None = None
     precision: Precision = "auto"
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps", "tpu"] = "auto"
@@ -307,7 +310,9 @@ def read_config_file(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict[st
         raise ConfigError(f"config {path} includes itself through 'base'")
     try:
         text = path.read_text(encoding="utf-8-sig")
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
+    except YAMLRefused as error:
+        raise ConfigError(f"config {path}: {error}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"config {path}: not UTF-8 text ({error.reason})") from None
     except yaml.YAMLError as error:

@@ -34,7 +34,10 @@ def section(cls: type[T] | None = None, *, key: str = "") -> Any:
     directly with a bad value raises a one-line ConfigError naming ``key.field``."""
 
     def make(plain: type[T]) -> type[T]:
-        validated = pydantic_dataclass(config=ConfigDict(extra="forbid"))(plain)
+        # allow_inf_nan=False: every float key of every section is finite-checked at load.
+        validated = pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))(
+            plain
+        )
         checked_init = validated.__init__
 
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -168,6 +171,6 @@ def _describe(hint: Any) -> str:
         return "a list"
     if origin is dict:
         return "a mapping"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     text = names.get(inner, getattr(inner, "__name__", str(inner)))
     return f"{text} {bounds}" if bounds else text

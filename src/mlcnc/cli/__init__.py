@@ -13,6 +13,7 @@ the key or file, exit code 2 for usage and config errors, 1 for data errors; ``-
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -60,6 +61,36 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, FileNotFoundError)
 
 
+USER_OS_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOENT", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EISDIR", "ENOTDIR",
+        "ELOOP", "ENAMETOOLONG", "EEXIST", "ENOTEMPTY", "EFBIG", "EXDEV", "ENXIO",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+"""OS errors a user causes with a path they gave (a read-only folder, a full disk, a folder
+where a file goes, a link loop...): one line naming the path, exit 1."""
+
+MAX_MESSAGE = 500
+"""A one-line error is cut to this many characters (a value quoted in it may be huge)."""
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one line for an error that is the user's to fix, or None for a real bug."""
+    if isinstance(error, user_error_types()):
+        text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    elif isinstance(error, OSError) and error.errno in USER_OS_ERRORS:
+        names = [n for n in (error.filename, error.filename2) if n is not None]
+        where = " -> ".join(str(n) for n in names)
+        text = f"{where + ': ' if where else ''}{error.strerror or error}"
+    elif isinstance(error, ValueError) and "null byte" in str(error):
+        text = "a path holds a NUL byte (\\0); remove it from the file name"
+    else:
+        return None
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 def exit_code(error: BaseException) -> int:
     """2 for usage and config errors, 1 for data and checkpoint errors."""
     from mlcnc.schema import ConfigError
@@ -76,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("MLCNC_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except user_error_types() as error:
-        if debug:
+    except (*user_error_types(), OSError, ValueError) as error:
+        message = user_message(error)
+        if debug or message is None:
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"mlcnc {args.command}: error: {message}", file=sys.stderr)
         return exit_code(error)
 

@@ -49,9 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check_count < 2:
         raise SystemExit("mlcnc export: --check-count must be >= 2")
+    from mlcnc.cli._paths import check_output, run_folder_of
+
+    given = [args.checkpoint, *(args.images or [])]
+    check_output(args.out, option="--out", inputs=given, runs=[run_folder_of(args.checkpoint)])
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, "cpu", args.which)
     print(trained.message, file=sys.stderr)
     checkpoint = Path(trained.checkpoint)
+    check_output(args.out, option="--out", inputs=[checkpoint], runs=[run_folder_of(checkpoint)])
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
     try:
         images, source = check_images(trained, args.images, args.check_count)

@@ -87,9 +87,20 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         print("mlcnc predict: no image files found in the inputs", file=sys.stderr)
         return 1
+    from mlcnc.cli._paths import check_output, run_folder_of
+
+    given = [args.checkpoint, *args.inputs, *paths]
+    runs = [run_folder_of(args.checkpoint)]
+    check_output(args.output, option="--output", inputs=given, runs=runs)
+    check_output(args.attention, option="--attention", inputs=given, runs=runs, folder=True)
     device = pick_device(args.device)
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, device, args.which)
     print(trained.message, file=sys.stderr)
+    runs = [run_folder_of(trained.checkpoint)]
+    check_output(args.output, option="--output", inputs=[trained.checkpoint], runs=runs)
+    check_output(
+        args.attention, option="--attention", inputs=[trained.checkpoint], runs=runs, folder=True
+    )
     names = trained.class_names
     with_attention = args.attention is not None
     sheet = ContactSheet() if with_attention else None

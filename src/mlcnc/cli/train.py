@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(
         cfg.train.output,
         option="--output (train.output)",
-        inputs=[*data_paths, args.config, args.resume],
+        inputs=[*data_paths, args.config],
         folder=True,
     )
     if args.dry_run:

@@ -37,6 +37,12 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 """Largest image (width x height) read by default: Pillow's own ``MAX_IMAGE_PIXELS``
 (about 9459 x 9459; 268 MB as RGB uint8). Larger images are refused from their header."""
 
+MAX_ASPECT_RATIO = 100
+"""Longest side / shortest side of an image read: every transform resizes the short side
+(or both) to about the model's input size, so an image of 1 x 1,000,000 pixels (a 201-byte
+PNG under the pixel limit) would become 37 x 37,000,000 and exhaust memory. The header
+check refuses it, wherever images are read (data check, training, evaluation, predict)."""
+
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF")
 """Pillow formats read; ``MPO`` (a camera JPEG holding several pictures) counts as JPEG."""
 
@@ -168,6 +174,13 @@ def _identify(handle, path: Path, max_pixels: int | None) -> Image.Image:
             path,
             f"{width * height:,} pixels is above the limit of {max_pixels:,} "
             f"({width} x {height}); {_limit_hint(max_pixels)}",
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        image.close()
+        raise BadImageError(
+            path,
+            f"{width} x {height} pixels: an aspect ratio above {MAX_ASPECT_RATIO}:1, which "
+            "resizing to the model's input would blow up to a huge image; crop it",
         )
     return image
 

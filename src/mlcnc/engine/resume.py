@@ -70,14 +70,18 @@ def read_saved_run(resume: str | Path) -> SavedRun:
     if resume.is_dir():
         ckpt = resume / CHECKPOINT_DIR / LAST
         if not ckpt.is_file():
+            best = resume / CHECKPOINT_DIR / BEST
+            if best.is_file():  # never deleted here: the user says what to do with it
+                raise MissingCheckpointError(
+                    f"run folder {resume} has no {CHECKPOINT_DIR}/{LAST} but has {best}; "
+                    f"continue from it with --resume {best}, or start over with --overwrite"
+                )
             if not (resume / "config.yaml").is_file():
                 raise MissingCheckpointError(
                     f"run folder {resume} has no {CHECKPOINT_DIR}/{LAST} and no config.yaml: "
                     "there is no run to resume there"
                 )
-            import yaml
-
-            return SavedRun(yaml.safe_load((resume / "config.yaml").read_text()), run_dir=resume)
+            return SavedRun(read_run_config(resume / "config.yaml"), run_dir=resume)
         run_dir = resume
     elif resume.is_file():
         ckpt, run_dir = resume, checkpoint_run_dir(resume)
@@ -86,6 +90,23 @@ def read_saved_run(resume: str | Path) -> SavedRun:
     state = load_checkpoint(ckpt)
     stat = ckpt.stat()
     return SavedRun(state["config"], state, ckpt, run_dir, (stat.st_mtime_ns, stat.st_size))
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run folder's config.yaml as a dict; a ``ConfigError`` naming it if it is not a
+    YAML mapping (or holds a duplicate key or an alias)."""
+    import yaml
+
+    from mlcnc.yaml_file import YAMLRefused, load_yaml
+
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, YAMLRefused, UnicodeDecodeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ConfigError(f"{path}: not a readable config ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a config (expected a mapping of keys)")
+    return data
 
 
 @dataclass
@@ -228,6 +249,8 @@ def open_folder(run: Run, plan: Resume) -> list[str]:
                     f"{plan.path} changed while this run was starting (another process wrote "
                     "it); run the command again"
                 )
+        if plan.mode == "resume" and plan.state is not None:
+            notes += _keep_edited_config(folder.path / "config.yaml", plan.state["config"])
         folder.write_config(dump_config(run.cfg))
         if plan.state is not None:
             if filled_by_upgrade(plan.state, "history"):
@@ -241,6 +264,27 @@ def open_folder(run: Run, plan: Resume) -> list[str]:
         folder.close("failed")
         raise
     return notes
+
+
+def _keep_edited_config(path: Path, saved: dict[str, Any]) -> list[str]:
+    """A config.yaml edited by hand since the checkpoint is not rewritten silently: it is
+    kept as config.yaml.edited and the note says which keys differ."""
+    if not path.is_file():
+        return []
+    try:
+        on_disk = config_to_dict(config_from_dict(read_run_config(path)))
+        differing = config_diff(config_to_dict(config_from_dict(saved)), on_disk)
+    except ConfigError as error:
+        differing = [str(error)]
+    if not differing:
+        return []
+    kept = path.with_name(path.name + ".edited")
+    write_atomic(kept, path.read_bytes())
+    return [
+        f"{path} was edited since the checkpoint (differs in: {', '.join(differing)[:300]}); "
+        f"kept as {kept} and rewritten from the checkpoint's config: a resumed run takes its "
+        "config from the checkpoint (change keys with key=value and --force)"
+    ]
 
 
 def _history_from_folder(run: Run, plan: Resume) -> str:

@@ -60,6 +60,10 @@ class RunFolderError(ConfigError):
     """A run folder cannot be used as asked (it holds a run, is in use, or holds none)."""
 
 
+class RunInUseError(RunFolderError):
+    """Another live process holds the run folder's lock."""
+
+
 def default_run_dir(config_name: str, root: str | Path = "runs") -> Path:
     """runs/<config name>-<UTC timestamp>."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -108,7 +112,7 @@ class RunLock:
             except BlockingIOError:
                 owner = _read_owner(fd)
                 os.close(fd)
-                raise RunFolderError(self._in_use(owner)) from None
+                raise RunInUseError(self._in_use(owner)) from None
             except OSError:  # a file system without flock (some network mounts)
                 empty = os.fstat(fd).st_size == 0
                 os.close(fd)
@@ -144,13 +148,13 @@ class RunLock:
                     self.stale = owner
                     self.path.unlink(missing_ok=True)
                     continue
-                raise RunFolderError(
+                raise RunInUseError(
                     self._in_use(owner) + f"; if that process is gone, delete {self.path}"
                 ) from None
             os.write(fd, json.dumps(_me()).encode())
             self._fd = fd
             return
-        raise RunFolderError(self._in_use({}))
+        raise RunInUseError(self._in_use({}))
 
     def _in_use(self, owner: dict[str, Any]) -> str:
         who = (
@@ -252,7 +256,9 @@ class RunFolder:
         if mode == "new" and found:
             raise RunFolderError(refuse_message(self.path, found))
         if mode == "overwrite":
-            removed = self.clear()
+            # Only a folder that holds a run is cleared: in any other folder, the plots/,
+            # tensorboard/ or inspect-* folders are the user's, not a run's.
+            removed = self.clear() if found else []
             if removed:
                 notes.append(
                     f"--overwrite: removed the previous run in {self.path} ({', '.join(removed)})"

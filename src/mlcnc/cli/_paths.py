@@ -1,0 +1,102 @@
+"""The one guard for every path a command writes (``--out``, ``--output``, ``--json``,
+``--plot``, run folders, export files, predictions, attention folders, benchmark output).
+
+``check_output`` refuses, in one line and before anything is written, an output that is:
+
+- an input of the command (an image, CSV, config or checkpoint it was given);
+- a file of a run folder the command reads (its ``checkpoints/``, ``config.yaml``,
+  metrics, ``per_class.csv``, ``result.json``), or that run folder itself;
+- an existing folder where a file is written, or an existing file where a folder is;
+- an existing file, when the command has ``--overwrite`` and it was not given.
+
+Paths are compared after resolving symbolic links and ``..``, so a link to an input is the
+input. The error is a ``DataError`` (exit 1), printed as one line by ``mlcnc.cli``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+RUN_OWN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "per_class.csv", "result.json")
+"""Files of a run folder that no output of a command may replace."""
+
+
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``~``, symbolic links and ``..`` resolved (the file need not exist)."""
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError:  # a symbolic link loop (Python < 3.13)
+        return Path(os.path.abspath(Path(path).expanduser()))
+    except OSError:  # e.g. a link loop (Python >= 3.13)
+        return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def run_folder_of(checkpoint: str | os.PathLike[str]) -> Path | None:
+    """The run folder a checkpoint (or run folder) given to a command belongs to."""
+    path = resolved(checkpoint)
+    if path.is_dir():
+        return path
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    return None
+
+
+def check_output(
+    path: str | os.PathLike[str] | None,
+    *,
+    option: str,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    runs: Iterable[str | os.PathLike[str] | None] = (),
+    folder: bool = False,
+    overwrite: bool | None = None,
+) -> Path | None:
+    """Refuse ``path`` as the output of ``option`` (see the module doc); returns it resolved.
+
+    ``inputs``: files the command reads; ``runs``: run folders it reads; ``folder``: the
+    output is a folder (else a file); ``overwrite``: the command's ``--overwrite`` (None
+    where it has none: an existing unrelated file is then replaced, as documented)."""
+    from mlcnc.data.readers import DataError
+
+    if path is None:
+        return None
+    given = Path(path)
+    if "\0" in str(given):
+        raise DataError(f"{option} {given!s:.200}: a path cannot hold a NUL byte")
+    target = resolved(given)
+
+    def refuse(why: str) -> DataError:
+        return DataError(f"{option} {given}: {why}; nothing was written, choose another path")
+
+    for item in inputs:
+        if item is not None and resolved(item) == target:
+            raise refuse(f"it is an input of the command ({item}): writing it would overwrite it")
+    for run in runs:
+        if run is None:
+            continue
+        run = resolved(run)
+        if target == run:
+            raise refuse(f"it is the run folder {run} that the command reads")
+        if target == run / "checkpoints" or (
+            run / "checkpoints" in target.parents and (target.suffix == ".ckpt" or target.exists())
+        ):
+            raise refuse(f"it is in {run / 'checkpoints'}, the run's checkpoints")
+        if target.parent == run and target.name in RUN_OWN_FILES:
+            raise refuse(f"it is the run's own {target.name}")
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise refuse("it is an existing file, and a folder is written there")
+    else:
+        if target.is_dir():
+            raise refuse("it is an existing folder, and a file is written there")
+        if overwrite is False and target.exists():
+            raise DataError(f"{option} {given}: already exists; pass --overwrite to replace it")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise refuse(f"{parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise refuse(f"the folder {parent} is not writable")
+            break
+    return target

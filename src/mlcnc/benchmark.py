@@ -459,6 +459,9 @@ def run_benchmark(
     command: str | None = None,
     plot: bool = True,
     recipes: str = "shared",
+    launcher: str = "local",
+    jobs: int = 1,
+    slurm: Any = None,
 ) -> BenchmarkResult:
     """Train (or read back) every (method, seed), then write the table; see the module doc.
 
@@ -472,9 +475,12 @@ def run_benchmark(
     the shared one; the table's footer lists which ran how).
     A failing run is logged and recorded in ``failures``; the others go on, and the table
     holds the seeds that finished (its Seeds column says which).
+    ``launcher`` / ``jobs`` / ``slurm``: ``local`` with ``jobs=1`` trains the runs here, one
+    after another; ``jobs > 1`` or ``slurm`` (with ``launch.fanout.SlurmOptions``) trains
+    each run in a process or SLURM job of its own (``mlcnc.launch.fanout``).
     """
     methods, seeds = list(methods), [int(s) for s in seeds]
-    _check_benchmark_arguments(methods, seeds, model, recipes)
+    _check_benchmark_arguments(methods, seeds, model, recipes, launcher, jobs)
     train_fn = train_fn or engine_train
     data_name = load_config(data).data.name
     method_data = {m: _recipe_config(m, data, data_name, recipes) for m in methods}
@@ -490,6 +496,15 @@ def run_benchmark(
     runs: list[RunResult] = []
     failures: dict[str, str] = {}
     footer = environment_note(command) + _recipes_note(data, method_data, recipes)
+    if launcher != "local" or jobs > 1:  # each run in a process or SLURM job of its own
+        from mlcnc.launch.fanout import fan_out
+
+        def finished(result: RunResult) -> None:
+            runs.append(result)
+            write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
+
+        failures.update(fan_out(plan, output, launcher, jobs, slurm, log, finished))
+        plan = []  # trained out of process
     for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
         try:
@@ -508,7 +523,8 @@ def run_benchmark(
 
 
 def _check_benchmark_arguments(
-    methods: list[str], seeds: list[int], model: str, recipes: str
+    methods: list[str], seeds: list[int], model: str, recipes: str, launcher: str = "local",
+    jobs: int = 1,
 ) -> None:
     """Refuse a bad model, no method or seed, duplicates, an unknown method or recipes."""
     from mlcnc.methods import METHODS
@@ -526,6 +542,13 @@ def _check_benchmark_arguments(
         raise ValueError(f"unknown methods {unknown}; choose from: {', '.join(METHODS.names())}")
     if recipes not in ("shared", "published"):
         raise ValueError(f"recipes must be 'shared' or 'published', got {recipes!r}")
+    from mlcnc.launch.fanout import LAUNCHERS
+
+    if launcher not in LAUNCHERS or jobs < 1:
+        raise ValueError(
+            f"launcher must be one of {', '.join(LAUNCHERS)} and jobs at least 1, got "
+            f"{launcher!r} and {jobs}"
+        )
 
 
 def _plan_runs(

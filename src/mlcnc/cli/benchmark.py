@@ -68,6 +68,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-plot", action="store_true", help="skip the grouped bar chart (results.png)"
     )
+    fan = parser.add_argument_group(
+        "fan-out",
+        "each method x seed run in a process or SLURM job of its own (mlcnc.launch.fanout); "
+        "partial tables while they run, the full one when all finished; rerunning the "
+        "command reads finished runs back and trains only the missing or failed ones",
+    )
+    fan.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local (default): on this machine; slurm: one submitit job array (logs in "
+        "OUTPUT/slurm/)",
+    )
+    fan.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local: N runs at once, each pinned to 1/N of the cores (and of the GPUs when "
+        "there are N or more); logs in OUTPUT/logs/ (default 1: one after another, in "
+        "this process)",
+    )
+    fan.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
+    fan.add_argument(
+        "--slurm-time", type=int, default=60, metavar="MIN", help="time limit per run (60)"
+    )
+    fan.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (0)")
+    fan.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per run (1)")
+    fan.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per run")
+    fan.add_argument(
+        "--slurm-parallel", type=int, metavar="N", help="at most N runs of the array at once"
+    )
     parser.add_argument(
         "--list-methods", action="store_true", help="list the registered methods and exit"
     )
@@ -85,6 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlcnc.benchmark import run_benchmark, table_order
+    from mlcnc.launch.fanout import SlurmOptions
     from mlcnc.config import ConfigError
     from mlcnc.data import DataError
     from mlcnc.methods import METHODS
@@ -115,6 +148,12 @@ def run(args: argparse.Namespace) -> int:
             command=command,
             plot=not args.no_plot,
             recipes=args.recipes,
+            launcher=args.launcher,
+            jobs=args.jobs,
+            slurm=SlurmOptions(
+                partition=args.slurm_partition, time_min=args.slurm_time, gpus=args.slurm_gpus,
+                cpus=args.slurm_cpus, mem_gb=args.slurm_mem, parallel=args.slurm_parallel,
+            ),  # fmt: skip
         )
     except DataError:
         raise  # bad data or checkpoint: one line from main(), exit 1
@@ -128,5 +167,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(result.failures)} run(s) failed: {', '.join(result.failures)}", file=sys.stderr
         )
+        for name, message in result.failures.items():
+            print(f"  {name}: {message.splitlines()[0]}", file=sys.stderr)
         return 1
     return 0

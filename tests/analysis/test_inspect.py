@@ -41,7 +41,7 @@ def reference_outputs(checkpoint, csv_path, use_ema=True):
 @pytest.mark.slow
 def test_inspect_report_numbers_match_metrics(tiny_run, tmp_path, capsys):
     out = tmp_path / "report"
-    argv = ["inspect", str(tiny_run.run), "--data", "test", "--out", str(out)]
+    argv = ["inspect", str(tiny_run.run), "--split", "test", "--out", str(out)]
     code = main([*argv, "--checkpoint", "last", "--ema"])
     assert code == 0
     assert "nc1" in capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_inspect_on_a_csv_file_and_regular_weights(tiny_run, tmp_path):
         + "".join(f"{images / f'val_{i:03d}.png'},{labels}\n" for i, labels in enumerate(rows))
     )
     out = tmp_path / "mine_report"
-    argv = ["inspect", str(tiny_run.checkpoint), "--data", str(csv_path), "--out", str(out)]
+    argv = ["inspect", str(tiny_run.checkpoint), "--split", str(csv_path), "--out", str(out)]
     assert main([*argv, "--no-ema"]) == 0
     result = json.loads((out / "collapse.json").read_text())
     assert result["weights"] == "regular" and result["data"] == str(csv_path)
@@ -102,10 +102,10 @@ def test_inspect_on_a_csv_file_and_regular_weights(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_inspect_default_folder_and_bad_data(tiny_run):
-    assert main(["inspect", str(tiny_run.run), "--data", "val"]) == 0
+    assert main(["inspect", str(tiny_run.run), "--split", "val"]) == 0
     assert (tiny_run.run / "inspect-val" / "report.md").is_file()
     with pytest.raises(SystemExit, match=r"has no 'holdout' split \(it has test, train, val\)"):
-        main(["inspect", str(tiny_run.run), "--data", "holdout"])
+        main(["inspect", str(tiny_run.run), "--split", "holdout"])
     with pytest.raises(SystemExit, match="unknown"):
         main(["inspect", str(tiny_run.run), "no_such_key=1"])
 

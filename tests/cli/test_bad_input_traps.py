@@ -7,8 +7,11 @@ Training uses the tiny method of tests/helpers.py (a second or two per run).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,6 +179,80 @@ def _(tmp_path, run):
     return run(*tiny_args(data, tmp_path / "run"))
 
 
+# ------------------------------------------------------------------------ names
+
+
+def _dataset(folder: Path, rows: list[str], classes: str | None = "a\nb\n") -> Path:
+    """train.csv in ``folder`` with ``rows`` after the header (and classes.txt), and one
+    good image, images/good.png."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "images" / "good.png").write_bytes(bad_inputs.encoded())
+    if classes is not None:
+        (folder / "classes.txt").write_text(classes, encoding="utf-8")
+    path = folder / "train.csv"
+    path.write_text("image,labels\n" + "".join(f"{r}\n" for r in rows), encoding="utf-8")
+    return path
+
+
+CAFE_NFC, CAFE_NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+
+
+@case("windows-separators")
+def _(tmp_path, run):
+    outcome = run("data", "check", "--csv", _dataset(tmp_path, ["images\\good.png,a"]))
+    assert "(that file exists)" in outcome[1]
+    return outcome
+
+
+@case("nfd-class-name")
+def _(tmp_path, run):
+    csv_path = _dataset(tmp_path, [f"images/good.png,{CAFE_NFD}"], f"{CAFE_NFC}\nb\n")
+    return run("data", "check", "--csv", csv_path)
+
+
+@case("nfc-nfd-twins-in-classes")
+def _(tmp_path, run):
+    rows = [f"images/good.png,{CAFE_NFC}", f"images/good2.png,{CAFE_NFD}"]
+    (tmp_path / "b").mkdir()
+    twins = run("data", "check", "--csv", _dataset(tmp_path / "b", rows, classes=None))
+    assert twins[0] == "exit 1" and "another Unicode normal form" in twins[1], twins[1]
+    classes = f"{CAFE_NFC}\n{CAFE_NFD}\n"
+    return run("data", "check", "--csv", _dataset(tmp_path, rows[:1], classes))
+
+
+@case("fifo-csv")
+def _(tmp_path, run):
+    fifo = tmp_path / "train.csv"
+    os.mkfifo(fifo)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading the FIFO hung"))
+    signal.alarm(30)
+    try:
+        return run("data", "check", "--csv", fifo)
+    finally:
+        signal.alarm(0)
+
+
+@case("semicolon-in-class-name")
+def _(tmp_path, run):
+    return run("data", "check", "--csv", _dataset(tmp_path, ["images/good.png,a"], "a;b\nc\n"))
+
+
+@case("renamed-options")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    assert run(*tiny_args(data, out))[0] == "exit 0", run.err
+    old = run("evaluate", out, "--data", f"test_csv={data / 'val.csv'}")
+    assert old[0] == "exit 0" and "--data is now spelled KEY=VALUE after the run" in run.err
+    assert "val.csv" in run.out or "8 images" in run.out or old[0] == "exit 0"
+    new = run("evaluate", out, f"test_csv={data / 'val.csv'}")
+    assert new[0] == "exit 0" and "is now spelled" not in new[1]
+    assert (
+        "is now spelled" not in run("inspect", out, "--split", "test", "--out", tmp_path / "a")[1]
+    )
+    return run("inspect", out, "--data", "test", "--out", tmp_path / "b")
+
+
 # ------------------------------------------------------------------------ tests
 
 ROWS = _doc_rows()
@@ -196,4 +273,5 @@ def test_documented_answer(name, tmp_path, capsys, monkeypatch) -> None:
     assert "Traceback" not in text
     if result != "exit 0":
         errors = [line for line in text.splitlines() if ": error: " in line]
-        assert len(errors) == 1 and re.match(r"mlcnc \w+: error: ", errors[0]), text
+        assert len(errors) <= 1, text  # data check lists problems, one per line
+        assert all(re.match(r"mlcnc [\w ]+: error: ", e) for e in errors), text

@@ -54,11 +54,11 @@ def test_stats_of_a_named_benchmark_split(tiny_csv_dataset, tmp_path, monkeypatc
     )
     plot = tmp_path / "p.png"
     assert (
-        _run(["data", "stats", "--data", "synthetic", "--split", "test", "--plot", str(plot)]) == 0
+        _run(["data", "stats", "--benchmark", "synthetic", "--split", "test", "--plot", str(plot)]) == 0
     )
     assert "images: 8   classes: 4" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="has no split 'dev'"):
-        _run(["data", "stats", "--data", "synthetic", "--split", "dev", "--plot", str(plot)])
+        _run(["data", "stats", "--benchmark", "synthetic", "--split", "dev", "--plot", str(plot)])
 
 
 def test_make_longtail_writes_the_subset_csv(tmp_path, capsys):
@@ -105,7 +105,7 @@ def test_write_then_stats_round_trip(tiny_csv_dataset, tmp_path, capsys):
 
 
 def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
-    assert _run(["data", "stats", "--data", "voc_lt", "--plot", str(tmp_path / "p.png")]) == 1
+    assert _run(["data", "stats", "--benchmark", "voc_lt", "--plot", str(tmp_path / "p.png")]) == 1
     assert "error: data.name='voc_lt' needs data.voc2012_root" in capsys.readouterr().err
     (tmp_path / "bad.csv").write_text("image,labels\nmissing.png,a\n")
     argv = [

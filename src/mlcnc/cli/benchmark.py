@@ -1,7 +1,7 @@
 """``mlcnc benchmark``: train several methods x seeds the same way and print the Table 1 layout.
 
-mlcnc benchmark --data synthetic --methods erm,rs,asl,mlcnc --seeds 0,1,2 optim.epochs=10
-mlcnc benchmark --data voc_lt --methods all data.voc2012_root=... db:method.loss.preset=voc
+mlcnc benchmark --config synthetic --methods erm,rs,asl,mlcnc --seeds 0,1,2 optim.epochs=10
+mlcnc benchmark --config voc_lt --methods all data.voc2012_root=... db:method.loss.preset=voc
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+
+from mlcnc.cli._renamed import add_old_spelling
 
 
 def _int_list(text: str) -> list[int]:
@@ -33,11 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--data",
+        "--config",
+        dest="data",
         default="synthetic",
         metavar="NAME_OR_FILE",
-        help="a shipped config (synthetic, voc_lt, coco_lt, ...) or a YAML file (default synthetic)",
+        help="a shipped config (synthetic, voc_lt, coco_lt, ...) or a YAML file (default "
+        "synthetic), as for train",
     )
+    add_old_spelling(parser, "--data", "--config", "data")
     parser.add_argument(
         "--methods",
         help="comma-separated method names, or 'all' (see --list-methods); required",
@@ -59,10 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("shared", "published"),
         default="shared",
         help=(
-            "shared (default): every method under the --data config's recipe, the fair "
+            "shared (default): every method under the recipe of --config, the fair "
             "comparison; published: methods whose authors published a multi-label recipe "
             "run under it on voc_lt / coco_lt (DB, DB-Focal, CB-Focal: the DB paper's; "
-            "ML-GCN's; ASL's), the others under the --data config"
+            "ML-GCN's; ASL's), the others under --config's"
         ),
     )
     parser.add_argument(
@@ -136,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         if args.methods.strip() == "all"
         else [m.strip() for m in args.methods.split(",") if m.strip()]
     )
+    from mlcnc.cli._paths import check_output
+
+    check_output(args.output, option="--output", inputs=[args.data], folder=True)
     command = shlex.join(["mlcnc", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else None
     try:
         result = run_benchmark(

@@ -3,8 +3,8 @@
 mlcnc data check --config voc_lt data.voc2012_root=... # every image of every split
 mlcnc data check --csv train.csv --csv test.csv    # your own data (CSV format)
 mlcnc data stats --csv train.csv --plot freq.png   # your own data (CSV format)
-mlcnc data stats --data synthetic --split test     # the embedded benchmark
-mlcnc data stats --data voc_lt --voc2012-root VOCdevkit/VOC2012 --voc2007-root VOCdevkit/VOC2007
+mlcnc data stats --benchmark synthetic --split test     # the embedded benchmark
+mlcnc data stats --benchmark voc_lt --voc2012-root VOCdevkit/VOC2012 --voc2007-root VOCdevkit/VOC2007
 mlcnc data make-longtail --csv full.csv --out lt/train.csv --max 800 --min 1 --seed 0
 
 Bad input is one line on stderr naming the file and line, and exit code 1.
@@ -16,6 +16,8 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from mlcnc.cli._renamed import add_old_spelling
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,13 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = commands.add_parser(
         "stats",
         help="per-class counts, groups, imbalance, cardinality, co-occurrence; frequency plot",
-        description="Name the dataset with --csv FILE, or with --data NAME (plus its roots).",
+        description="Name the dataset with --csv FILE, or with --benchmark NAME (plus its "
+        "roots).",
     )
     source = stats.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="a split in the CSV format (image,labels)")
-    source.add_argument(
-        "--data", choices=("synthetic", "voc_lt", "coco_lt"), help="a named benchmark"
-    )
+    benchmarks = ("synthetic", "voc_lt", "coco_lt")
+    source.add_argument("--benchmark", dest="data", choices=benchmarks, help="a named benchmark")
+    add_old_spelling(source, "--data", "--benchmark", "data", choices=benchmarks)
     stats.add_argument(
         "--split", default="train", help="split of a named benchmark (train, val, test)"
     )
@@ -143,6 +146,11 @@ def _load_split(args: argparse.Namespace):
 def _stats(args: argparse.Namespace) -> int:
     from mlcnc.data.longtail import class_groups, dataset_stats
 
+    from mlcnc.cli._paths import check_output
+
+    given = [args.csv, args.classes, args.csv.parent / "classes.txt" if args.csv else None]
+    check_output(args.plot, option="--plot", inputs=given)
+    check_output(args.json, option="--json", inputs=[*given, args.plot])
     split = _load_split(args)
     stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
     groups = class_groups(split.class_freq, args.head, args.tail)
@@ -237,6 +245,9 @@ def _make_longtail(args: argparse.Namespace) -> int:
             )
     if args.out.exists() and not args.overwrite:
         raise DataError(f"{args.out}: already exists; pass --overwrite to replace it")
+    from mlcnc.cli._paths import check_output
+
+    check_output(args.out, option="--out", inputs=inputs, overwrite=args.overwrite)
     full = _read_csv(args.csv, args.classes)
     indices = make_longtail_subset(
         full.labels, args.max, args.min, pareto_shape=args.pareto_shape, seed=args.seed

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlcnc.cli._renamed import add_old_spelling
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mlcnc.cli._weights import add_weights_options
@@ -24,12 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_weights_options(parser, verb="evaluate only")
     parser.add_argument(
-        "--data",
+        "overrides",
         nargs="*",
-        default=[],
         metavar="KEY=VALUE",
-        help="override the checkpoint's data config, e.g. --data coco_root=/data/coco",
+        help="changes to the checkpoint's data config, e.g. coco_root=/data/coco (as for "
+        "inspect)",
     )
+    add_old_spelling(parser, "--data", "KEY=VALUE after the run", "old_overrides", nargs="*")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument(
         "--threshold", type=float, default=0.5, help="score threshold for F1 (default 0.5)"
@@ -49,10 +52,15 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.engine import evaluate_checkpoint
     from mlcnc.io import write_json
 
+    from mlcnc.cli._paths import check_output, run_folder_of
+
+    check_output(
+        args.json, option="--json", inputs=[args.checkpoint], runs=[run_folder_of(args.checkpoint)]
+    )
     try:
         result = evaluate_checkpoint(
             args.checkpoint,
-            data_overrides=args.data,
+            data_overrides=[*args.overrides, *getattr(args, "old_overrides", [])],
             split=args.split,
             threshold=args.threshold,
             batch_size=args.batch_size,

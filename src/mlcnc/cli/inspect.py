@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlcnc.cli._renamed import add_old_spelling
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mlcnc.cli._weights import add_weights_options
@@ -26,12 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="changes to the checkpoint's data config, e.g. voc2007_root=/data/VOC2007",
     )
     parser.add_argument(
-        "--data",
+        "--split",
+        dest="data",
         default="test",
         help="a split of the checkpoint's dataset (train, val, test; default test; the "
         "classical collapse measure is on train) or a CSV file in the dataset format",
     )
-    parser.add_argument("--out", help="output folder (default: <run>/inspect-<data>)")
+    add_old_spelling(parser, "--data", "--split", "data")
+    parser.add_argument("--out", help="output folder (default: <run>/inspect-<split>)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
@@ -62,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
         else checkpoint.with_name(f"{checkpoint.stem}-inspect-{data_name}")
     )
     out_dir = Path(args.out) if args.out else default_out
+    from mlcnc.cli._paths import check_output, run_folder_of
+
+    check_output(
+        out_dir,
+        option="--out",
+        inputs=[args.checkpoint, checkpoint, args.data if args.data.endswith(".csv") else None],
+        runs=[run_folder_of(args.checkpoint), run_folder_of(checkpoint)],
+        folder=True,
+    )
     print(f"inspecting {checkpoint} on {label} ({len(split)} images)", file=sys.stderr)
     try:
         result = collapse_report(

@@ -28,6 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mlcnc.data.names import (
+    other_form_hint,
+    refuse_normal_form_twins,
+    refuse_special_file,
+    special_file_kind,
+    windows_separator_hint,
+)
+
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -55,6 +63,7 @@ def read_text_file(path: str | Path, what: str = "file") -> str:
     the line of the first byte that is not UTF-8) otherwise. ``what`` names the file's role
     in messages (``class list``, ``image-set list``...)."""
     path = Path(path)
+    refuse_special_file(path, what, show_path(path), DataError)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -88,7 +97,8 @@ def file_problem(path: str | Path) -> tuple[str | None, os.stat_result | None]:
     except FileNotFoundError:
         if os.path.islink(path):
             return f"broken symbolic link (to {show_path(os.readlink(path))})", None
-        return "file not found", None
+        hint = windows_separator_hint(path)
+        return ("file not found" + (f" ({hint})" if hint else "")), None
     except NotADirectoryError:
         return "file not found (a folder on its path is a file)", None
     except PermissionError:
@@ -369,10 +379,21 @@ def read_class_list(path: str | Path) -> list[str]:
                 f"{path}, line {line_number}: duplicate class {name!r} "
                 f"(first on line {first_line[name]})"
             )
+        if LABEL_SEPARATOR in name:
+            raise DataError(
+                f"{path}, line {line_number}: class name {name!r} holds "
+                f"'{LABEL_SEPARATOR}', which separates the labels in a CSV row, so no row "
+                f"could name this class; rename it without '{LABEL_SEPARATOR}'"
+            )
         first_line[name] = line_number
         names.append(name)
     if not names:
         raise DataError(f"{path}: no class names (one name per line)")
+    refuse_normal_form_twins(
+        ((name, f"{path}, line {first_line[name]}") for name in names),
+        DataError,
+        "keep one spelling (save the file in NFC)",
+    )
     return names
 
 
@@ -396,6 +417,7 @@ def read_csv_split(
     shown = show_path(csv_path)
     if csv_path.is_dir():
         raise DataError(f"{shown}: is a folder, not a CSV file")
+    refuse_special_file(csv_path, "CSV file", shown, DataError)
     if not csv_path.is_file():
         raise DataError(f"{shown}: CSV file not found")
     folder = csv_path.absolute().parent  # image paths stay valid if the cwd changes
@@ -488,9 +510,14 @@ def _csv_class_names(
     if class_names is None:
         classes_file = folder / CLASSES_FILE
         origin = show_path(classes_file)
-        if classes_file.is_file():
+        if classes_file.is_file() or special_file_kind(classes_file) is not None:
             class_names = read_class_list(classes_file)
         else:
+            refuse_normal_form_twins(
+                ((n, f"{shown}, line {line}") for line, _, names in rows for n in names),
+                DataError,
+                "write it one way in every row (NFC), or list the classes in a classes.txt",
+            )
             class_names = sorted({n for _, _, names in rows for n in names})
             if not class_names:
                 raise DataError(f"{shown}: no class names in any row and no {CLASSES_FILE}")
@@ -506,9 +533,11 @@ def _multi_hot_rows(
     for row, (line, _, names) in enumerate(rows):
         for name in names:
             if name not in class_index:
+                twin = other_form_hint(name, class_names)
                 raise DataError(
-                    f"{shown}, line {line}: unknown class name {name!r}; the "
-                    f"{len(class_names)} known classes come from {origin}"
+                    f"{shown}, line {line}: unknown class name {name!r}"
+                    + (f": {twin}" if twin else "")
+                    + f"; the {len(class_names)} known classes come from {origin}"
                 )
             labels[row, class_index[name]] = 1
     return labels

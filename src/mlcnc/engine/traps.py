@@ -17,9 +17,9 @@ from typing import Any
 
 from mlcnc.schema import ConfigError
 
-# The EMA is called "barely moved" when the first step's weights still weigh more than
-# 1/e in it: about 1 / (1 - decay) steps without timm's warm-up.
-STILL_INITIAL = math.exp(-1.0)
+# The EMA is called "barely moved" when the first step's weights still weigh more than half
+# of it: fewer than about 0.7 / (1 - decay) steps without timm's warm-up.
+STILL_INITIAL = 0.5
 
 
 def ema_decay_at(step: int, decay: float, warmup: bool) -> float:

@@ -3,9 +3,15 @@ data code that reads it (``mlcnc.config`` assembles the sections into a ``Config
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, Strict
 
 from mlcnc.schema import Bool, NonNegativeInt, PositiveFloat, PositiveInt, Str, section
+
+MIN_IMAGE_SIZE = 16
+"""Smallest ``data.image_size``: below it the resize and the backbones' strided stages
+have no pixels left to work on (``data.image_size=1`` failed inside PyTorch)."""
 
 __all__ = [
     "DATASET_NAMES",
@@ -17,7 +23,9 @@ __all__ = [
     "TrainTransformName",
 ]
 
-TrainTransformName = Literal["crop_flip_jitter", "multiscale_crop_flip", "cutout_randaugment"]
+TrainTransformName = Literal[
+    "crop_flip_jitter", "multiscale_crop_flip", "cutout_randaugment", "resize_square_flip"
+]
 EvalTransformName = Literal["resize_center_crop", "resize_square"]
 TRAIN_TRANSFORMS: tuple[str, ...] = get_args(TrainTransformName)
 EVAL_TRANSFORMS: tuple[str, ...] = get_args(EvalTransformName)
@@ -44,7 +52,8 @@ class DataConfig:
                       (off: deterministic evaluation).
     augment:          training augmentation (``train_transform``); false trains on the
                       evaluation transform (exactness checks, debugging).
-    train_transform:  ``crop_flip_jitter`` (random resized crop, flip, colour jitter: the
+    train_transform:  ``resize_square_flip``: resize to a square + flip (LMPT, LM-CLIP);
+                      ``crop_flip_jitter`` (random resized crop, flip, colour jitter: the
                       recipes' default), ``multiscale_crop_flip`` (ML-GCN's multi-scale
                       crop at 13 fixed places, flip) or ``cutout_randaugment`` (ASL's: resize
                       to a square, cutout, RandAugment).
@@ -80,7 +89,7 @@ class DataConfig:
     train_csv: Str | None = None
     val_csv: Str | None = None
     test_csv: Str | None = None
-    image_size: PositiveInt = 224
+    image_size: Annotated[int, Strict(), Field(ge=MIN_IMAGE_SIZE)] = 224
     eval_flip: Bool = False
     augment: Bool = True
     train_transform: TrainTransformName = "crop_flip_jitter"

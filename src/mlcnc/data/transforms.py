@@ -53,6 +53,7 @@ def eval_resize_size(image_size: int) -> int:
     """Short side before the center crop: 256 for 224 (the recipes' ratio)."""
     return round(image_size * 256 / 224)
 
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 """CLIP's normalisation statistics (``data.normalize=clip``)."""
@@ -111,6 +112,8 @@ def build_transforms(
             v2.RandomHorizontalFlip(p=0.5),
             v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
         ]
+    elif train and train_transform == "resize_square_flip":  # LMPT / LM-CLIP
+        steps = [v2.Resize(square, antialias=True), v2.RandomHorizontalFlip(p=0.5)]
     elif train and train_transform == "multiscale_crop_flip":
         steps = [MultiScaleCrop(image_size), v2.RandomHorizontalFlip(p=0.5)]
     elif train:  # cutout_randaugment

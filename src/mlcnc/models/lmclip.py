@@ -5,9 +5,9 @@ Lab = norm(encode_text("a photo of a <name>")) (C, d) recomputed every step thro
 trainable text tower; logits = exp(logit_scale) I Lab^T (B, C), logit_scale trainable from
 ln 100, no clamp (as released).
 
-Inference needs no text tower pass: ``eval()`` encodes the label prompts once into the
-``label_embeddings`` buffer (saved in the checkpoint), and a forward without gradient in
-eval mode (evaluate, predict, export) reads it. The output carries what LM-CLIP's
+Inference needs no text tower pass per batch: a forward without gradient in eval mode
+(evaluate, predict, export) reads the ``label_embeddings`` buffer (saved in the checkpoint),
+which is re-encoded only when a text-tower parameter changed since (version counters). The output carries what LM-CLIP's
 contrastive term needs (``ClipOutput``): the image embeddings, the logit scale and
 ``encode_captions(targets)``, which builds each image's caption from its labels
 (``"a photo of a car, person"``) and encodes it with the same text tower, inside the
@@ -69,6 +69,7 @@ class LMCLIP(nn.Module):
         )
         embed_dim = int(self.clip.text_projection.shape[1])
         self.register_buffer("label_embeddings", torch.zeros(num_classes, embed_dim))
+        self._label_version = -1
 
     def encode_labels(self) -> Tensor:
         """(C, d) unit label embeddings through the text tower."""
@@ -80,19 +81,27 @@ class LMCLIP(nn.Module):
         tokens = self.tokenizer(captions).to(self.label_tokens.device)
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
-    def train(self, mode: bool = True) -> LMCLIP:
-        super().train(mode)
-        if not mode:  # the fixed label embeddings of inference, from the current text tower
+    def _text_version(self) -> int:
+        """Changes whenever a text-tower parameter is written in place (optimiser and EMA
+        steps, ``load_state_dict``)."""
+        return sum(p._version for n, p in self.clip.named_parameters() if "visual." not in n)
+
+    def fixed_label_embeddings(self) -> Tensor:
+        """The ``label_embeddings`` buffer, re-encoded (no gradient) only when the text tower
+        changed since it was last encoded: inference passes reuse it."""
+        version = self._text_version()
+        if version != self._label_version:
             with torch.no_grad():
                 self.label_embeddings.copy_(self.encode_labels().float())
-        return self
+            self._label_version = self._text_version()
+        return self.label_embeddings
 
     def forward(self, images: Tensor, return_attention: bool = False) -> ClipOutput:
         image = F.normalize(self.clip.encode_image(images), dim=-1)
         if self.training or torch.is_grad_enabled():
             labels = self.encode_labels()
         else:
-            labels = self.label_embeddings.to(image.dtype)
+            labels = self.fixed_label_embeddings().to(image.dtype)
         scale = self.clip.logit_scale
         logits = scale.exp() * image @ labels.T.to(image.dtype)
         return ClipOutput(

@@ -1,0 +1,124 @@
+"""CLIP towers through open_clip (mlcnc.models.clip): random-weight tiny configs only,
+nothing downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlcnc.models import clip as clip_module
+from mlcnc.models.backbone import check_backbone_name, create_backbone
+from mlcnc.models.clip import (
+    ClipWeightsError,
+    class_text_embeddings,
+    create_clip,
+    isometry,
+    procrustes_etf,
+)
+
+
+@pytest.mark.parametrize("config", ["mlcnc-tiny-rn", "mlcnc-tiny-vit"])
+def test_backbone_outputs(config):
+    images = torch.randn(2, 3, 32, 32)
+    clip = create_clip(config, False)
+    pooled = create_backbone(f"open_clip:{config}:pooled")
+    pooled.visual.load_state_dict(clip.visual.state_dict())
+    out = pooled(images)
+    assert out.shape == (2, 16, 1, 1) and pooled.num_features == 16
+    torch.testing.assert_close(out[:, :, 0, 0], clip.encode_image(images))
+    for output in ("map", "dense"):
+        net = create_backbone(f"open_clip:{config}:{output}")
+        features = net(images)
+        assert features.dim() == 4 and features.shape[1] == net.num_features
+    assert create_backbone(f"open_clip:{config}:dense").num_features == 16
+
+
+def test_vit_dense_tokens_are_projected_patch_tokens():
+    net = create_backbone("open_clip:mlcnc-tiny-vit:dense")
+    images = torch.randn(1, 3, 32, 32)
+    visual = net.visual
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding.expand(1, 1, -1), x], 1) + visual.positional_embedding
+    x = visual.transformer(visual.ln_pre(x))
+    want = visual.ln_post(x[:, 1:]) @ visual.proj  # (1, 16 patches, d)
+    got = net(images).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_names_are_checked():
+    assert check_backbone_name("open_clip:RN50-quickgelu") is None
+    assert check_backbone_name("open_clip:ViT-B-16-quickgelu:dense") is None
+    assert "nearest" in check_backbone_name("open_clip:RN5O")
+    assert "unknown CLIP output" in check_backbone_name("open_clip:RN50:patches")
+
+
+def test_missing_weights_file_is_one_line(tmp_path):
+    path = tmp_path / "ViT-B-16.safetensors"
+    with pytest.raises(ClipWeightsError) as error:
+        create_clip("ViT-B-16-quickgelu", str(path))
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message
+    assert "timm/vit_base_patch16_clip_224.openai" in message
+
+
+def test_blocked_download_is_one_line(monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained_from_hf", offline, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ClipWeightsError) as error:
+        create_clip("RN50-quickgelu", True)
+    message = str(error.value)
+    assert "\n" not in message and "method.pretrained=" in message
+    assert "timm/resnet50_clip.openai" in message
+
+
+def test_local_file_loads_every_key(tmp_path):
+    clip = create_clip("mlcnc-tiny-vit", False)
+    path = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), path)
+    loaded = create_clip("mlcnc-tiny-vit", str(path))
+    for key, value in clip.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(ClipWeightsError, match="not CLIP weights"):
+        create_clip("mlcnc-tiny-vit", str(path))
+
+
+def test_text_embeddings_built_once_and_unit(monkeypatch):
+    clip = create_clip("mlcnc-tiny-vit", False)
+    calls = []
+    encode = clip.encode_text
+    monkeypatch.setattr(clip, "encode_text", lambda t: calls.append(1) or encode(t))
+    names, templates = ["cat", "traffic_light"], ("a photo of a {}.", "a {}")
+    clip_module._TEXT_CACHE.clear()
+    first = class_text_embeddings("mlcnc-tiny-vit", "x", names, templates, clip)
+    again = class_text_embeddings("mlcnc-tiny-vit", "x", names, templates, clip)
+    assert len(calls) == 2  # once per class, then from the cache
+    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(first.norm(dim=1), torch.ones(2))
+    assert clip_module.prompts_for("traffic_light", templates) == [
+        "a photo of a traffic light.",
+        "a traffic light",
+    ]
+
+
+def test_procrustes_etf_is_the_nearest_simplex_etf():
+    from mlcnc.etf import simplex_etf
+
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(5, 12, generator=g), dim=1)
+    v = procrustes_etf(text)  # (d, C)
+    gram = v.T @ v
+    want = torch.full((5, 5), -1 / 4) + torch.eye(5) * (1 + 1 / 4)
+    torch.testing.assert_close(gram, want, atol=1e-5, rtol=0)
+    score = torch.trace(v.T @ text.T)
+    for seed in range(20):  # no random simplex ETF is closer to the text embeddings
+        other = simplex_etf(12, 5, torch.Generator().manual_seed(seed))
+        assert torch.trace(other.T @ text.T) <= score + 1e-5
+    lift = isometry(12, 20, seed=1)
+    torch.testing.assert_close(lift.T @ lift, torch.eye(12), atol=1e-5, rtol=0)

@@ -206,7 +206,7 @@ def _slurm(todo, output: Path, options: SlurmOptions, log, done) -> dict[str, st
     # Without an accounting database sacct fails and submitit warns at every poll.
     logging.getLogger("submitit").setLevel(logging.ERROR)
     folder = output / SLURM_DIR
-    executor = submitit.AutoExecutor(folder=folder / "%A_%a", cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     params: dict[str, Any] = {
         "timeout_min": options.time_min,
         "cpus_per_task": options.cpus,

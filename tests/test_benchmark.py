@@ -114,9 +114,12 @@ def test_table_holds_mean_and_std_over_seeds(data_file: str, tmp_path: Path) -> 
 def test_ema_table(data_file: str, tmp_path: Path) -> None:
     result = bench(data_file, tmp_path / "b", FakeTrain(), methods=["erm"], seeds=[0], model="ema")
     assert result.rows[0].mean["total"] == 140.0
-    assert result.rows[0].std["total"] == 0.0
+    assert np.isnan(result.rows[0].std["total"])  # one seed: no spread, not 0
     markdown = (tmp_path / "b" / "results.md").read_text()
     assert "EMA model" in markdown and "| ERM | 140.00 | n/a |" in markdown
+    assert "n=1" in markdown and "±" not in markdown.split("\n")[0]
+    rows = list(csv.DictReader(open(tmp_path / "b" / "results.csv")))
+    assert rows[0]["total_std"] == "" and rows[0]["total_mean"] == "140.0000"
 
 
 def test_interrupted_benchmark_resumes_without_repeating(data_file: str, tmp_path: Path) -> None:

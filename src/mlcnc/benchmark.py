@@ -104,7 +104,8 @@ class RunResult:
 
 @dataclass
 class MethodRow:
-    """A table row: mean and sample std (ddof 1; 0 with a single seed) over the seeds."""
+    """A table row: mean and sample std (ddof 1) over the seeds; with a single seed the
+    std is NaN (undefined: the table shows the one value, n=1, and no error bar)."""
 
     method: str
     seeds: list[int]
@@ -319,7 +320,7 @@ def aggregate(
             )
         values = np.array([[r.map[model][g] for g in GROUPS] for r in mine], dtype=np.float64)
         mean = values.mean(axis=0)
-        std = values.std(axis=0, ddof=1) if len(mine) > 1 else np.zeros(len(GROUPS))
+        std = values.std(axis=0, ddof=1) if len(mine) > 1 else np.full(len(GROUPS), np.nan)
         rows.append(
             MethodRow(
                 method,
@@ -337,12 +338,22 @@ def _cell(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.2f}" if seeds == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
+def spread_words(seeds: Sequence[int]) -> str:
+    """``mean ± sample std over seeds 0, 1, 2`` or, for one seed, ``one seed (0), n=1: a
+    single value, no spread``."""
+    if len(seeds) == 1:
+        return f"one seed ({seeds[0]}), n=1: a single value, no spread"
+    return (
+        f"mean ± sample std over seeds {', '.join(map(str, seeds))} (a row with one seed: "
+        "its single value, n=1)"
+    )
+
+
 def table_caption(model: str, seeds: Sequence[int]) -> str:
     which = "regular model" if model == "regular" else "EMA model"
     return (
-        f"Test mAP (%) at the last epoch, {which}, mean ± sample std over seeds "
-        f"{', '.join(map(str, seeds))}; no epoch or hyper-parameter was selected on test. "
-        "n/a: the split has no class in that group."
+        f"Test mAP (%) at the last epoch, {which}, {spread_words(seeds)}; no epoch or "
+        "hyper-parameter was selected on test. n/a: the split has no class in that group."
     )
 
 
@@ -373,7 +384,11 @@ def write_csv(rows: Sequence[MethodRow], path: Path) -> Path:
                     _display(row.method),
                     " ".join(map(str, row.seeds)),
                 ]
-                + [f"{v:.4f}" for g in GROUPS for v in (row.mean[g], row.std[g])]
+                + [
+                    "" if math.isnan(v) else f"{v:.4f}"  # no std of one seed
+                    for g in GROUPS
+                    for v in (row.mean[g], row.std[g])
+                ]
             )
     return path
 
@@ -397,8 +412,9 @@ def write_tables(
         files["plot"] = plot_benchmark(
             {n: r.mean for n, r in zip(names, rows, strict=True)},
             output / "results.png",
-            stds={n: r.std for n, r in zip(names, rows, strict=True)},
-            title=f"Last-epoch test mAP (%), {model} model, mean ± std over seeds",
+            stds={n: r.std for n, r in zip(names, rows, strict=True)},  # NaN: no bar
+            title=f"Last-epoch test mAP (%), {model} model, "
+            + ("n=1 (one seed)" if len(seeds) == 1 else "mean ± std over seeds"),
         )
     return files
 
@@ -505,21 +521,83 @@ def run_benchmark(
 
         failures.update(fan_out(plan, output, launcher, jobs, slurm, log, finished))
         plan = []  # trained out of process
+    deferred = []
     for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
-        try:
-            runs.append(run_one(cfg, method, seed, run_dir, train_fn, log))
-        except (KeyboardInterrupt, ConfigError, DataError):
-            raise  # the user's to fix, the same for every run: stop with one line
-        except Exception as error:
-            failures[run_name(method, seed)] = f"{type(error).__name__}: {error}"
-            log(f"[benchmark] {run_name(method, seed)} FAILED:\n{traceback.format_exc()}")
+        if not _attempt(cfg, method, seed, run_dir, train_fn, log, runs, failures, wait=False):
+            deferred.append((method, seed, run_dir, cfg))
+            log(
+                f"[benchmark] {run_name(method, seed)}: {run_dir} is in use by another process; "
+                "its result is read once that process has finished it"
+            )
+            continue
+        write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
+    for method, seed, run_dir, cfg in deferred:  # runs another process was training
+        _attempt(cfg, method, seed, run_dir, train_fn, log, runs, failures, wait=True)
         write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
 
     rows = aggregate(runs, methods, model)
     footer += _time_and_failures_note(runs, failures)
     files = write_tables(rows, output, model, seeds, footer, plot=plot)
     return BenchmarkResult(rows=rows, runs=runs, failures=failures, files=files)
+
+
+RUN_CLAIM_POLL_SECONDS = 5.0
+"""How often a benchmark waiting for a run another process holds looks again."""
+
+
+def run_claim(run_dir: Path) -> RunLock:
+    """The lock a benchmark process holds on one of its runs while it reads, resumes or
+    trains it (``runs/.<name>.claim``, beside the run folder, whose own ``.lock`` the engine
+    takes while training): two benchmarks into one ``--output`` never touch one run at once."""
+    from mlcnc.engine.run_folder import RunLock
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return RunLock(run_dir.parent / f".{run_dir.name}.claim")
+
+
+def _attempt(
+    cfg: Config,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    train_fn: TrainFn,
+    log: Callable[[str], None],
+    runs: list[RunResult],
+    failures: dict[str, str],
+    wait: bool,
+) -> bool:
+    """Claim and finish one run (``run_one``), recording its result or failure. Returns
+    False, without waiting, when another process holds the run; ``wait``: wait for it."""
+    from mlcnc.engine.run_folder import LOCK_FILE, RunInUseError, RunLock
+
+    claim = run_claim(run_dir)
+    while True:
+        try:
+            claim.acquire()
+            if run_dir.is_dir():  # a process outside the benchmark may train in it
+                engine_lock = RunLock(run_dir / LOCK_FILE)
+                try:
+                    engine_lock.acquire()
+                except BaseException:
+                    claim.release()
+                    raise
+                engine_lock.release()
+            break
+        except RunInUseError:
+            if not wait:
+                return False
+            time.sleep(RUN_CLAIM_POLL_SECONDS)
+    try:
+        runs.append(run_one(cfg, method, seed, run_dir, train_fn, log))
+    except (KeyboardInterrupt, ConfigError, DataError):
+        raise  # the user's to fix, the same for every run: stop with one line
+    except Exception as error:
+        failures[run_name(method, seed)] = f"{type(error).__name__}: {error}"
+        log(f"[benchmark] {run_name(method, seed)} FAILED:\n{traceback.format_exc()}")
+    finally:
+        claim.release()
+    return True
 
 
 def _check_benchmark_arguments(

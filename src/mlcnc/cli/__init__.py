@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; ``key=value`` words after the options join the overrides."""
-    from mlcnc.config import is_override
+    args, extra = parser.parse_known_args(argv)  # --help exits here, before any heavy import
+    from mlcnc.config import is_override  # imports torch (the data package)
 
-    args, extra = parser.parse_known_args(argv)
     overrides = [word for word in extra if is_override(word)]
     unknown = [word for word in extra if not is_override(word)]
     if unknown:
@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("MLCNC_DEBUG", "") not in ("", "0")
+    from mlcnc.cli._warnings import one_line_warnings
+
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings(enabled=not debug):
+            return int(args.func(args) or 0)
     except (*user_error_types(), OSError, ValueError) as error:
         message = user_message(error)
         if debug or message is None:

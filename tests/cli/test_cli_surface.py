@@ -1,0 +1,94 @@
+"""What a user sees around the commands: ``mlcnc --help`` without importing torch, warnings
+as one line without source paths, and docs that match what a run writes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO_ROOT, TINY_METHOD, write_tiny_csv_dataset
+from mlcnc.cli import main
+
+HELP_SCRIPT = """
+import sys
+from mlcnc.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print("TORCH" if "torch" in sys.modules else "NO-TORCH")
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help_does_not_import_torch(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_SCRIPT.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip().endswith("NO-TORCH"), done.stdout + done.stderr
+    assert "usage: mlcnc" in done.stdout
+
+
+def test_warnings_are_one_line_without_source_paths() -> None:
+    script = (
+        "import warnings\n"
+        "from mlcnc.cli._warnings import one_line_warnings\n"
+        "with one_line_warnings():\n"
+        "    warnings.warn('group head has no class\\n  with a positive example', RuntimeWarning)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stderr == "mlcnc: warning: group head has no class with a positive example\n"
+
+
+def test_commands_run_under_one_line_warnings(monkeypatch) -> None:
+    import mlcnc.cli.config as config_command
+
+    seen = []
+    monkeypatch.setattr(config_command, "run_show", lambda args: seen.append(warnings.formatwarning))
+    assert main(["config", "show"]) == 0
+    assert seen and seen[0].__name__ == "one_line"
+    assert warnings.formatwarning.__name__ != "one_line"  # restored after the command
+
+
+# ---------------------------------------------------------------------------- docs
+
+USER_DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", [d for d in USER_DOCS if d.name != "ARCHITECTURE.md"])
+def test_docs_cite_nothing_users_do_not_have(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    assert "mlcnc-spec" not in text
+    assert not re.search(r"\bspec [A-Z]?\d", text), re.search(r".{40}\bspec [A-Z]?\d.{20}", text)
+    assert "<<<<<<<" not in text and ">>>>>>>" not in text
+
+
+def test_readme_names_every_file_a_run_writes(tmp_path: Path, tiny_method) -> None:
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    args = [
+        "train", "--config", "csv", "--output", str(run),
+        f"data.train_csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
+        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        "data.head_threshold=10", "data.tail_threshold=4", f"method.name={TINY_METHOD}",
+        "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
+        "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for path in run.rglob("*"):
+        if path.is_file():
+            top = path.relative_to(run).parts[0]
+            name = path.name if top in ("plots", "checkpoints") or top == path.name else top
+            shown = f"`{name}`" if top != "tensorboard" else "`tensorboard/`"
+            assert shown in readme, f"README's run-folder list lacks {shown}"

@@ -27,7 +27,7 @@ REFUSED = [
     ("method.backbone=resnet5O", "bad value 'resnet5O' for 'method.backbone'"),
     ("method.model.proj_dim=0", "bad value 0 for 'method.model.proj_dim'; expected an integer >= 1"),
     ("train.select_metric=val/mAP_total", "bad value 'val/mAP_total' for 'train.select_metric'"),
-    ("data.image_size=0", "bad value 0 for 'data.image_size'; expected an integer >= 1"),
+    ("data.image_size=0", "bad value 0 for 'data.image_size'; expected an integer >= 16"),
     ("train.eval_batch_size=0", "bad value 0 for 'train.eval_batch_size'"),
     ("optim.lr=-1", "bad value -1 for 'optim.lr'; expected a finite number > 0"),
     ("optim.optimizer=lamb", "bad value 'lamb' for 'optim.optimizer'"),

@@ -546,7 +546,7 @@ RUN_CLAIM_POLL_SECONDS = 5.0
 """How often a benchmark waiting for a run another process holds looks again."""
 
 
-def run_claim(run_dir: Path) -> RunLock:
+def run_claim(run_dir: Path) -> Any:
     """The lock a benchmark process holds on one of its runs while it reads, resumes or
     trains it (``runs/.<name>.claim``, beside the run folder, whose own ``.lock`` the engine
     takes while training): two benchmarks into one ``--output`` never touch one run at once."""

@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from mlcnc.cli._renamed import add_old_spelling
+from mlcnc.cli._numbers import positive_float
 
 
 def _int_list(text: str) -> list[int]:
@@ -101,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fan.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (0)")
     fan.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per run (1)")
-    fan.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per run")
+    fan.add_argument("--slurm-mem", type=positive_float, metavar="GB", help="memory per run")
     fan.add_argument(
         "--slurm-parallel", type=int, metavar="N", help="at most N runs of the array at once"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlcnc.cli._numbers import probability
 from mlcnc.cli._renamed import add_old_spelling
 
 
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_old_spelling(parser, "--data", "KEY=VALUE after the run", "old_overrides", nargs="*")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument(
-        "--threshold", type=float, default=0.5, help="score threshold for F1 (default 0.5)"
+        "--threshold", type=probability, default=0.5, help="score threshold for F1 (default 0.5)"
     )
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -46,13 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlcnc.cli._errors import error_line
+    from mlcnc.cli._paths import check_output, run_folder_of
     from mlcnc.config import ConfigError
     from mlcnc.data import BadImageError, DataError
     from mlcnc.data.check import BadImagesError
     from mlcnc.engine import evaluate_checkpoint
     from mlcnc.io import write_json
-
-    from mlcnc.cli._paths import check_output, run_folder_of
 
     check_output(
         args.json, option="--json", inputs=[args.checkpoint], runs=[run_folder_of(args.checkpoint)]

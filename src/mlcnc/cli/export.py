@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlcnc.cli._numbers import positive_float
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mlcnc.cli._weights import add_weights_options
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images or folders to check the export on (default: the checkpoint's test split)",
     )
     parser.add_argument("--check-count", type=int, default=8, help="images to check on")
-    parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--atol", type=positive_float, default=1e-4)
     add_weights_options(parser, verb="export")
     parser.set_defaults(func=run)
 

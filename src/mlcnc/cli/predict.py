@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlcnc.cli._numbers import probability
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from mlcnc.cli._weights import add_weights_options
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
     choose = parser.add_mutually_exclusive_group()
     choose.add_argument(
-        "--threshold", type=float, default=None, help="predict classes with p >= T (default 0.5)"
+        "--threshold", type=probability, default=None, help="predict classes with p >= T (default 0.5)"
     )
     choose.add_argument("--top-k", type=int, default=None, help="predict the K best classes")
     parser.add_argument("--format", choices=("json", "csv"), default="json")

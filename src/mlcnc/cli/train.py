@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         inputs=[*data_paths, args.config],
         folder=True,
     )
+    from mlcnc.data import check_required_keys
+
+    check_required_keys(cfg.data)
     if args.dry_run:
         print(
             f"config OK: method {cfg.method.name} ({cfg.method.recipe} recipe, "

@@ -143,7 +143,26 @@ def _read_csv_splits(
     return splits
 
 
+REQUIRED_KEYS = {
+    "voc_lt": ("voc2012_root", "voc2007_root"),
+    "coco_lt": ("coco_root",),
+    "csv": ("train_csv", "test_csv"),
+}
+"""The ``data:`` keys each dataset needs (``check_required_keys``)."""
+
+
+def check_required_keys(cfg: DataConfig) -> None:
+    """Refuse (``ConfigError``, one line naming the keys) a dataset missing a key it needs;
+    run before anything is read (``mlcnc train --dry-run`` too)."""
+    _require(cfg, *REQUIRED_KEYS.get(cfg.name, ()))
+
+
 def _require(cfg: DataConfig, *fields: str) -> None:
+    from mlcnc.schema import ConfigError
+
     missing = [f for f in fields if getattr(cfg, f) is None]
     if missing:
-        raise ValueError(f"data.name={cfg.name!r} needs data.{', data.'.join(missing)}")
+        raise ConfigError(
+            f"data.name={cfg.name!r} needs data.{', data.'.join(missing)}; set "
+            + " and ".join(f"data.{f}=..." for f in missing)
+        )

@@ -510,6 +510,11 @@ def _csv_class_names(
     if class_names is None:
         classes_file = folder / CLASSES_FILE
         origin = show_path(classes_file)
+        if classes_file.is_symlink() and not classes_file.exists():
+            raise DataError(
+                f"{origin}: broken symbolic link (to {os.readlink(classes_file)}); fix or "
+                "remove it (without a classes.txt the sorted names in the rows are used)"
+            )
         if classes_file.is_file() or special_file_kind(classes_file) is not None:
             class_names = read_class_list(classes_file)
         else:

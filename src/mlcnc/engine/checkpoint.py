@@ -224,16 +224,46 @@ def data_fingerprint(
     return digest.hexdigest()
 
 
-def data_record(split: Any) -> dict[str, Any]:
-    """What a checkpoint keeps about its training split (a ``MultiLabelSplit``)."""
-    return {
+def data_record(split: Any, eval_splits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint keeps about its training split (a ``MultiLabelSplit``) and, under
+    ``eval``, the fingerprint of each evaluation split (val, test): a resumed run whose test
+    set changed would mix two test sets in metrics.jsonl."""
+    record = {
         "class_names": list(split.class_names),
         "num_images": len(split.image_paths),
-        "fingerprint": data_fingerprint(
-            split.image_paths, split.labels, list(split.class_names), split.source
-        ),
+        "fingerprint": _fingerprint(split),
         "source": str(split.source),
     }
+    if eval_splits:
+        record["eval"] = {
+            name: {"fingerprint": _fingerprint(s), "num_images": len(s.image_paths),
+                   "source": str(s.source)}
+            for name, s in eval_splits.items()
+        }  # fmt: skip
+    return record
+
+
+def _fingerprint(split: Any) -> str:
+    return data_fingerprint(split.image_paths, split.labels, list(split.class_names), split.source)
+
+
+def compare_eval_data(state: dict[str, Any], eval_splits: dict[str, Any]) -> list[str]:
+    """The evaluation splits (val, test) that differ from those ``state`` recorded; a
+    checkpoint without the record (older) is not compared."""
+    saved = (state.get("data") or {}).get("eval") or {}
+    problems = []
+    for name in sorted(set(saved) | set(eval_splits)):
+        then, now = saved.get(name), eval_splits.get(name)
+        if not saved:
+            break
+        if then is None or now is None:
+            problems.append(f"the {name} split ({'added' if then is None else 'removed'} since)")
+        elif then["fingerprint"] != _fingerprint(now):
+            problems.append(
+                f"the {name} split's images or labels ({now.source}: {then['num_images']} "
+                f"images then, {len(now.image_paths)} now)"
+            )
+    return problems
 
 
 def compare_data(state: dict[str, Any], split: Any, path: str | Path) -> tuple[list[str], str]:

@@ -41,6 +41,7 @@ from mlcnc.engine.checkpoint import (
     MissingCheckpointError,
     checkpoint_run_dir,
     compare_data,
+    compare_eval_data,
     filled_by_upgrade,
     load_checkpoint,
 )
@@ -109,6 +110,13 @@ def read_run_config(path: Path) -> dict[str, Any]:
     return data
 
 
+RESUME_EXACT_KEYS: tuple[str, ...] = ("data.num_workers",)
+"""Runtime keys (``RUNTIME_ONLY_KEYS``: a finished benchmark run is read back whatever they
+are) that still change what the remaining epochs of a resumed run compute: the random
+augmentations come from the loader's worker processes, seeded per worker. A change is
+refused on resume unless ``--force``."""
+
+
 @dataclass
 class Resume:
     """Where and from what a run continues (built by ``train`` in the launching process)."""
@@ -133,12 +141,18 @@ def plan_resume(cfg: Config | None, resume: Path, force: bool) -> tuple[Config, 
         differing = [
             k
             for k in config_diff(config_to_dict(saved), config_to_dict(cfg))
-            if k not in RUNTIME_ONLY_KEYS
+            if k not in RUNTIME_ONLY_KEYS or k in RESUME_EXACT_KEYS
         ]
+        why = (
+            "; the loader processes draw the augmentations, so the remaining epochs would "
+            "differ from an uninterrupted run's"
+            if set(differing) & set(RESUME_EXACT_KEYS)
+            else ""
+        )
         if differing and not force:
             raise ConfigError(
                 f"refusing to resume {ckpt or run_dir} with a different config "
-                f"(differs in: {', '.join(differing)}); pass --force to resume anyway"
+                f"(differs in: {', '.join(differing)}){why}; pass --force to resume anyway"
             )
     own = {same_path(p) for p in (run_dir, saved.train.output) if p is not None}
     if cfg.train.output is not None and same_path(cfg.train.output) not in own:
@@ -164,6 +178,20 @@ def plan_resume(cfg: Config | None, resume: Path, force: bool) -> tuple[Config, 
     return cfg, plan
 
 
+def load_saved(plan: Resume, part: str, load: Any, saved: Any) -> None:
+    """``load(saved)`` for one part of a resumed checkpoint; a config that no longer fits it
+    (another backbone, optimizer or method under ``--force``) is one line, not a traceback."""
+    try:
+        load(saved)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"cannot resume {plan.path}: its saved {part} does not fit the config ({first[:200]}); "
+            "--force accepts changed data and schedule keys, not another model, optimizer or "
+            "method: start a new run (without --resume)"
+        ) from None
+
+
 def same_path(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
@@ -172,13 +200,16 @@ def same_path(path: str | Path) -> Path:
 # every process: checks and state
 
 
-def check_resume_data(plan: Resume, split: Any) -> list[str]:
+def check_resume_data(
+    plan: Resume, split: Any, eval_splits: dict[str, Any] | None = None
+) -> list[str]:
     """Refuse to resume on training data other than the checkpoint's: the class names, their
     order, their number, and the fingerprint of the images and labels (SHA-256 over the
     sorted paths and label names). ``--force`` accepts all but a different number of classes
     (the weights have one column per class), and says what it accepted. Returns notes."""
     assert plan.state is not None
     problems, note = compare_data(plan.state, split, plan.path)
+    problems += compare_eval_data(plan.state, eval_splits or {})
     notes = [note] if note else []
     if not problems:
         return notes
@@ -191,10 +222,10 @@ def check_resume_data(plan: Resume, split: Any) -> list[str]:
         )
     if not plan.force:
         raise DataError(
-            f"refusing to resume {plan.path}: the training data differ from the checkpoint's "
+            f"refusing to resume {plan.path}: the data differ from the checkpoint's "
             f"in {differs}; restore the data, or pass --force to resume on the new data"
         )
-    return [*notes, f"--force: resuming {plan.path} although the training data differ in {differs}"]
+    return [*notes, f"--force: resuming {plan.path} although the data differ in {differs}"]
 
 
 def schedule_changed(state: dict[str, Any], cfg: Config, steps_per_epoch: int) -> bool:
@@ -212,16 +243,17 @@ def restore_run(run: Run, state: dict[str, Any], optimizer: Any) -> None:
     EMA, step, epoch, selection, test AP and history of ``run`` from a checkpoint (the model
     and criterion are loaded when the method is built)."""
     o, t = run.cfg.optim, run.cfg.train
-    optimizer.load_state_dict(state["optimizer"])
+    plan = Resume("resume", state, run.folder.path)
+    load_saved(plan, "optimizer", optimizer.load_state_dict, state["optimizer"])
     run.start_epoch, run.step = int(state["epoch"]), int(state["step"])
     run.folder.resume_step = run.step  # TensorBoard hides what the resumed run replays
     if schedule_changed(state, run.cfg, run.steps_per_epoch) and run.start_epoch < o.epochs:
         # Extending (or re-planning) a run: the new plan, positioned at the saved step.
         run.scheduler = build_scheduler_at(optimizer, o, run.steps_per_epoch, run.step)
     else:
-        run.scheduler.load_state_dict(state["scheduler"])
+        load_saved(plan, "scheduler", run.scheduler.load_state_dict, state["scheduler"])
     if run.ema is not None and state["ema"] is not None:
-        run.ema.module.load_state_dict(state["ema"])
+        load_saved(plan, "EMA model", run.ema.module.load_state_dict, state["ema"])
     run.best, run.selection = state["best"], state["selection"]
     if filled_by_upgrade(state, "selection") and run.best is not None:
         # An older mlcnc's checkpoint recorded the best epoch but no selection: select it.

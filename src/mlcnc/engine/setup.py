@@ -46,6 +46,7 @@ from mlcnc.engine.run_folder import (
     run_contents,
 )
 from mlcnc.engine.task import ModelWithLoss
+from mlcnc.engine.summary import config_lines, model_line
 from mlcnc.engine.traps import check_launcher, start_warnings
 from mlcnc.losses.base import Criterion
 from mlcnc.methods import Method, build_method
@@ -78,13 +79,26 @@ def make_fabric(cfg: Config) -> Fabric:
             strategy=strategy,
             precision=precision,
         )
-    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as error:  # Lightning refuses them
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as error:
+        # Lightning refuses the accelerator, devices, strategy or nodes
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise ConfigError(
             f"train.accelerator={t.accelerator}, train.devices={t.devices}, "
             f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes}: Lightning refuses "
             f"them: {lines[0] if lines else type(error).__name__}"
         ) from None
+
+
+def check_batch_norm(model: nn.Module, batch_per_device: int, cfg: Config) -> None:
+    """A model with BatchNorm cannot train on batches of one image (PyTorch refuses it)."""
+    norms = (nn.modules.batchnorm._BatchNorm,)
+    if batch_per_device < 2 and any(isinstance(m, norms) for m in model.modules()):
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} gives {batch_per_device} image per "
+            f"process, and the model (method.backbone={cfg.method.backbone}) has BatchNorm "
+            "layers, which need at least 2 images per batch in training; use "
+            "optim.batch_size >= 2 per process"
+        )
 
 
 @dataclass
@@ -172,9 +186,12 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
     class_freq = train_split.labels.sum(axis=0).astype(np.int64)
     # Method: model, criterion, sampler kind. Same init on every rank (seeded in read_data).
     method = build_checked_method(cfg, train_split, class_freq)
+    check_batch_norm(method.model, batch_per_device, cfg)
     if plan.state is not None:
-        method.model.load_state_dict(plan.state["model"])
-        method.criterion.load_state_dict(plan.state["criterion"])
+        from mlcnc.engine.resume import load_saved
+
+        load_saved(plan, "model", method.model.load_state_dict, plan.state["model"])
+        load_saved(plan, "criterion", method.criterion.load_state_dict, plan.state["criterion"])
     sampler, train_loader, eval_loaders = build_loaders(
         fabric, cfg, method, splits, batch_per_device
     )
@@ -182,6 +199,12 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
     if cfg.train.limit_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.train.limit_train_batches)
     check_trainable(cfg, train_split, steps_per_epoch, batch_per_device)
+    if fabric.global_rank == 0 and cfg.train.summary:
+        for line in [
+            *config_lines(config_to_dict(cfg)),
+            model_line(method.model, cfg.method.name, cfg.method.backbone, cfg.data.image_size),
+        ]:
+            tqdm.write(line)
     for line in start_warnings(cfg, method.criterion, steps_per_epoch):
         note(fabric.global_rank, line)
     optimizer, scheduler = build_optimization(fabric, cfg, method, steps_per_epoch)
@@ -204,7 +227,7 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
         train_loader=train_loader,
         eval_loaders=eval_loaders,
         steps_per_epoch=steps_per_epoch,
-        data=data_record(train_split),
+        data=data_record(train_split, {k: v for k, v in splits.items() if k != "train"}),
     )
     if plan.state is not None:
         restore_run(run, plan.state, optimizer)
@@ -266,7 +289,8 @@ def read_data(fabric: Fabric, cfg: Config, plan: Resume) -> tuple[dict[str, Any]
     splits, dropped = checked_splits(cfg.data, splits, progress=rank == 0 and t.progress)
     check_training_split(splits["train"])
     if plan.state is not None:
-        for line in check_resume_data(plan, splits["train"]):
+        evaluated = {k: v for k, v in splits.items() if k != "train"}
+        for line in check_resume_data(plan, splits["train"], evaluated):
             note(rank, line)
     return splits, dropped
 

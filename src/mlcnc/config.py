@@ -165,6 +165,10 @@ class TrainConfig:
                    without one, the last epoch with the named variant (mlcnc.engine.selection).
     limit_train_batches / limit_eval_batches: cap the batches per epoch / per evaluation
                    (smoke tests; None = all). The schedule follows the capped epoch.
+    log_every:     every this many steps: the loss and learning rate to TensorBoard and one
+                   line on the console.
+    summary:       print the resolved config (a line per section) and the model's
+                   parameters, trainable parameters and FLOPs per image at the start.
     """
 
     seed: Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)] = 0  # numpy's seed range
@@ -190,6 +194,7 @@ class TrainConfig:
     limit_eval_batches: PositiveInt | None = None
     progress: Bool = True
     plots: Bool = True
+    summary: Bool = True
 
 
 @section
@@ -206,6 +211,7 @@ RUNTIME_ONLY_KEYS: tuple[str, ...] = (
     "train.output",
     "train.progress",
     "train.plots",
+    "train.summary",
     "train.log_every",
     "train.checkpoint_every",
     "train.num_threads",

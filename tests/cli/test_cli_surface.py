@@ -52,7 +52,9 @@ def test_commands_run_under_one_line_warnings(monkeypatch) -> None:
     import mlcnc.cli.config as config_command
 
     seen = []
-    monkeypatch.setattr(config_command, "run_show", lambda args: seen.append(warnings.formatwarning))
+    monkeypatch.setattr(
+        config_command, "run_show", lambda args: seen.append(warnings.formatwarning)
+    )
     assert main(["config", "show"]) == 0
     assert seen and seen[0].__name__ == "one_line"
     assert warnings.formatwarning.__name__ != "one_line"  # restored after the command
@@ -92,3 +94,27 @@ def test_readme_names_every_file_a_run_writes(tmp_path: Path, tiny_method) -> No
             name = path.name if top in ("plots", "checkpoints") or top == path.name else top
             shown = f"`{name}`" if top != "tensorboard" else "`tensorboard/`"
             assert shown in readme, f"README's run-folder list lacks {shown}"
+
+
+def test_start_of_a_run_shows_config_model_and_steps(tmp_path: Path, capsys, tiny_method) -> None:
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    args = [
+        "train", "--config", "csv", "--output", str(tmp_path / "run"),
+        f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
+        "data.image_size=24", "data.num_workers=0", f"method.name={TINY_METHOD}",
+        "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
+        "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
+        "train.log_every=2", "train.plots=false",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "config train: seed=0" in out and "log_every=2" in out
+    model = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert re.search(
+        r"\d[\d,]* parameters, [\d,]+ trainable, [\d.e-]+ GFLOPs per image at 24", model
+    )
+    assert "step 2  epoch 1/2  loss " in out and "step 10  epoch 2/2" in out
+    assert main([*args[:4], str(tmp_path / "quiet"), *args[5:], "train.summary=false"]) == 0
+    assert "config train:" not in capsys.readouterr().out

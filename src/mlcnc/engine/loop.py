@@ -195,6 +195,11 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         if run.step % t.log_every == 0:
             watch.check(run, epoch)
             bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+            if run.rank == 0:
+                tqdm.write(
+                    f"step {run.step}  epoch {epoch + 1}/{o.epochs}  loss "
+                    f"{losses['total'].item():.4f}  lr {run.scheduler.get_last_lr()[0]:.3g}"
+                )
             run.folder.log_scalars(
                 {f"step/loss_{k}": v.item() for k, v in losses.items()}
                 | {"step/lr": run.scheduler.get_last_lr()[0]},

@@ -45,8 +45,8 @@ from mlcnc.engine.run_folder import (
     refuse_message,
     run_contents,
 )
-from mlcnc.engine.task import ModelWithLoss
 from mlcnc.engine.summary import config_lines, model_line
+from mlcnc.engine.task import ModelWithLoss
 from mlcnc.engine.traps import check_launcher, start_warnings
 from mlcnc.losses.base import Criterion
 from mlcnc.methods import Method, build_method

@@ -51,9 +51,7 @@ class LMCLIPCriterion(Criterion):
         )
 
     def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
-        bal = balanced_asymmetric_loss(
-            output.logits, targets, self.class_weights, **self.options
-        )
+        bal = balanced_asymmetric_loss(output.logits, targets, self.class_weights, **self.options)
         terms = {"bal": bal}
         total = self.asl_mul * bal
         if self.contrastive:

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import REPO_ROOT, TINY_METHOD, write_tiny_csv_dataset
 from mlcnc.cli import main
@@ -118,3 +119,58 @@ def test_start_of_a_run_shows_config_model_and_steps(tmp_path: Path, capsys, tin
     assert "step 2  epoch 1/2  loss " in out and "step 10  epoch 2/2" in out
     assert main([*args[:4], str(tmp_path / "quiet"), *args[5:], "train.summary=false"]) == 0
     assert "config train:" not in capsys.readouterr().out
+
+
+def test_real_command_warnings_have_no_source_path(tmp_path: Path) -> None:
+    """Lightning replaces ``warnings.formatwarning`` when imported; the CLI's lines stay."""
+    script = (
+        "import warnings, sys\n"
+        "from mlcnc.cli import main\n"
+        "import mlcnc.cli.config as c\n"
+        "def noisy(args):\n"
+        "    import lightning.fabric  # sets its own formatwarning\n"
+        "    from lightning.fabric.utilities.rank_zero import rank_zero_warn\n"
+        "    rank_zero_warn('from lightning')\n"
+        "    warnings.warn('from mlcnc', RuntimeWarning)\n"
+        "    return 0\n"
+        "c.run_show = noisy\n"
+        "sys.exit(main(['config', 'show']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert "mlcnc: warning: from mlcnc" in lines, done.stderr
+    assert any(line.startswith("mlcnc: warning") and "from lightning" in line for line in lines)
+    assert not re.search(r"\.py:\d+", done.stderr), done.stderr
+
+
+def test_weights_export_loads_like_the_checkpoint(tmp_path: Path, capsys, tiny_method) -> None:
+    from mlcnc.engine.trained import load_trained
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    args = [
+        "train", "--config", "csv", "--output", str(run),
+        f"data.train_csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
+        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        f"method.name={TINY_METHOD}", "method.pretrained=false", "optim.epochs=2",
+        "optim.batch_size=5", "train.accelerator=cpu", "train.progress=false",
+        "train.num_threads=1", "train.plots=false",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+        for ema in ("--no-ema", "--ema"):
+            out = tmp_path / f"model{ema}.pt"
+            assert main(["export", str(run), "--format", "weights", "--out", str(out), ema]) == 0
+            assert "wrote" in capsys.readouterr().out
+            shipped, original = load_trained(out), load_trained(run, use_ema=ema == "--ema")
+            assert not shipped.uses_ema and shipped.class_names == original.class_names
+            for key, value in original.model.state_dict().items():
+                assert torch.equal(shipped.model.state_dict()[key], value), key
+            state = torch.load(out, weights_only=True)
+            assert state["ema"] is None and state["history"] is None
+            expected = "ema" if ema == "--ema" else "regular"
+            assert state["selection"]["exported"]["weights"] == expected
+            assert out.stat().st_size < (run / "checkpoints" / "best.ckpt").stat().st_size
+        assert main(["evaluate", str(tmp_path / "model--ema.pt")]) == 0

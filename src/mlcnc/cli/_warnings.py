@@ -4,6 +4,7 @@ file and line of the library that raised it (``--debug`` keeps Python's format).
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -21,9 +22,24 @@ def one_line_warnings(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    before = warnings.formatwarning
+    before, shown = warnings.formatwarning, warnings.showwarning
     warnings.formatwarning = one_line
+    # Lightning replaces formatwarning when it is imported (inside the command), so the
+    # printing itself is replaced too -- unless warnings are being recorded (a test's
+    # catch_warnings(record=True)), which must keep receiving them.
+    printing = getattr(warnings, "_showwarnmsg_impl", None)
+    if shown is warnings._showwarning_orig and getattr(printing, "__name__", "") == (
+        "_showwarnmsg_impl"
+    ):
+        warnings.showwarning = _show
     try:
         yield
     finally:
-        warnings.formatwarning = before
+        warnings.formatwarning, warnings.showwarning = before, shown
+
+
+def _show(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` writing ``one_line`` to stderr (or ``file``)."""
+    stream = sys.stderr if file is None else file
+    with contextlib.suppress(OSError):  # stderr gone: a warning must never stop a command
+        stream.write(one_line(message, category, filename, lineno, line))

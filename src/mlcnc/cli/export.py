@@ -23,7 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("checkpoint", help="run folder (its selected model) or checkpoint file")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "weights"),
+        required=True,
+        help="onnx / torchscript: a deployable model, checked; weights: the selected weights "
+        "with config and class names (no optimiser, EMA twin or history), a file that "
+        "load_trained, evaluate and predict read like a checkpoint",
+    )
     parser.add_argument("--out", help="output file (default: beside the checkpoint)")
     parser.add_argument(
         "--images",
@@ -55,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     given = [args.checkpoint, *(args.images or [])]
     check_output(args.out, option="--out", inputs=given, runs=[run_folder_of(args.checkpoint)])
+    if args.format == "weights":
+        return _export_weights(args)
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, "cpu", args.which)
     print(trained.message, file=sys.stderr)
     checkpoint = Path(trained.checkpoint)
@@ -80,4 +89,16 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out} ({args.format}); max |difference| from PyTorch {difference:.2e} "
         f"(tolerance {args.atol:.0e}) on {images.shape[0]} images"
     )
+    return 0
+
+
+def _export_weights(args: argparse.Namespace) -> int:
+    from mlcnc.analysis.weights import export_weights
+    from mlcnc.engine.trained import load_trained
+
+    out, message = export_weights(args.checkpoint, args.out, args.which, args.ema)
+    print(message, file=sys.stderr)
+    loaded = load_trained(out)  # the file must load as a checkpoint does
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} (weights, {size:.1f} MiB; {len(loaded.class_names)} classes)")
     return 0

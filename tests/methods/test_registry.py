@@ -30,6 +30,7 @@ EXPECTED_SAMPLERS = {
     "focal": "random",
     "cb_focal": "random",
     "ldam": "random",
+    "ldam_drw": "random",
     "asl": "random",
     "db": "class_aware",
     "db_focal": "class_aware",
@@ -42,9 +43,10 @@ OWN_MODEL_SAMPLERS = {
     "bbn": "paired_reversed",
     "urs": "paired_class_aware",
     "mfm": "random",
+    "oltr": "class_aware",
 }
 """Rows with their own models or data needs (tested in test_bbn, test_mlgcn, test_urs,
-test_baselines_reference and, through the engine, test_table1_methods)."""
+test_oltr, test_baselines_reference and, through the engine, test_table1_methods)."""
 
 
 def tiny_config(name: str, **changes) -> MethodConfig:

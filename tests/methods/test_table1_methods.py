@@ -18,6 +18,10 @@ def test_new_rows_are_registered_in_table_order() -> None:
     order = table_order(METHODS.names())
     assert all(name in order for name in NEW_ROWS)
     assert order.index("erm") < order.index("bbn") < order.index("mlcnc")
+    # OLTR after ML-GCN as in the DB paper's table; LDAM-DRW beside LDAM (no DRW).
+    assert order.index("mlgcn") < order.index("oltr") < order.index("bbn")
+    assert order.index("ldam") + 1 == order.index("ldam_drw")
+    assert METHODS.get("oltr").sampler == "class_aware"
     assert METHODS.get("bbn").sampler == "paired_reversed"
     assert METHODS.get("urs").sampler == "paired_class_aware"
 

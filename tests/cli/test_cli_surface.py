@@ -174,3 +174,36 @@ def test_weights_export_loads_like_the_checkpoint(tmp_path: Path, capsys, tiny_m
             assert state["selection"]["exported"]["weights"] == expected
             assert out.stat().st_size < (run / "checkpoints" / "best.ckpt").stat().st_size
         assert main(["evaluate", str(tmp_path / "model--ema.pt")]) == 0
+
+
+def test_evaluate_writes_per_image_predictions(tmp_path: Path, capsys, tiny_method) -> None:
+    import csv
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    args = [
+        "train", "--config", "csv", "--output", str(run),
+        f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
+        "data.image_size=24", "data.num_workers=0", f"method.name={TINY_METHOD}",
+        "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
+        "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
+        "train.plots=false",
+    ]  # fmt: skip
+    out = tmp_path / "predictions.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+        assert main(["evaluate", str(run), "--predictions", str(out), "--threshold", "0.3"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 * 8  # regular and EMA, 8 test images each
+    truth = (data / "test.csv").read_text().splitlines()[1:]
+    regular = [r for r in rows if r["model"] == "regular"]
+    for row, line in zip(regular, truth, strict=True):
+        image, labels = line.split(",")
+        assert row["image"].endswith(image) and row["labels"] == labels
+        scores = {
+            k.removeprefix("score:"): float(v) for k, v in row.items() if k.startswith("score:")
+        }
+        assert row["predicted"].split(";") == [c for c, p in scores.items() if p >= 0.3] or (
+            row["predicted"] == "" and all(p < 0.3 for p in scores.values())
+        )

@@ -30,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="changes to the checkpoint's data config, e.g. coco_root=/data/coco (as for "
-        "inspect)",
+        help="changes to the checkpoint's data config, e.g. coco_root=/data/coco (as for inspect)",
     )
     add_old_spelling(parser, "--data", "KEY=VALUE after the run", "old_overrides", nargs="*")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
@@ -41,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", metavar="FILE", help="write the full result as JSON")
+    parser.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="write per-image scores next to the true labels as CSV (image, model, labels, "
+        "predicted, score:<class>...)",
+    )
     parser.add_argument("--per-class", action="store_true", help="also print per-class AP and F1")
     parser.set_defaults(func=run)
 
@@ -57,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
     check_output(
         args.json, option="--json", inputs=[args.checkpoint], runs=[run_folder_of(args.checkpoint)]
     )
+    check_output(
+        args.predictions,
+        option="--predictions",
+        inputs=[args.checkpoint, args.json],
+        runs=[run_folder_of(args.checkpoint)],
+    )
     try:
         result = evaluate_checkpoint(
             args.checkpoint,
@@ -67,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             checkpoint=args.which,
             use_ema=args.ema,
+            predictions_file=args.predictions,
         )
     except (BadImageError, BadImagesError, DataError, FileNotFoundError) as error:
         # data and checkpoint errors (an unreadable image, a missing or bad checkpoint)
@@ -93,4 +105,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {k: v for k, v in result.items() if k != "table"})
         print(f"wrote {args.json}")
+    if args.predictions:
+        print(f"wrote {args.predictions} (per-image scores, {result['num_images']} images)")
     return 0

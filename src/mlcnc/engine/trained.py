@@ -142,6 +142,7 @@ def evaluate_checkpoint(
     device: str | None = None,
     checkpoint: str | None = None,
     use_ema: bool | None = None,
+    predictions_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder's selected checkpoint (or a checkpoint file) on a split of its
     dataset, in the run's precision.
@@ -153,7 +154,8 @@ def evaluate_checkpoint(
     Returns a dict (``mlcnc.io.jsonable`` makes it JSON): ``loaded`` (one line: which file
     and weights, and why), ``precision``, and for each of ``regular`` / ``ema``, the mAP
     table (total, head, medium, tail in %), CF1 / OF1 and per-class AP and F1 with training
-    frequency and group; plus ``table`` (text).
+    frequency and group; plus ``table`` (text). ``predictions_file``: also write each
+    image's scores next to its true labels there (``mlcnc.analysis.predictions_file``).
     """
     from lightning.fabric import Fabric
 
@@ -202,7 +204,19 @@ def evaluate_checkpoint(
         for name in names
     }
     rows = []
-    for name, predictions in predict_models(models, loader, fabric).items():
+    predicted = predict_models(models, loader, fabric)
+    if predictions_file is not None:
+        from mlcnc.analysis.predictions_file import write_predictions
+
+        write_predictions(
+            predictions_file,
+            evaluated.image_paths,
+            list(state["class_names"]),
+            predicted,
+            threshold,
+        )
+        result["predictions_file"] = str(predictions_file)
+    for name, predictions in predicted.items():
         scores = _scores(predictions, groups, list(state["class_names"]), class_freq, threshold)
         result["models"][name] = scores
         label = WEIGHTS[name].removesuffix(" weights")

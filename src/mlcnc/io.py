@@ -56,6 +56,11 @@ def write_atomic(
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, a read-only folder: name the file written
+        tmp.unlink(missing_ok=True)
+        if error.filename is None or str(error.filename) == str(tmp):
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -352,6 +352,48 @@ def _(tmp_path, run):
     )
 
 
+# --------------------------------------------------------- issue 21: paths, memory
+
+
+def thin_png(path: Path, width: int = 1_000_000, height: int = 1) -> Path:
+    """A ``width`` x ``height`` grey PNG (a few hundred bytes for 1 x 1,000,000): under the
+    pixel limit, but resizing its short side to a model's input makes it enormous."""
+    from PIL import Image
+
+    Image.new("L", (width, height)).save(path)
+    return path
+
+
+@case("extreme-aspect-ratio")
+def _(tmp_path, run):
+    thin_png(tmp_path / "thin.png")
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a", "thin.png,b"])
+    result, text = run("data", "check", "--csv", csv, "--decode")
+    assert result == "exit 1" and "thin.png" in text, text
+    return run("data", "check", "--csv", csv)  # the header check alone finds it
+
+
+@case("nul-byte-in-path")
+def _(tmp_path, run):
+    return run("data", "check", "--csv", _dataset(tmp_path, [f"{_good(tmp_path)}\0x,a"]))
+
+
+@case("stats-output-is-input")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    before = csv.read_bytes()
+    link = tmp_path / "link.json"
+    link.symlink_to(csv)
+    for option in ("--json", "--plot"):
+        for target in (csv, link, tmp_path / "sub" / ".." / "train.csv"):
+            result, text = run("data", "stats", "--csv", csv, option, target)
+            assert result == "exit 1" and "input of the command" in text, text
+    result, text = run("data", "stats", "--csv", csv, "--json", tmp_path)  # a folder
+    assert result == "exit 1" and "an existing folder" in text, text
+    assert csv.read_bytes() == before
+    return run("data", "stats", "--csv", csv, "--json", csv)
+
+
 # ------------------------------------------------------------------------- tests
 
 ROWS = _doc_rows()

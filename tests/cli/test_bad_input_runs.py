@@ -479,6 +479,365 @@ def _(tmp_path, run, trained):
     return run("inspect", copy, "--out", tmp_path / "report")
 
 
+# --------------------------------------------------------------------------------------
+# issue 21: outputs never replace inputs or a run's files; nothing lost; one line
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@case("output-is-a-run-file")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    image = trained[0] / "images" / "test_000.png"
+    before = _files(copy)
+    best = copy / "checkpoints" / "best.ckpt"
+    link = tmp_path / "innocent.pt"
+    link.symlink_to(best)
+    for argv in (
+        ("predict", copy, image, "--no-progress", "--output", copy / "checkpoints" / "last.ckpt"),
+        ("predict", copy, image, "--no-progress", "--output", copy / "config.yaml"),
+        ("evaluate", copy, "--json", copy / "metrics.jsonl"),
+        ("export", copy, "--format", "torchscript", "--out", link),
+        ("inspect", copy, "--out", copy / "checkpoints"),
+    ):
+        result, text = run(*argv)
+        assert result == "exit 1" and "nothing was written" in text, (argv, text)
+    assert _files(copy) == before
+    return run("export", copy, "--format", "torchscript", "--out", best)
+
+
+@case("output-is-an-input")
+def _(tmp_path, run, trained):
+    image = tmp_path / "x.png"
+    shutil.copyfile(trained[0] / "images" / "test_000.png", image)
+    before = image.read_bytes()
+    outcome = run("predict", trained[1], image, "--no-progress", "--output", image)
+    assert image.read_bytes() == before
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copyfile(image, folder / "y.png")
+    result, text = run("predict", trained[1], folder, "--no-progress", "--output", folder / "y.png")
+    assert result == "exit 1" and (folder / "y.png").read_bytes() == before, text
+    return outcome
+
+
+@case("output-is-a-folder-or-file")
+def _(tmp_path, run, trained):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("mine")
+    result, text = run("evaluate", trained[1], "--json", tmp_path / "a-folder")
+    assert result == "exit 1" and "an existing folder" in text, text
+    result, text = run(*tiny_args(trained[0], tmp_path / "a-file"))
+    assert result == "exit 1" and "an existing file" in text, text
+    assert (tmp_path / "a-file").read_text() == "mine"
+    return run(
+        "predict", trained[1], trained[0] / "images" / "test_000.png", "--no-progress",
+        "--output", tmp_path / "a-file" / "p.json",
+    )  # fmt: skip
+
+
+@case("output-disk-full")
+def _(tmp_path, run, trained):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "result.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", full)
+        outcome = run("evaluate", trained[1], "--json", out)
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert str(out) in run.err
+    return outcome
+
+
+@case("resume-without-last-checkpoint")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    (copy / "checkpoints" / "last.ckpt").unlink()
+    best = (copy / "checkpoints" / "best.ckpt").read_bytes()
+    outcome = run("train", "--resume", copy)
+    assert (copy / "checkpoints" / "best.ckpt").read_bytes() == best  # kept
+    assert f"--resume {copy / 'checkpoints' / 'best.ckpt'}" in run.err
+    return outcome
+
+
+@case("overwrite-folder-without-run")
+def _(tmp_path, run, trained):
+    out = tmp_path / "mine"
+    for name in ("plots", "tensorboard", "inspect-test"):
+        (out / name).mkdir(parents=True)
+        (out / name / "keep.txt").write_text(name)
+    outcome = run(*tiny_args(trained[0], out, "--overwrite"))
+    for name in ("plots", "tensorboard", "inspect-test"):
+        assert (out / name / "keep.txt").read_text() == name
+    assert "removed the previous run" not in run.err
+    return outcome
+
+
+@case("benchmark-twice-into-one-output")
+def _(tmp_path, run, trained):
+    import threading
+
+    import mlcnc.benchmark as benchmark
+
+    output = tmp_path / "bench"
+    run_dir = output / "runs" / f"{TINY_METHOD}-seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")  # a live run, no checkpoint yet
+    claim = benchmark.run_claim(run_dir)  # held as the first benchmark process holds it
+    claim.acquire()
+    seen = {}
+
+    def first_process_finishes():
+        seen["still there"] = (run_dir / "config.yaml").is_file()  # not renamed aside
+        claim.release()
+
+    timer = threading.Timer(4.0, first_process_finishes)
+    timer.start()
+    overrides = [a for a in tiny_args(trained[0], tmp_path)[5:] if not a.startswith("method.")]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(benchmark, "RUN_CLAIM_POLL_SECONDS", 0.2)
+            outcome = run(
+                "benchmark", "--config", "csv", "--methods", TINY_METHOD, "--seeds", "0,1",
+                "--output", output, "--no-plot", *overrides, "method.pretrained=false",
+            )  # fmt: skip
+    finally:
+        timer.cancel()
+        claim.release()
+    assert outcome[0] == "exit 0", outcome[1]
+    assert seen == {"still there": True}, outcome[1]
+    assert (output / "runs" / f"{TINY_METHOD}-seed1" / "result.json").is_file()
+    assert (run_dir / "result.json").is_file()  # trained once the other process let go
+    return outcome
+
+
+@case("resume-changed-test-split")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path, move_data=True)
+    for split in ("test", "val"):
+        lines = (data / f"{split}.csv").read_text().splitlines()
+        (data / f"{split}.csv").write_text("\n".join(lines[:-1]) + "\n")
+    outcome = run("train", "--resume", copy)
+    assert "the val split's images or labels" in run.err
+    return outcome
+
+
+@case("resume-num-workers")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    return run("train", "--resume", copy, "data.num_workers=1")
+
+
+@case("resume-broken-classes-link")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path, move_data=True)
+    (data / "classes.txt").unlink()
+    (data / "classes.txt").symlink_to(tmp_path / "gone.txt")
+    return run("train", "--resume", copy)
+
+
+@case("resume-edited-config")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    text = (copy / "config.yaml").read_text()
+    edited = text.replace("  epochs: 2\n", "  epochs: 7\n")
+    assert edited != text
+    (copy / "config.yaml").write_text(edited)
+    outcome = run("train", "--resume", copy)
+    assert (copy / "config.yaml.edited").read_text() == edited
+    return outcome
+
+
+@case("run-config-not-yaml")
+def _(tmp_path, run, trained):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("optim: [unclosed\n")
+    return run("train", "--resume", folder)
+
+
+@case("resume-force-other-optimizer")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    return run("train", "--resume", copy, "--force", "optim.optimizer=sgd")
+
+
+@case("batch-of-one-with-batchnorm")
+def _(tmp_path, run, trained):
+    return run(
+        *tiny_args(trained[0], tmp_path / "run", "optim.batch_size=1", "method.name=erm",
+                   "method.backbone=test_efficientnet")
+    )  # fmt: skip
+
+
+@case("missing-test-csv")
+def _(tmp_path, run, trained):
+    outcome = run(*tiny_args(trained[0], tmp_path / "run", "data.test_csv=null", "--dry-run"))
+    assert "config OK" not in outcome[1]
+    assert run(*tiny_args(trained[0], tmp_path / "run", "data.test_csv=null"))[0] == "exit 2"
+    return outcome
+
+
+BAD_VALUES = {
+    "--seed=-1": "bad value -1 for 'train.seed'",
+    "data.image_size=1": "bad value 1 for 'data.image_size'",
+    "train.devices=abc": "train.devices=abc",
+    "train.strategy=bogus": "train.strategy=bogus",
+    "optim.lr=.inf": "bad value inf for 'optim.lr'; expected a finite number",
+    "optim.eps=.inf": "bad value inf for 'optim.eps'; expected a finite number",
+    "optim.lr=nan": "for 'optim.lr'; expected a finite number",
+    "train.ema_decay=.nan": "for 'train.ema_decay'; expected a finite number",
+}
+
+
+@case("bad-config-values")
+def _(tmp_path, run, trained):
+    for value, message in BAD_VALUES.items():
+        result, text = run(*tiny_args(trained[0], tmp_path / "run", value))
+        assert result == "exit 2" and message in text, (value, text)
+        assert len(run.err.strip().splitlines()) == 1, run.err
+        assert not (tmp_path / "run").exists(), value
+    return run(*tiny_args(trained[0], tmp_path / "run", "optim.lr=.inf"))
+
+
+@case("cuda-without-gpu")
+def _(tmp_path, run, trained):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    return run(*tiny_args(trained[0], tmp_path / "run", "train.accelerator=cuda"))
+
+
+@case("predict-threshold-nan")
+def _(tmp_path, run, trained):
+    image = trained[0] / "images" / "test_000.png"
+    for value in ("nan", "inf", "1.5"):
+        assert run("predict", trained[1], image, "--threshold", value)[0] == "exit 2"
+        assert run("evaluate", trained[1], "--threshold", value)[0] == "exit 2"
+    return run("predict", trained[1], image, "--threshold", "nan")
+
+
+@case("duplicate-yaml-key")
+def _(tmp_path, run, trained):
+    config = tmp_path / "dup.yaml"
+    config.write_text("base: csv\noptim:\n  lr: 0.1\n  epochs: 9\noptim:\n  lr: 0.2\n")
+    result, text = run("train", "--config", config, "--dry-run")
+    assert result == "exit 2" and "line 5: duplicate key 'optim'" in text, text
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("base: csv\noptim:\n  lr: 0.1\n  lr: 0.2\n")
+    assert "line 4: duplicate key 'lr'" in run("train", "--config", nested, "--dry-run")[1]
+    return run("train", "--config", config, "--dry-run")
+
+
+@case("yaml-alias-bomb")
+def _(tmp_path, run, trained):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    config = tmp_path / "lol.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    import time
+
+    started = time.perf_counter()
+    outcome = run("train", "--config", config, "--dry-run")
+    assert time.perf_counter() - started < 5 and len(outcome[1]) < 600, outcome[1][:600]
+    return outcome
+
+
+@case("pretrained-offline")
+def _(tmp_path, run, trained):
+    import urllib.error
+
+    import torchvision.models._api as weights_api
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weights_api, "load_state_dict_from_url", offline)
+        outcome = run(*tiny_args(trained[0], tmp_path / "run", "method.name=erm",
+                                 "method.backbone=resnet18", "method.pretrained=true"))  # fmt: skip
+    assert "resnet18-f37072fd.pth" in run.err and "method.pretrained=false" in run.err
+    return outcome
+
+
+@case("predict-symlink-loop")
+def _(tmp_path, run, trained):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copyfile(trained[0] / "images" / "test_000.png", folder / "a.png")
+    (folder / "loop").symlink_to(folder)  # a folder that holds itself
+    (folder / "self").symlink_to(folder / "self")  # a link to itself
+    return run("predict", trained[1], folder, "--no-progress")
+
+
+@case("malformed-checkpoint")
+def _(tmp_path, run, trained):
+    def make(path):
+        state = load_checkpoint(trained[1] / "checkpoints" / "last.ckpt")
+        state["epoch"] = "two"
+        state["model"] = {"weight": torch.zeros(2)}
+        save_checkpoint(state, path)
+
+    folder, _, outcomes = _commands_on_bad_checkpoint(tmp_path, run, trained, make)
+    assert {result for result, _ in outcomes} == {"exit 1"}, outcomes
+    assert all(p.name == "x.ckpt" for p in folder.iterdir())
+    return outcomes[0]
+
+
+MEMORY_LIMIT = 6 * 1024**3
+"""Address space for the memory-bound cases: enough for torch, far from 37 x 37,000,000."""
+
+
+def _limited(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """The real command in a subprocess under ``RLIMIT_AS``; (exit code, its output)."""
+    import subprocess
+
+    code = (
+        "import resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); "
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+        "import helpers; helpers.register_tiny_method(); "
+        "from mlcnc.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    return done.returncode, done.stdout
+
+
+@case("thin-image-memory")
+def _(tmp_path, run, trained):
+    from PIL import Image
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    thin = data / "images" / "thin.png"
+    Image.new("L", (1_000_000, 1)).save(thin)
+    lines = (data / "train.csv").read_text().splitlines()
+    lines[3] = "images/thin.png," + lines[3].split(",", 1)[1]
+    (data / "train.csv").write_text("\n".join(lines) + "\n")
+    (data / "test.csv").write_text("image,labels\nimages/thin.png,circle\n" +
+                                   "".join(f"{x}\n" for x in (data / "val.csv").read_text().splitlines()[1:]))  # fmt: skip
+    commands = [
+        ["predict", str(trained[1]), str(thin), "--no-progress"],
+        [*tiny_args(data, tmp_path / "run", "data.check_images=false")],
+        [*tiny_args(data, tmp_path / "run2")],
+        ["data", "check", "--csv", str(data / "train.csv"), "--decode"],
+    ]
+    for argv in commands:
+        code, err = _limited(argv, tmp_path)
+        assert code == 1 and "thin.png" in err and "Traceback" not in err, (argv, err[-2000:])
+        assert "aspect ratio above 100:1" in err, err[-2000:]
+    return run("predict", trained[1], thin, "--no-progress")
+
+
 # ------------------------------------------------------------------------- tests
 
 ROWS = _doc_rows()

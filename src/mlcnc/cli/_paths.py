@@ -90,6 +90,8 @@ def check_output(
     else:
         if target.is_dir():
             raise refuse("it is an existing folder, and a file is written there")
+        if target.exists() and not target.is_file():
+            raise refuse("it is not a regular file (a device, pipe or socket)")
         if overwrite is False and target.exists():
             raise DataError(f"{option} {given}: already exists; pass --overwrite to replace it")
     for parent in target.parents:

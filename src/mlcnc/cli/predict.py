@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and folders (searched recursively)")
     choose = parser.add_mutually_exclusive_group()
     choose.add_argument(
-        "--threshold", type=probability, default=None, help="predict classes with p >= T (default 0.5)"
+        "--threshold",
+        type=probability,
+        default=None,
+        help="predict classes with p >= T (default 0.5)",
     )
     choose.add_argument("--top-k", type=int, default=None, help="predict the K best classes")
     parser.add_argument("--format", choices=("json", "csv"), default="json")
@@ -52,18 +55,35 @@ class _LazyOutput:
         self.stream = None
 
     def write(self, prediction) -> None:
-        if self.writer is None:
-            from mlcnc.analysis.predict import PredictionWriter
+        with self._naming_the_file():
+            if self.writer is None:
+                from mlcnc.analysis.predict import PredictionWriter
 
-            self.stream = open(self.path, "w", newline="") if self.path else sys.stdout  # noqa: SIM115
-            self.writer = PredictionWriter(self.stream, self.fmt, self.names, self.all_scores)
-        self.writer.write(prediction)
+                self.stream = open(self.path, "w", newline="") if self.path else sys.stdout  # noqa: SIM115
+                self.writer = PredictionWriter(self.stream, self.fmt, self.names, self.all_scores)
+            self.writer.write(prediction)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            if self.path:
-                self.stream.close()
+        with self._naming_the_file():
+            if self.writer is not None:
+                self.writer.close()
+                if self.path:
+                    self.stream.close()
+
+    def _naming_the_file(self):
+        """An OS error writing ``--output`` (a full disk...) names the file."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def naming():
+            try:
+                yield
+            except OSError as error:
+                if self.path and error.filename is None:
+                    raise OSError(error.errno, error.strerror, self.path) from error
+                raise
+
+        return naming()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -487,6 +487,11 @@ def _parse_csv_row(
             "expected 'image,labels' (quote an image path that holds a comma)"
         )
     image = fields[0].strip()
+    if "\0" in image:
+        raise DataError(
+            f"{shown}, line {line}: the image path {show_path(image.replace(chr(0), '<NUL>'))!r} "
+            "holds a NUL byte, which no file name can; fix the row"
+        )
     _refuse_non_utf8(fields[1], shown, line, "labels")
     key = os.path.normpath(folder / image)
     if key in seen:

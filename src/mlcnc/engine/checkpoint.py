@@ -102,7 +102,44 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not an mlcnc checkpoint: it lacks {', '.join(missing)}")
+    check_types(state, path)
     return upgrade_checkpoint(state, path)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (dict,),
+    "config": (dict,),
+    "class_names": (list, tuple),
+    "epoch": (int,),
+    "step": (int,),
+    "format": (int,),
+    "criterion": (dict,),
+    "optimizer": (dict,),
+    "scheduler": (dict,),
+    "ema": (dict, type(None)),
+    "best": (dict, type(None)),
+    "selection": (dict, type(None)),
+    "history": (list, type(None)),
+    "data": (dict, type(None)),
+}
+"""The type of each key an mlcnc checkpoint holds (where present)."""
+
+
+def check_types(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse (one line naming the file and key) a checkpoint whose values have the wrong
+    type: a malformed file must not reach the code that reads it as a traceback."""
+    for key, types in _TYPES.items():
+        if key in state and (
+            not isinstance(state[key], types) or (isinstance(state[key], bool) and int in types)
+        ):
+            raise CheckpointError(
+                f"{path} is malformed: its {key!r} is a {type(state[key]).__name__}, not "
+                f"{' or '.join(t.__name__ for t in types)}"
+            )
+    if not all(isinstance(n, str) for n in state["class_names"]):
+        raise CheckpointError(f"{path} is malformed: its class_names are not all strings")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path} is malformed: its model weights are not all tensors")
 
 
 def upgrade_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:

@@ -199,6 +199,9 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
     if cfg.train.limit_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.train.limit_train_batches)
     check_trainable(cfg, train_split, steps_per_epoch, batch_per_device)
+    optimizer, scheduler = build_optimization(fabric, cfg, method, steps_per_epoch)
+    model, fabric_optimizer, ema = wrap_for_training(fabric, cfg, method, optimizer)
+    # Said once everything is built: a config that cannot run fails first, in one line.
     if fabric.global_rank == 0 and cfg.train.summary:
         for line in [
             *config_lines(config_to_dict(cfg)),
@@ -207,8 +210,6 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
             tqdm.write(line)
     for line in start_warnings(cfg, method.criterion, steps_per_epoch):
         note(fabric.global_rank, line)
-    optimizer, scheduler = build_optimization(fabric, cfg, method, steps_per_epoch)
-    model, fabric_optimizer, ema = wrap_for_training(fabric, cfg, method, optimizer)
     d = cfg.data
     run = Run(
         fabric=fabric,

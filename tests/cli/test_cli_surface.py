@@ -207,3 +207,47 @@ def test_evaluate_writes_per_image_predictions(tmp_path: Path, capsys, tiny_meth
         assert row["predicted"].split(";") == [c for c, p in scores.items() if p >= 0.3] or (
             row["predicted"] == "" and all(p < 0.3 for p in scores.values())
         )
+
+
+def test_tune_per_class_thresholds_maximise_val_f1() -> None:
+    import numpy as np
+
+    from mlcnc.engine.thresholds import tune_per_class
+
+    probabilities = np.array([[0.9, 0.5, 0.1], [0.8, 0.5, 0.2], [0.3, 0.4, 0.3], [0.2, 0.1, 0.4]])
+    targets = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]])
+    # class 0: t=0.3 predicts 3 images, 2 of them positive: F1 0.8 (t=0.9: 0.67)
+    # class 1: the tie at 0.5 is predicted whole (F1 0.67); class 2: no positive on val
+    assert tune_per_class(probabilities, targets).tolist() == [0.3, 0.5, 0.5]
+
+
+def test_per_class_thresholds_tuned_on_val_stored_and_used(
+    tmp_path: Path, capsys, tiny_method
+) -> None:
+    import json
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    args = [
+        "train", "--config", "csv", "--output", str(run),
+        f"data.train_csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
+        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        f"method.name={TINY_METHOD}", "method.pretrained=false", "optim.epochs=2",
+        "optim.batch_size=5", "train.accelerator=cpu", "train.progress=false",
+        "train.num_threads=1", "train.plots=false",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+        first, second = tmp_path / "a.json", tmp_path / "b.json"
+        for out in (first, second):
+            evaluate = ["evaluate", str(run), "--thresholds", "per-class", "--json", str(out)]
+            assert main(evaluate) == 0
+        stored = json.loads((run / "thresholds.json").read_text())
+        assert len(stored) == 2 and all(len(e["thresholds"]) == 4 for e in stored.values())
+        a, b = json.loads(first.read_text()), json.loads(second.read_text())
+        assert a["thresholds"] == b["thresholds"] and a["threshold"].startswith("per-class")
+        capsys.readouterr()
+        image = data / "images" / "test_000.png"
+        assert main(["predict", str(run), str(image), "--thresholds", "per-class"]) == 0
+        assert "per-class thresholds tuned on val" in capsys.readouterr().err

@@ -23,14 +23,16 @@ def predictions_csv(
     image_paths: Sequence[str | Path],
     class_names: Sequence[str],
     models: dict[str, object],
-    thresholds: np.ndarray | float,
+    thresholds: np.ndarray | float | dict[str, np.ndarray | float],
 ) -> str:
-    """The CSV text for ``models`` (name -> ``Predictions``, ordered by dataset index)."""
+    """The CSV text for ``models`` (name -> ``Predictions``, ordered by dataset index);
+    ``thresholds``: one for all, per class (C,), or per model (name -> either)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "model", "labels", "predicted", *(f"score:{c}" for c in class_names)])
-    limits = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(class_names),))
     for name, predictions in models.items():
+        given = thresholds[name] if isinstance(thresholds, dict) else thresholds
+        limits = np.broadcast_to(np.asarray(given, dtype=np.float64), (len(class_names),))
         probabilities = predictions.probabilities
         for row, index in enumerate(predictions.indices):
             truth = [class_names[c] for c in np.flatnonzero(predictions.targets[row])]

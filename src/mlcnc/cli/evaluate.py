@@ -41,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     parser.add_argument(
+        "--thresholds",
+        choices=("global", "per-class"),
+        default="global",
+        help="global (default): --threshold for every class; per-class: a threshold per class "
+        "tuned for F1 on the val split, stored in the run folder (thresholds.json)",
+    )
+    parser.add_argument(
         "--predictions",
         metavar="FILE",
         help="write per-image scores next to the true labels as CSV (image, model, labels, "
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.which,
             use_ema=args.ema,
             predictions_file=args.predictions,
+            per_class_thresholds=args.thresholds == "per-class",
         )
     except (BadImageError, BadImagesError, DataError, FileNotFoundError) as error:
         # data and checkpoint errors (an unreadable image, a missing or bad checkpoint)
@@ -91,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     print(result["table"])
     for name, scores in result["models"].items():
         f1 = scores["f1"]
-        print(f"{name}: CF1 {f1['CF1']:.2f}  OF1 {f1['OF1']:.2f} (threshold {args.threshold})")
+        used = result["threshold"]
+        print(f"{name}: CF1 {f1['CF1']:.2f}  OF1 {f1['OF1']:.2f} (threshold {used})")
     if args.per_class:
         for name, scores in result["models"].items():
             print(f"\n{name}: per-class AP / F1 (%)")

@@ -29,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="predict classes with p >= T (default 0.5)",
     )
     choose.add_argument("--top-k", type=int, default=None, help="predict the K best classes")
+    choose.add_argument(
+        "--thresholds",
+        choices=("global", "per-class"),
+        default="global",
+        help="per-class: a threshold per class tuned for F1 on the run's val split (stored "
+        "in the run folder, thresholds.json) instead of --threshold",
+    )
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--output", help="write results to this file instead of stdout")
     parser.add_argument("--all-scores", action="store_true", help="also give every class's p")
@@ -118,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, device, args.which)
     print(trained.message, file=sys.stderr)
+    if args.thresholds == "per-class":
+        from mlcnc.engine.thresholds import thresholds_of
+
+        threshold = thresholds_of(args.checkpoint, args.which, args.ema, device)
+        print(
+            f"per-class thresholds tuned on val: {threshold.min():.3f} to {threshold.max():.3f}",
+            file=sys.stderr,
+        )
     runs = [run_folder_of(trained.checkpoint)]
     check_output(args.output, option="--output", inputs=[trained.checkpoint], runs=runs)
     check_output(

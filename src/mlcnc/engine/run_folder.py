@@ -49,7 +49,14 @@ NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc3")
 LOCK_FILE = ".lock"
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "metrics.csv")
 """Files that show a folder holds a run (besides checkpoints/*.ckpt)."""
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "per_class.csv", "result.json")
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "metrics.csv",
+    "per_class.csv",
+    "result.json",
+    "thresholds.json",  # per-class thresholds of the run's checkpoints (engine.thresholds)
+)
 RUN_FOLDERS = (CHECKPOINT_DIR, "tensorboard", "plots")
 """What ``--overwrite`` removes: the files and folders a run (and a benchmark) writes."""
 TIMING_KEYS = ("img_per_s", "epoch_seconds", "eval_seconds")

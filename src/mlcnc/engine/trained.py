@@ -143,6 +143,7 @@ def evaluate_checkpoint(
     checkpoint: str | None = None,
     use_ema: bool | None = None,
     predictions_file: str | Path | None = None,
+    per_class_thresholds: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run folder's selected checkpoint (or a checkpoint file) on a split of its
     dataset, in the run's precision.
@@ -156,6 +157,9 @@ def evaluate_checkpoint(
     table (total, head, medium, tail in %), CF1 / OF1 and per-class AP and F1 with training
     frequency and group; plus ``table`` (text). ``predictions_file``: also write each
     image's scores next to its true labels there (``mlcnc.analysis.predictions_file``).
+    ``per_class_thresholds``: F1 and the predicted labels use a threshold per class tuned
+    on the val split (``mlcnc.engine.thresholds``, stored in the run folder) instead of
+    ``threshold``; the result's ``thresholds`` gives them per model.
     """
     from lightning.fabric import Fabric
 
@@ -204,6 +208,16 @@ def evaluate_checkpoint(
         for name in names
     }
     rows = []
+    limits: dict[str, Any] = {name: threshold for name in models}
+    if per_class_thresholds:
+        from mlcnc.engine.thresholds import per_class_thresholds as tuned
+
+        limits = tuned(choice, cfg, models, fabric, batch_size)
+        result["thresholds"] = {
+            name: dict(zip(state["class_names"], map(float, limits[name]), strict=True))
+            for name in models
+        }
+        result["threshold"] = "per-class (tuned on val)"
     predicted = predict_models(models, loader, fabric)
     if predictions_file is not None:
         from mlcnc.analysis.predictions_file import write_predictions
@@ -213,11 +227,11 @@ def evaluate_checkpoint(
             evaluated.image_paths,
             list(state["class_names"]),
             predicted,
-            threshold,
+            limits,
         )
         result["predictions_file"] = str(predictions_file)
     for name, predictions in predicted.items():
-        scores = _scores(predictions, groups, list(state["class_names"]), class_freq, threshold)
+        scores = _scores(predictions, groups, list(state["class_names"]), class_freq, limits[name])
         result["models"][name] = scores
         label = WEIGHTS[name].removesuffix(" weights")
         rows.append((f"{label} (selected)" if name == selected else label, scores["map"]))

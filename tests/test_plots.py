@@ -114,3 +114,22 @@ def test_benchmark_table(tmp_path):
         plots.plot_benchmark(bad, tmp_path / "b.png")
     with pytest.raises(ValueError, match="stds of method 'mlcnc'"):
         plots.plot_benchmark(means, tmp_path / "b.png", stds={"erm": stds["erm"]})
+
+
+def test_loss_on_a_log_scale_with_the_warmup_end_and_the_legend_outside(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or path)
+    terms = {"total": [0.4, 6.0, 5.9], "fla": [0.4, 0.38, 0.37], "tw": [0.0, 5.5, 5.4]}
+    plots.plot_loss_terms(terms, tmp_path / "l.png", x=[1, 2, 3], x_label="epoch", warmup_end=1)
+    axes = saved[0].axes[0]
+    assert axes.get_yscale() == "log"  # the warm-up's 0 (a term not computed) is left out
+    assert any(list(line.get_xdata()) == [1, 1] for line in axes.get_lines())  # warm-up end
+    assert axes.get_legend() is None and len(saved[0].legends) == 1  # beside, not on the data
+    plots.plot_map_by_group(
+        [1, 2, 3],
+        {"total": [40, 50, 55]},
+        tmp_path / "m.png",
+        selection=("val/map_total", [np.nan, 52.0, 53.0]),
+    )
+    labels = [line.get_label() for line in saved[1].axes[0].get_lines()]
+    assert "val/map_total (selects)" in labels and saved[1].axes[0].get_legend() is None

@@ -80,8 +80,11 @@ def plot_loss_terms(
     x: Sequence[float] | None = None,
     x_label: str = "step",
     title: str = "Loss terms",
+    warmup_end: float | None = None,
 ) -> Path:
-    """Every loss term (``{"total": [...], "fla": [...], ...}``) against steps or epochs."""
+    """Every loss term (``{"total": [...], "fla": [...], ...}``) against steps or epochs, on a
+    log scale (0 left out; symmetric log when a term is negative); ``warmup_end`` (an x value) is
+    marked with a vertical line; the legend stands outside the data."""
     if not terms:
         raise ValueError("no loss terms to plot")
     length = len(next(iter(terms.values())))
@@ -93,11 +96,18 @@ def plot_loss_terms(
     axes = figure.subplots()
     for name, series in series_by_term.items():
         axes.plot(x_values, series, label=name, linewidth=1.8 if name == "total" else 1.2)
+    finite = np.concatenate([s[np.isfinite(s)] for s in series_by_term.values()])
+    if finite.size and (finite < 0).any():
+        axes.set_yscale("symlog")
+    else:  # a term at 0 is one not computed yet (MLC-NC's warm-up): left out, not drawn at 0
+        axes.set_yscale("log", nonpositive="mask")
+    if warmup_end is not None:
+        axes.axvline(warmup_end, color="0.4", linestyle=":", label="loss warm-up ends")
     axes.set_xlabel(x_label)
-    axes.set_ylabel("loss")
+    axes.set_ylabel("loss (log scale)")
     axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
+    axes.grid(alpha=0.3, which="both")
+    figure.legend(loc="outside right upper")
     return _save(figure, path)
 
 
@@ -107,8 +117,11 @@ def plot_map_by_group(
     path: str | Path,
     ema: Mapping[str, Sequence[float]] | None = None,
     title: str = "mAP by class group",
+    selection: tuple[str, Sequence[float]] | None = None,
 ) -> Path:
-    """mAP (%) per group over epochs: solid lines for the regular model, dashed for its EMA."""
+    """mAP (%) per group over epochs: solid lines for the regular model, dashed for its EMA;
+    ``selection`` (name, values per epoch, NaN where not evaluated): the val metric that
+    selects the model, in black; the legend stands outside the data."""
     epochs_array = _series(epochs, "epochs")
     figure = _new_figure(7, 4)
     axes = figure.subplots()
@@ -117,11 +130,15 @@ def plot_map_by_group(
             series = _series(values, f"mAP of {group!r}{label}", epochs_array.shape[0])
             color = GROUP_COLORS.get(group, OTHER_COLOR)
             axes.plot(epochs_array, series, style, color=color, marker=".", label=group + label)
+    if selection is not None:
+        name, values = selection
+        series = _series(values, f"selection metric {name!r}", epochs_array.shape[0])
+        axes.plot(epochs_array, series, ":", color="black", marker="s", label=f"{name} (selects)")
     axes.set_xlabel("epoch")
     axes.set_ylabel("mAP (%)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(ncol=2, fontsize="small")
+    figure.legend(loc="outside right upper", fontsize="small")
     return _save(figure, path)
 
 

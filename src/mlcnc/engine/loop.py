@@ -326,7 +326,15 @@ def finish(run: Run, record: dict[str, Any]) -> TrainResult:
                     run.class_names, run.class_freq, run.groups, {"test_ap": run.last_ap}
                 )
             if run.cfg.train.plots:
-                folder.write_plots(run.class_names, run.class_freq, run.groups, run.last_ap)
+                warmup = getattr(run.criterion, "warmup_epochs", None)
+                folder.write_plots(
+                    run.class_names,
+                    run.class_freq,
+                    run.groups,
+                    run.last_ap,
+                    warmup_epochs=warmup if isinstance(warmup, int) else None,
+                    select_metric=run.cfg.train.select_metric,
+                )
     finally:
         folder.close()
     return TrainResult(

@@ -387,6 +387,8 @@ class RunFolder:
         groups: Mapping[str, np.ndarray],
         last_ap: np.ndarray | None,
         split: str = "test",
+        warmup_epochs: int | None = None,
+        select_metric: str | None = None,
     ) -> list[Path]:
         """The four figures from the records; a figure that cannot be drawn is skipped with
         a warning (a plot must never fail a finished run)."""
@@ -404,7 +406,7 @@ class RunFolder:
             except Exception as error:  # a figure is a convenience: warn, never fail the run
                 warnings.warn(f"plot {name} skipped: {error}", RuntimeWarning, stacklevel=2)
 
-        self._plot_records(folder, split, attempt)
+        self._plot_records(folder, split, attempt, warmup_epochs, select_metric)
         if last_ap is not None:
             attempt(
                 "AP vs frequency",
@@ -419,7 +421,14 @@ class RunFolder:
             )
         return written
 
-    def _plot_records(self, folder: Path, split: str, attempt: Any) -> None:
+    def _plot_records(
+        self,
+        folder: Path,
+        split: str,
+        attempt: Any,
+        warmup_epochs: int | None = None,
+        select_metric: str | None = None,
+    ) -> None:
         """Loss terms, mAP by group and the NC diagnostics over the epochs of the records."""
         from mlcnc import plots
 
@@ -433,6 +442,8 @@ class RunFolder:
                     folder / "loss_terms.png",
                     x=epochs,
                     x_label="epoch",
+                    # records are at the end of each epoch: warm-up epochs 1..W end at W
+                    warmup_end=warmup_epochs if warmup_epochs else None,
                 ),
             )
         evaluated = [r for r in self.records if f"{split}/map_total" in r]
@@ -443,6 +454,9 @@ class RunFolder:
         ema = None
         if f"{split}_ema/map_total" in evaluated[-1]:
             ema = {g: _series(f"{split}_ema/map_{g}", evaluated) for g in GROUPS}
+        selection = None
+        if select_metric and any(select_metric in r for r in evaluated):
+            selection = (select_metric, _series(select_metric, evaluated))
         attempt(
             "mAP by group",
             lambda: plots.plot_map_by_group(
@@ -451,6 +465,7 @@ class RunFolder:
                 folder / "map_by_group.png",
                 ema=ema,
                 title=f"mAP by class group ({split})",
+                selection=selection,
             ),
         )
         nc = {

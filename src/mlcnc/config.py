@@ -167,6 +167,11 @@ class TrainConfig:
                    (smoke tests; None = all). The schedule follows the capped epoch.
     log_every:     every this many steps: the loss and learning rate to TensorBoard and one
                    line on the console.
+    checkpoint_history: also keep every N-th epoch's checkpoint as
+                   ``checkpoints/epoch-NNNN.ckpt`` (None: only last.ckpt and best.ckpt).
+    deterministic: deterministic algorithms only (``torch.use_deterministic_algorithms``,
+                   cuDNN deterministic, no cuDNN benchmark): slower; an operation without a
+                   deterministic version stops the run naming it.
     summary:       print the resolved config (a line per section) and the model's
                    parameters, trainable parameters and FLOPs per image at the start.
     """
@@ -190,6 +195,8 @@ class TrainConfig:
     select_metric: Str = "val/map_total"
     log_every: PositiveInt = 20
     checkpoint_every: PositiveInt = 1
+    checkpoint_history: PositiveInt | None = None
+    deterministic: Bool = False
     limit_train_batches: PositiveInt | None = None
     limit_eval_batches: PositiveInt | None = None
     progress: Bool = True
@@ -214,6 +221,7 @@ RUNTIME_ONLY_KEYS: tuple[str, ...] = (
     "train.summary",
     "train.log_every",
     "train.checkpoint_every",
+    "train.checkpoint_history",
     "train.num_threads",
     "data.num_workers",
 )

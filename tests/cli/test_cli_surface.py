@@ -251,3 +251,27 @@ def test_per_class_thresholds_tuned_on_val_stored_and_used(
         image = data / "images" / "test_000.png"
         assert main(["predict", str(run), str(image), "--thresholds", "per-class"]) == 0
         assert "per-class thresholds tuned on val" in capsys.readouterr().err
+
+
+def test_checkpoint_history_and_deterministic(tmp_path: Path, capsys, tiny_method) -> None:
+    from mlcnc.engine.checkpoint import load_checkpoint
+
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    base = [
+        "train", "--config", "csv", f"data.train_csv={data / 'train.csv'}",
+        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        f"method.name={TINY_METHOD}", "method.pretrained=false", "optim.epochs=4",
+        "optim.batch_size=5", "train.accelerator=cpu", "train.progress=false",
+        "train.num_threads=1", "train.plots=false", "train.deterministic=true",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*base, "--output", str(tmp_path / "a"), "train.checkpoint_history=2"]) == 0
+        assert not torch.are_deterministic_algorithms_enabled()  # switched off after the run
+        assert main([*base, "--output", str(tmp_path / "b")]) == 0
+    kept = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("*.ckpt"))
+    assert kept == ["epoch-0002.ckpt", "epoch-0004.ckpt", "last.ckpt"]
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "epoch-0002.ckpt")["epoch"] == 2
+    first, second = (load_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt") for r in "ab")
+    for key, value in first["model"].items():  # deterministic: the same weights twice
+        assert torch.equal(value, second["model"][key]), key

@@ -148,6 +148,10 @@ def run(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> TrainRes
     except BaseException:
         proc.folder.close("failed")  # releases the lock: a later --resume may continue
         raise
+    finally:
+        if t.deterministic:  # a process-wide switch: off again for whatever runs next
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.deterministic = False
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
@@ -279,6 +283,8 @@ def select_and_save(run: Run, epoch: int, record: dict[str, Any]) -> None:
             run.selection, improved = candidate, True
     last_epoch = epoch + 1 == run.cfg.optim.epochs
     save_last = last_epoch or improved or (epoch + 1) % t.checkpoint_every == 0
+    if t.checkpoint_history and (epoch + 1) % t.checkpoint_history == 0:
+        save_last = True
     if save_last and (run.selection is None or run.selection["rule"] == "last"):
         reason = None
         if "val" in run.eval_loaders and any(
@@ -297,6 +303,9 @@ def select_and_save(run: Run, epoch: int, record: dict[str, Any]) -> None:
     if save_last:
         run.folder.flush_tensorboard()
         state = run.checkpoint_state(epoch + 1, record)
+        history = t.checkpoint_history
+        if history and (epoch + 1) % history == 0:  # before the commit point: a kill replays it
+            save_checkpoint(state, run.folder.checkpoints / f"epoch-{epoch + 1:04d}.ckpt")
         save_checkpoint(state, run.folder.checkpoints / LAST)  # the commit point
         if improved:
             save_checkpoint(state, run.folder.checkpoints / BEST)

@@ -13,6 +13,7 @@ schedule): a refused run leaves no trace, and a retry is not a "reuse".
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -452,7 +453,12 @@ def set_compute_options(fabric: Fabric, cfg: Config) -> None:
     if threads is not None:
         torch.set_num_threads(int(threads))
     if fabric.device.type == "cuda":
-        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
+    if t.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
 
 
 def uses_channels_last(cfg: Config, device: torch.device) -> bool:

@@ -44,6 +44,12 @@ OWN_MODEL_SAMPLERS = {
     "urs": "paired_class_aware",
     "mfm": "random",
     "oltr": "class_aware",
+    # vision-language methods (tests/methods/test_vlm_methods.py, tests/models/test_clip.py)
+    "lmclip": "weighted",
+    "mlcnc_clip_a": "class_aware",
+    "mlcnc_clip_b": "class_aware",
+    "mlcnc_clip_c": "class_aware",
+    "mlcnc_clip_d": "class_aware",
 }
 """Rows with their own models or data needs (tested in test_bbn, test_mlgcn, test_urs,
 test_oltr, test_baselines_reference and, through the engine, test_table1_methods)."""

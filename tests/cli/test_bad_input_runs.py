@@ -520,6 +520,10 @@ def _(tmp_path, run, trained):
     shutil.copyfile(image, folder / "y.png")
     result, text = run("predict", trained[1], folder, "--no-progress", "--output", folder / "y.png")
     assert result == "exit 1" and (folder / "y.png").read_bytes() == before, text
+    test_csv = trained[0] / "test.csv"
+    rows = test_csv.read_bytes()
+    result, text = run("evaluate", trained[1], "--json", test_csv)  # the run's own test split
+    assert result == "exit 1" and "input of the command" in text and test_csv.read_bytes() == rows
     return outcome
 
 

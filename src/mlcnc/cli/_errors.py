@@ -10,5 +10,11 @@ def error_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Caught "):
         name, _, message = lines[-1].partition(": ")
-        return message or name
-    return lines[0] if lines else type(error).__name__
+        line = message or name
+    else:
+        line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+
+
+MAX_LINE = 500
+"""An error line is cut to this many characters (a value quoted in it may be huge)."""

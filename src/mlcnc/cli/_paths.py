@@ -43,6 +43,20 @@ def run_folder_of(checkpoint: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def data_files(run_dir: Path | None) -> list[str]:
+    """The data files (CSVs, roots) a run folder's config.yaml names: inputs of a command
+    that reads the run's data (``evaluate``), which no output may replace."""
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return []
+    try:
+        from mlcnc.engine.resume import read_run_config
+
+        data = read_run_config(run_dir / "config.yaml").get("data") or {}
+    except Exception:  # the command itself reports an unreadable run
+        return []
+    return [v for v in data.values() if isinstance(v, str) and v] if isinstance(data, dict) else []
+
+
 def check_output(
     path: str | os.PathLike[str] | None,
     *,

@@ -59,15 +59,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlcnc.cli._errors import error_line
-    from mlcnc.cli._paths import check_output, run_folder_of
+    from mlcnc.cli._paths import check_output, data_files, run_folder_of
     from mlcnc.config import ConfigError
     from mlcnc.data import BadImageError, DataError
     from mlcnc.data.check import BadImagesError
     from mlcnc.engine import evaluate_checkpoint
     from mlcnc.io import write_json
 
+    run_dir = run_folder_of(args.checkpoint)
     check_output(
-        args.json, option="--json", inputs=[args.checkpoint], runs=[run_folder_of(args.checkpoint)]
+        args.json,
+        option="--json",
+        inputs=[args.checkpoint, *data_files(run_dir)],
+        runs=[run_dir],
     )
     check_output(
         args.predictions,

@@ -169,6 +169,9 @@ class TrainConfig:
                    line on the console.
     checkpoint_history: also keep every N-th epoch's checkpoint as
                    ``checkpoints/epoch-NNNN.ckpt`` (None: only last.ckpt and best.ckpt).
+    loggers:       where the scalars go: ``tensorboard`` (RUN/tensorboard/), ``wandb``,
+                   ``mlflow`` (Lightning's loggers; their package imported only when listed,
+                   see mlcnc.engine.loggers).
     deterministic: deterministic algorithms only (``torch.use_deterministic_algorithms``,
                    cuDNN deterministic, no cuDNN benchmark): slower; an operation without a
                    deterministic version stops the run naming it.
@@ -196,6 +199,9 @@ class TrainConfig:
     log_every: PositiveInt = 20
     checkpoint_every: PositiveInt = 1
     checkpoint_history: PositiveInt | None = None
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
+        default_factory=lambda: ["tensorboard"]
+    )
     deterministic: Bool = False
     limit_train_batches: PositiveInt | None = None
     limit_eval_batches: PositiveInt | None = None
@@ -222,6 +228,7 @@ RUNTIME_ONLY_KEYS: tuple[str, ...] = (
     "train.log_every",
     "train.checkpoint_every",
     "train.checkpoint_history",
+    "train.loggers",
     "train.num_threads",
     "data.num_workers",
 )

@@ -275,3 +275,62 @@ def test_checkpoint_history_and_deterministic(tmp_path: Path, capsys, tiny_metho
     first, second = (load_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt") for r in "ab")
     for key, value in first["model"].items():  # deterministic: the same weights twice
         assert torch.equal(value, second["model"][key]), key
+
+
+def _tiny_train(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--config", "csv", "--output", str(out),
+        f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
+        "data.image_size=24", "data.num_workers=0", f"method.name={TINY_METHOD}",
+        "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
+        "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
+        "train.plots=false", *extra,
+    ]  # fmt: skip
+
+
+def test_a_tracker_not_installed_is_one_line(
+    tmp_path: Path, capsys, monkeypatch, tiny_method
+) -> None:
+    import mlcnc.engine.loggers as loggers
+
+    monkeypatch.setitem(loggers.PACKAGES, "wandb", "wandb_not_installed_here")
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    code = main(_tiny_train(data, tmp_path / "run", "train.loggers=[tensorboard,wandb]"))
+    err = capsys.readouterr().err
+    assert code == 2 and "the package 'wandb_not_installed_here' is not installed" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_trackers_get_the_config_and_the_scalars(tmp_path: Path, monkeypatch, tiny_method) -> None:
+    import mlcnc.engine.loggers as loggers
+
+    class Tracker:
+        def __init__(self, run_dir, name):
+            self.params, self.metrics, self.status = None, [], None
+
+        def log_hyperparams(self, params):
+            self.params = params
+
+        def log_metrics(self, metrics, step):
+            self.metrics.append((step, metrics))
+
+        def finalize(self, status):
+            self.status = status
+
+    made = []
+    monkeypatch.setattr(loggers, "PACKAGES", {})
+    monkeypatch.setitem(
+        loggers.FACTORIES, "mlflow", lambda *a: made.append(Tracker(*a)) or made[-1]
+    )
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert (
+            main(_tiny_train(data, tmp_path / "run", "train.loggers=[mlflow]", "train.log_every=2"))
+            == 0
+        )
+    (tracker,) = made
+    assert tracker.params["optim"]["epochs"] == 2 and tracker.status == "success"
+    assert any("test/map_total" in m for _, m in tracker.metrics)
+    assert any("step/loss_total" in m for _, m in tracker.metrics)
+    assert not (tmp_path / "run" / "tensorboard").exists()  # not listed: not written

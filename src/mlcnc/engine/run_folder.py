@@ -228,6 +228,8 @@ class RunFolder:
         self.checkpoints = self.path / CHECKPOINT_DIR
         self.records: list[dict[str, Any]] = []
         self.lock = RunLock(self.path / LOCK_FILE)
+        self.use_tensorboard = True  # train.loggers lists tensorboard
+        self.trackers: list[Any] = []  # the other loggers of train.loggers (engine.loggers)
         self._tensorboard = None
         self.resume_step: int | None = None
         """The step a resumed run continues after: TensorBoard purges the events logged
@@ -333,7 +335,10 @@ class RunFolder:
             if isinstance(v, (int, float)) and math.isfinite(float(v))
         }
         if numbers:
-            self.tensorboard.log_metrics(numbers, step=step)
+            if self.use_tensorboard:
+                self.tensorboard.log_metrics(numbers, step=step)
+            for tracker in self.trackers:
+                tracker.log_metrics(numbers, step=step)
 
     @property
     def tensorboard(self) -> Any:
@@ -357,6 +362,9 @@ class RunFolder:
             if self._tensorboard is not None:
                 self._tensorboard.finalize(status)
                 self._tensorboard = None
+            for tracker in self.trackers:
+                tracker.finalize(status)
+            self.trackers = []
         finally:
             self.lock.release()
 

@@ -57,6 +57,9 @@ def make_fabric(cfg: Config) -> Fabric:
     """Fabric from ``train:``; ``precision=auto`` is bf16-mixed / 16-mixed on CUDA, 32 on CPU."""
     t = cfg.train
     check_launcher(cfg)
+    from mlcnc.engine.loggers import check_loggers
+
+    check_loggers(t.loggers)  # a tracker's missing package: one line before any work
     precision = t.precision
     if precision == "auto":
         cuda = torch.cuda.is_available() and t.accelerator in ("auto", "cuda", "gpu")
@@ -431,6 +434,13 @@ def take_folder(run: Run, plan: Resume, dropped: list[Any]) -> None:
         path = write_problems(dropped, folder.path / DROPPED_FILE)
         note(
             rank, f"left out {len(dropped)} unreadable image(s) (data.skip_bad_images); see {path}"
+        )
+    if rank == 0:
+        from mlcnc.engine.loggers import make_loggers
+
+        folder.use_tensorboard = "tensorboard" in run.cfg.train.loggers
+        folder.trackers = make_loggers(
+            run.cfg.train.loggers, folder.path, config_to_dict(run.cfg)
         )
     if plan.state is not None and plan.state["history"] is None and run.world > 1:
         # A checkpoint without an epoch history: the records come from the folder's

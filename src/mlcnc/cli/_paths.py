@@ -95,7 +95,7 @@ def check_output(
         if target == run / "checkpoints" or (
             run / "checkpoints" in target.parents and (target.suffix == ".ckpt" or target.exists())
         ):
-            raise refuse(f"it is in {run / 'checkpoints'}, the run's checkpoints")
+            raise refuse(f"it is (in) {run / 'checkpoints'}, the run's checkpoints")
         if target.parent == run and target.name in RUN_OWN_FILES:
             raise refuse(f"it is the run's own {target.name}")
     if folder:

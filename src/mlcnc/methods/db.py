@@ -81,9 +81,9 @@ def db_criterion(focal: bool) -> CriterionFactory:
 
 for _name, _display, _options, _focal, _source in (
     ("db", "DB", DBOptions, False,
-     "Wu et al., ECCV 2020, without the focal term (DB repository, spec 7.4)"),
+     "Wu et al., ECCV 2020, without the focal term (DB repository's configuration)"),
     ("db_focal", "DB-Focal", DBFocalOptions, True,
-     "Wu et al., ECCV 2020 (DB repository's configuration, spec 7.4)"),
+     "Wu et al., ECCV 2020 (DB repository's configuration)"),
 ):  # fmt: skip
     register_linear(
         _name, _display, "class_aware", _options, db_criterion(focal=_focal),

@@ -94,7 +94,7 @@ def register_mlcnc(name: str, display: str, fixed: Mapping[str, Mapping[str, Any
             model_options=model_options,
             loss_options=loss_options,
             finalize=finalize_mlcnc,
-            source="Tao et al., AAAI 2025; defaults of the authors' code (spec 9)",
+            source="Tao et al., AAAI 2025; defaults of the authors' code",
         )
     )
 

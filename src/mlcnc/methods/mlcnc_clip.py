@@ -160,7 +160,7 @@ for _name, (_variant, _display) in VARIANTS.items():
             model_options=MLCNCClipModelOptions,
             loss_options=MLCNCLossOptions,
             finalize=finalize_mlcnc,
-            source="vlm-spec 4.4 (mlcnc's proposal): MLC-NC (Tao et al., AAAI 2025) on CLIP "
+            source="mlcnc's proposal: MLC-NC (Tao et al., AAAI 2025) on CLIP "
             "(Radford et al., 2021) through open_clip",
         )
     )

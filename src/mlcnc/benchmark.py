@@ -524,7 +524,7 @@ def run_benchmark(
     deferred = []
     for index, (method, seed, run_dir, cfg) in enumerate(plan, start=1):
         log(f"[benchmark] run {index}/{len(plan)}: {run_name(method, seed)}")
-        if not _attempt(cfg, method, seed, run_dir, train_fn, log, runs, failures, wait=False):
+        if not claim_and_run(cfg, method, seed, run_dir, train_fn, log, runs, failures, wait=False):
             deferred.append((method, seed, run_dir, cfg))
             log(
                 f"[benchmark] {run_name(method, seed)}: {run_dir} is in use by another process; "
@@ -533,7 +533,7 @@ def run_benchmark(
             continue
         write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
     for method, seed, run_dir, cfg in deferred:  # runs another process was training
-        _attempt(cfg, method, seed, run_dir, train_fn, log, runs, failures, wait=True)
+        claim_and_run(cfg, method, seed, run_dir, train_fn, log, runs, failures, wait=True)
         write_tables(aggregate(runs, methods, model), output, model, seeds, footer, plot=False)
 
     rows = aggregate(runs, methods, model)
@@ -556,7 +556,7 @@ def run_claim(run_dir: Path) -> Any:
     return RunLock(run_dir.parent / f".{run_dir.name}.claim")
 
 
-def _attempt(
+def claim_and_run(
     cfg: Config,
     method: str,
     seed: int,
@@ -601,7 +601,11 @@ def _attempt(
 
 
 def _check_benchmark_arguments(
-    methods: list[str], seeds: list[int], model: str, recipes: str, launcher: str = "local",
+    methods: list[str],
+    seeds: list[int],
+    model: str,
+    recipes: str,
+    launcher: str = "local",
     jobs: int = 1,
 ) -> None:
     """Refuse a bad model, no method or seed, duplicates, an unknown method or recipes."""

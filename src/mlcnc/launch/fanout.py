@@ -60,12 +60,17 @@ def run_spec(method: str, seed: int, run_dir: Path, cfg: Any) -> dict[str, Any]:
 def run_job(spec: dict[str, Any]) -> str:
     """Train one run (or read it back, or resume it) in this process; returns the path of
     its result.json. What each ``--jobs`` process and each SLURM task runs."""
-    from mlcnc.benchmark import RESULT_FILE, engine_train, run_one
+    from mlcnc.benchmark import RESULT_FILE, claim_and_run, engine_train
     from mlcnc.config import config_from_dict
 
     cfg = config_from_dict(spec["config"])
     run_dir = Path(spec["run_dir"])
-    run_one(cfg, spec["method"], int(spec["seed"]), run_dir, engine_train, print)
+    # The run's claim, as the serial path takes it: another benchmark into the same output
+    # that holds this run is waited for, never moved aside. A failure is logged (the run's
+    # log) and leaves no result.json, which is how fan_out sees it.
+    claim_and_run(
+        cfg, spec["method"], int(spec["seed"]), run_dir, engine_train, print, [], {}, wait=True
+    )
     return str(run_dir / RESULT_FILE)
 
 

@@ -527,6 +527,33 @@ def _(tmp_path, run, trained):
     return outcome
 
 
+@case("output-exists")
+def _(tmp_path, run, trained):
+    """The hostile-user probe's cases: export over the run's training CSV or a test image,
+    data stats --json over a split; an export whose suffix is another format's."""
+    train_csv, image = trained[0] / "train.csv", trained[0] / "images" / "test_000.png"
+    kept = {path: path.read_bytes() for path in (train_csv, image)}
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"mine")
+    for argv in (
+        ("export", trained[1], "--format", "onnx", "--out", train_csv),
+        ("export", trained[1], "--format", "torchscript", "--out", image),
+        ("export", trained[1], "--format", "torchscript", "--out", mine),
+        ("data", "stats", "--csv", trained[0] / "test.csv", "--json", trained[0] / "val.csv"),
+        ("predict", trained[1], image, "--no-progress", "--output", mine),
+    ):
+        result, text = run(*argv)
+        assert result == "exit 1" and ("nothing was written" in text or "--overwrite" in text), (
+            argv,
+            text,
+        )
+    assert all(path.read_bytes() == data for path, data in kept.items())
+    assert mine.read_bytes() == b"mine"
+    result, text = run("export", trained[1], "--format", "onnx", "--out", tmp_path / "m.pt")
+    assert result == "exit 2" and "a onnx export is a .onnx file" in text, text
+    return run("export", trained[1], "--format", "torchscript", "--out", mine)
+
+
 @case("output-is-a-folder-or-file")
 def _(tmp_path, run, trained):
     (tmp_path / "a-folder").mkdir()

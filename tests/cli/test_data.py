@@ -54,11 +54,23 @@ def test_stats_of_a_named_benchmark_split(tiny_csv_dataset, tmp_path, monkeypatc
     )
     plot = tmp_path / "p.png"
     assert (
-        _run(["data", "stats", "--benchmark", "synthetic", "--split", "test", "--plot", str(plot)]) == 0
+        _run(["data", "stats", "--benchmark", "synthetic", "--split", "test", "--plot", str(plot)])
+        == 0
     )
     assert "images: 8   classes: 4" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="has no split 'dev'"):
-        _run(["data", "stats", "--benchmark", "synthetic", "--split", "dev", "--plot", str(plot)])
+        _run(
+            [
+                "data",
+                "stats",
+                "--benchmark",
+                "synthetic",
+                "--split",
+                "dev",
+                "--plot",
+                str(tmp_path / "q.png"),
+            ]
+        )
 
 
 def test_make_longtail_writes_the_subset_csv(tmp_path, capsys):

@@ -57,7 +57,9 @@ def test_folders_files_and_overwrite(tmp_path):
     with pytest.raises(DataError, match="pass --overwrite"):
         check_output(tmp_path / "file", option="--out", overwrite=False)
     assert check_output(tmp_path / "file", option="--out", overwrite=True)
-    assert check_output(tmp_path / "file", option="--output") == (tmp_path / "file").resolve()
+    with pytest.raises(DataError, match="pass --overwrite"):  # never replaced silently
+        check_output(tmp_path / "file", option="--output")
+    assert check_output(tmp_path / "new", option="--output") == (tmp_path / "new").resolve()
     assert check_output(None, option="--json") is None
 
 

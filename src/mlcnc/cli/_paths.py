@@ -7,7 +7,8 @@
 - a file of a run folder the command reads (its ``checkpoints/``, ``config.yaml``,
   metrics, ``per_class.csv``, ``result.json``), or that run folder itself;
 - an existing folder where a file is written, or an existing file where a folder is;
-- an existing file, when the command has ``--overwrite`` and it was not given.
+- an existing file, unless the command was given ``--overwrite`` (every command that writes
+  a file has it): nothing the user has is replaced silently.
 
 Paths are compared after resolving symbolic links and ``..``, so a link to an input is the
 input. The error is a ``DataError`` (exit 1), printed as one line by ``mlcnc.cli``.
@@ -64,13 +65,13 @@ def check_output(
     inputs: Iterable[str | os.PathLike[str] | None] = (),
     runs: Iterable[str | os.PathLike[str] | None] = (),
     folder: bool = False,
-    overwrite: bool | None = None,
+    overwrite: bool = False,
 ) -> Path | None:
     """Refuse ``path`` as the output of ``option`` (see the module doc); returns it resolved.
 
     ``inputs``: files the command reads; ``runs``: run folders it reads; ``folder``: the
-    output is a folder (else a file); ``overwrite``: the command's ``--overwrite`` (None
-    where it has none: an existing unrelated file is then replaced, as documented)."""
+    output is a folder (else a file); ``overwrite``: the command's ``--overwrite`` (an
+    existing file is refused without it)."""
     from mlcnc.data.readers import DataError
 
     if path is None:
@@ -106,7 +107,7 @@ def check_output(
             raise refuse("it is an existing folder, and a file is written there")
         if target.exists() and not target.is_file():
             raise refuse("it is not a regular file (a device, pipe or socket)")
-        if overwrite is False and target.exists():
+        if not overwrite and target.exists():
             raise DataError(f"{option} {given}: already exists; pass --overwrite to replace it")
     for parent in target.parents:
         if parent.exists():

@@ -10,8 +10,8 @@ import argparse
 import shlex
 import sys
 
-from mlcnc.cli._renamed import add_old_spelling
 from mlcnc.cli._numbers import positive_float
+from mlcnc.cli._renamed import add_old_spelling
 
 
 def _int_list(text: str) -> list[int]:
@@ -123,9 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mlcnc.benchmark import run_benchmark, table_order
-    from mlcnc.launch.fanout import SlurmOptions
     from mlcnc.config import ConfigError
     from mlcnc.data import DataError
+    from mlcnc.launch.fanout import SlurmOptions
     from mlcnc.methods import METHODS
 
     if args.list_methods:
@@ -160,9 +160,13 @@ def run(args: argparse.Namespace) -> int:
             launcher=args.launcher,
             jobs=args.jobs,
             slurm=SlurmOptions(
-                partition=args.slurm_partition, time_min=args.slurm_time, gpus=args.slurm_gpus,
-                cpus=args.slurm_cpus, mem_gb=args.slurm_mem, parallel=args.slurm_parallel,
-            ),  # fmt: skip
+                partition=args.slurm_partition,
+                time_min=args.slurm_time,
+                gpus=args.slurm_gpus,
+                cpus=args.slurm_cpus,
+                mem_gb=args.slurm_mem,
+                parallel=args.slurm_parallel,
+            ),
         )
     except DataError:
         raise  # bad data or checkpoint: one line from main(), exit 1

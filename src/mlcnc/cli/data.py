@@ -54,8 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = commands.add_parser(
         "stats",
         help="per-class counts, groups, imbalance, cardinality, co-occurrence; frequency plot",
-        description="Name the dataset with --csv FILE, or with --benchmark NAME (plus its "
-        "roots).",
+        description="Name the dataset with --csv FILE, or with --benchmark NAME (plus its roots).",
     )
     source = stats.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="a split in the CSV format (image,labels)")
@@ -74,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_thresholds(stats)
     stats.add_argument("--plot", type=Path, help="also write a class-frequency bar plot (PNG)")
     stats.add_argument("--json", type=Path, help="also write the statistics as JSON")
+    stats.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --plot / --json file"
+    )
     stats.add_argument("--top", type=int, default=10, help="co-occurring class pairs to list")
     stats.set_defaults(func=_reporting_errors(_stats))
 
@@ -144,13 +146,12 @@ def _load_split(args: argparse.Namespace):
 
 
 def _stats(args: argparse.Namespace) -> int:
+    from mlcnc.cli._paths import check_output
     from mlcnc.data.longtail import class_groups, dataset_stats
 
-    from mlcnc.cli._paths import check_output
-
     given = [args.csv, args.classes, args.csv.parent / "classes.txt" if args.csv else None]
-    check_output(args.plot, option="--plot", inputs=given)
-    check_output(args.json, option="--json", inputs=[*given, args.plot])
+    check_output(args.plot, option="--plot", inputs=given, overwrite=args.overwrite)
+    check_output(args.json, option="--json", inputs=[*given, args.plot], overwrite=args.overwrite)
     split = _load_split(args)
     stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
     groups = class_groups(split.class_freq, args.head, args.tail)

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predicted, score:<class>...)",
     )
     parser.add_argument("--per-class", action="store_true", help="also print per-class AP and F1")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
 
 
@@ -72,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
         option="--json",
         inputs=[args.checkpoint, *data_files(run_dir)],
         runs=[run_dir],
+        overwrite=args.overwrite,
     )
     check_output(
         args.predictions,
         option="--predictions",
-        inputs=[args.checkpoint, args.json],
+        inputs=[args.checkpoint, args.json, *data_files(run_dir)],
         runs=[run_folder_of(args.checkpoint)],
+        overwrite=args.overwrite,
     )
     try:
         result = evaluate_checkpoint(

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "load_trained, evaluate and predict read like a checkpoint",
     )
     parser.add_argument("--out", help="output file (default: beside the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument(
         "--images",
         nargs="+",
@@ -58,17 +59,36 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check_count < 2:
         raise SystemExit("mlcnc export: --check-count must be >= 2")
-    from mlcnc.cli._paths import check_output, run_folder_of
+    from mlcnc.cli._paths import check_output, data_files, run_folder_of
+    from mlcnc.config import ConfigError
 
     given = [args.checkpoint, *(args.images or [])]
-    check_output(args.out, option="--out", inputs=given, runs=[run_folder_of(args.checkpoint)])
+    run_dir = run_folder_of(args.checkpoint)
+    check_output(
+        args.out,
+        option="--out",
+        inputs=[*given, *data_files(run_dir)],
+        runs=[run_dir],
+        overwrite=args.overwrite,
+    )
+    if args.out and args.format in SUFFIX and Path(args.out).suffix != SUFFIX[args.format]:
+        raise ConfigError(
+            f"--out {args.out}: a {args.format} export is a {SUFFIX[args.format]} file "
+            "(its suffix says how it is read back and checked)"
+        )
     if args.format == "weights":
         return _export_weights(args)
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, "cpu", args.which)
     print(trained.message, file=sys.stderr)
     checkpoint = Path(trained.checkpoint)
-    check_output(args.out, option="--out", inputs=[checkpoint], runs=[run_folder_of(checkpoint)])
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
+    check_output(
+        out,
+        option="--out",
+        inputs=[checkpoint, *data_files(run_folder_of(checkpoint))],
+        runs=[run_folder_of(checkpoint)],
+        overwrite=args.overwrite,
+    )
     try:
         images, source = check_images(trained, args.images, args.check_count)
     except (FileNotFoundError, ValueError) as error:

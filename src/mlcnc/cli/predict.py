@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--output", help="write results to this file instead of stdout")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--all-scores", action="store_true", help="also give every class's p")
     parser.add_argument(
         "--attention",
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     given = [args.checkpoint, *args.inputs, *paths]
     runs = [run_folder_of(args.checkpoint)]
-    check_output(args.output, option="--output", inputs=given, runs=runs)
+    check_output(args.output, option="--output", inputs=given, runs=runs, overwrite=args.overwrite)
     check_output(args.attention, option="--attention", inputs=given, runs=runs, folder=True)
     device = pick_device(args.device)
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, device, args.which)
@@ -134,7 +135,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     runs = [run_folder_of(trained.checkpoint)]
-    check_output(args.output, option="--output", inputs=[trained.checkpoint], runs=runs)
+    check_output(
+        args.output,
+        option="--output",
+        inputs=[trained.checkpoint],
+        runs=runs,
+        overwrite=args.overwrite,
+    )
     check_output(
         args.attention, option="--attention", inputs=[trained.checkpoint], runs=runs, folder=True
     )

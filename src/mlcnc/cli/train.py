@@ -72,7 +72,6 @@ def resolve_train_config(args: argparse.Namespace):
     """The config ``mlcnc train`` would run: the file (or the resumed run's own config) with
     the overrides, ``--seed`` and ``--output``; and a name for the run folder."""
     from mlcnc.config import config_from_dict, load_config, merge_dicts, parse_override
-
     from mlcnc.launch.slurm import resolve_resume
 
     output = args.output or next(

@@ -118,7 +118,8 @@ def test_ema_table(data_file: str, tmp_path: Path) -> None:
     markdown = (tmp_path / "b" / "results.md").read_text()
     assert "EMA model" in markdown and "| ERM | 140.00 | n/a |" in markdown
     assert "n=1" in markdown and "±" not in markdown.split("\n")[0]
-    rows = list(csv.DictReader(open(tmp_path / "b" / "results.csv")))
+    with open(tmp_path / "b" / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
     assert rows[0]["total_std"] == "" and rows[0]["total_mean"] == "140.0000"
 
 

@@ -160,10 +160,12 @@ def _(tmp_path, run, trained):
 def _(tmp_path, run, trained):
     data, copy = _copy_run(trained, tmp_path)
     (copy / "notes.txt").write_text("mine")
+    (copy / "checkpoints" / "notes.txt").write_text("mine too")  # the user's, in a run folder
     outcome = run(*tiny_args(data, copy, "--seed", "5", "--overwrite"))
     assert load_checkpoint(copy / "checkpoints" / "last.ckpt")["config"]["train"]["seed"] == 5
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2  # the new run only
     assert (copy / "notes.txt").read_text() == "mine"
+    assert (copy / "checkpoints" / "notes.txt").read_text() == "mine too"
     return outcome
 
 
@@ -607,6 +609,20 @@ def _(tmp_path, run, trained):
     for name in ("plots", "tensorboard", "inspect-test"):
         assert (out / name / "keep.txt").read_text() == name
     assert "removed the previous run" not in run.err
+    return outcome
+
+
+@case("overwrite-user-files-named-like-a-run")
+def _(tmp_path, run, trained):
+    """The hostile-user probe's case: the user's own config.yaml, metrics.csv and a file in
+    checkpoints/, in a folder that never held a run."""
+    out = tmp_path / "userdir"
+    (out / "checkpoints").mkdir(parents=True)
+    files = {"config.yaml": "mine\n", "metrics.csv": "keep\n", "checkpoints/notes.txt": "x"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    outcome = run(*tiny_args(trained[0], out, "--overwrite"))
+    assert all((out / name).read_text() == text for name, text in files.items())
     return outcome
 
 

@@ -57,8 +57,13 @@ RUN_FILES = (
     "result.json",
     "thresholds.json",  # per-class thresholds of the run's checkpoints (engine.thresholds)
 )
-RUN_FOLDERS = (CHECKPOINT_DIR, "tensorboard", "plots")
-"""What ``--overwrite`` removes: the files and folders a run (and a benchmark) writes."""
+RUN_FOLDERS = {
+    CHECKPOINT_DIR: ("*.ckpt", "*.onnx", "*.pt"),
+    "tensorboard": ("**/events.out.tfevents.*", "**/hparams.yaml"),
+    "plots": ("*.png", "*.pdf"),
+}
+"""What ``--overwrite`` removes: the files a run (and a benchmark) writes, by folder and
+pattern; anything else in those folders is the user's and stays (so does the folder)."""
 TIMING_KEYS = ("img_per_s", "epoch_seconds", "eval_seconds")
 """Record keys that measure time: they differ between two otherwise identical runs."""
 
@@ -75,6 +80,21 @@ def default_run_dir(config_name: str, root: str | Path = "runs") -> Path:
     """runs/<config name>-<UTC timestamp>."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{Path(config_name).stem}-{stamp}"
+
+
+def holds_mlcnc_run(path: str | Path) -> bool:
+    """Whether ``path`` holds an mlcnc run: a checkpoint, or a config.yaml with the sections
+    of an mlcnc config (not merely files with a run's names)."""
+    import yaml
+
+    path = Path(path)
+    if any((path / CHECKPOINT_DIR).glob("*.ckpt")):
+        return True
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {"data", "method", "optim", "train"} <= set(config)
 
 
 def run_contents(path: str | Path) -> list[str]:
@@ -265,8 +285,14 @@ class RunFolder:
         if mode == "new" and found:
             raise RunFolderError(refuse_message(self.path, found))
         if mode == "overwrite":
-            # Only a folder that holds a run is cleared: in any other folder, the plots/,
-            # tensorboard/ or inspect-* folders are the user's, not a run's.
+            # Only a folder that holds an mlcnc run is cleared: a config.yaml or metrics.csv
+            # of the user's own is not a run, and nothing of theirs is removed.
+            if found and not holds_mlcnc_run(self.path):
+                raise RunFolderError(
+                    f"--overwrite: {self.path} holds {', '.join(found)} but no mlcnc run (no "
+                    "checkpoint, no mlcnc config.yaml); nothing was removed: choose another "
+                    "--output"
+                )
             removed = self.clear() if found else []
             if removed:
                 notes.append(
@@ -284,9 +310,17 @@ class RunFolder:
             if (self.path / name).is_file():
                 (self.path / name).unlink()
                 removed.append(name)
-        folders = [self.path / name for name in RUN_FOLDERS]
-        folders += sorted(self.path.glob("inspect-*"))
-        for folder in folders:
+        for name, patterns in RUN_FOLDERS.items():
+            folder = self.path / name
+            files = sorted({f for pattern in patterns for f in folder.glob(pattern) if f.is_file()})
+            for file in files:
+                file.unlink()
+            if files:
+                removed.append(f"{name}/ ({len(files)} file(s))")
+            for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), reverse=True):
+                if not any(sub.iterdir()):
+                    sub.rmdir()
+        for folder in sorted(self.path.glob("inspect-*")):  # written whole by mlcnc inspect
             if folder.is_dir():
                 shutil.rmtree(folder)
                 removed.append(f"{folder.name}/")

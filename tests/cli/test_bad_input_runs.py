@@ -315,6 +315,16 @@ def _(tmp_path, run, trained):
     return run("train", "--resume", copy, "--force", "optim.epochs=3")
 
 
+@case("resume-shorter-schedule")
+def _(tmp_path, run, trained):
+    """The hostile-user probe's case: fewer epochs than the run has trained."""
+    _, copy = _copy_run(trained, tmp_path)
+    before = _files(copy)
+    outcome = run("train", "--resume", copy, "--force", "optim.epochs=1")
+    assert _files(copy) == before  # config.yaml, metrics and checkpoints untouched
+    return outcome
+
+
 # --------------------------------------------------------------------------------------
 # checkpoint files, in every command that reads one
 

@@ -173,6 +173,13 @@ def plan_resume(cfg: Config | None, resume: Path, force: bool) -> tuple[Config, 
         # The config keeps its train.output (the records stay those of the run as it was
         # started); the folder it continues in is the checkpoint's own.
         mode, target = "resume", run_dir
+    trained = int(saved_run.state["epoch"]) if saved_run.state is not None else 0
+    if cfg.optim.epochs < trained:
+        raise ConfigError(
+            f"optim.epochs={cfg.optim.epochs}: {resume} has already trained {trained} epochs; "
+            f"a resumed run can only be extended (optim.epochs >= {trained}); train a new run "
+            "for a shorter schedule"
+        )
     source = run_dir if ckpt is not None else None
     plan = Resume(mode, saved_run.state, ckpt, source, target, force, saved_run.stamp)
     return cfg, plan

@@ -302,6 +302,10 @@ def resolve_config(cfg: Config) -> Config:
 # files and overrides
 
 
+class ConfigFileError(ConfigError, FileNotFoundError):
+    """A config named on the command line that is not there (a usage error: exit 2)."""
+
+
 def shipped_configs() -> list[str]:
     """Names of the configs shipped in the package (``mlcnc/configs/*.yaml``)."""
     folder = resources.files("mlcnc") / "configs"
@@ -312,12 +316,14 @@ def config_path(name_or_path: str) -> Path:
     """The file for a shipped config name or a path; a clear error when neither exists."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ConfigFileError(f"config file {path} is a folder, not a YAML file")
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise ConfigFileError(f"config file {path} does not exist")
         return path
     shipped = Path(str(resources.files("mlcnc") / "configs" / f"{name_or_path}.yaml"))
     if not shipped.is_file():
-        raise FileNotFoundError(
+        raise ConfigFileError(
             f"no config named {name_or_path!r}; shipped configs: {', '.join(shipped_configs())} "
             f"(or give a path to a .yaml file){did_you_mean(name_or_path, shipped_configs())}"
         )

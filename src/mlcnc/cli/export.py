@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.analysis.loading import check_images, load_for_inspection
 
     if args.check_count < 2:
-        raise SystemExit("mlcnc export: --check-count must be >= 2")
+        from mlcnc.config import ConfigError
+
+        raise ConfigError(f"--check-count {args.check_count}: must be >= 2")
     from mlcnc.cli._paths import check_output, data_files, run_folder_of
     from mlcnc.config import ConfigError
 

@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0:
         raise SystemExit("mlcnc predict: --batch-size must be >= 1 and --workers >= 0")
     if args.top_k is not None and args.top_k < 1:
-        raise SystemExit("mlcnc predict: --top-k must be >= 1")
+        from mlcnc.config import ConfigError
+
+        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
     threshold = (
         None if args.top_k is not None else (0.5 if args.threshold is None else args.threshold)
     )

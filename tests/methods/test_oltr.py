@@ -38,6 +38,7 @@ def train_args(data: Path, out: Path, name: str, epochs: int, *extra: str) -> li
         "train.plots=false",
         "train.ema_decay=0",
         "train.eval_every=1",
+        "train.num_threads=1",  # one thread: a resumed run must be bit-identical
         *extra,
     ]
 

@@ -308,7 +308,7 @@ def test_commands_on_a_run_folder_without_val_use_last_and_say_so(runs, tmp_path
     argv = ["predict", str(run), str(images), "--format", "csv", "--output", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     assert line in capsys.readouterr().err
-    assert main([*argv, "--no-progress", "--ema", "--checkpoint", "last"]) == 0
+    assert main([*argv, "--no-progress", "--ema", "--checkpoint", "last", "--overwrite"]) == 0
     assert "EMA weights (as asked; the run selected last.ckpt" in capsys.readouterr().err
 
     exported = tmp_path / "model.pt"

@@ -115,10 +115,14 @@ def batch_of(paired: bool, images: Tensor, targets: Tensor) -> tuple[Tensor, Ten
 
 def criterion_cases() -> list[Case]:
     """Every library method after any warm-up; the MLC-NC family (methods with an
-    ``fpc_reduction`` option) also in its warm-up, in both recipes and both reductions."""
+    ``fpc_reduction`` option) also in its warm-up, in both recipes and both reductions;
+    LDAM-DRW also after its deferred re-weighting started."""
     cases = []
     for name in library_methods():
-        if "fpc_reduction" not in (method_defaults(name) or {"loss": {}})["loss"]:
+        loss_options = (method_defaults(name) or {"loss": {}})["loss"]
+        if loss_options.get("drw"):  # LDAM-DRW also with its re-weighting started
+            cases.append(Case(name, loss=(("drw_start", 0.4),), epoch=10))
+        if "fpc_reduction" not in loss_options:
             cases.append(Case(name, epoch=10))
             continue
         for recipe in ("paper", "official"):

@@ -315,6 +315,26 @@ def _(tmp_path, run, trained):
     return run("train", "--resume", copy, "--force", "optim.epochs=3")
 
 
+@case("checkpoint-from-another-run")
+def _(tmp_path, run, trained):
+    """The hostile-user probe's case: another run's checkpoint copied over best.ckpt."""
+    _, copy = _copy_run(trained, tmp_path)
+    best = copy / "checkpoints" / "best.ckpt"
+    state = load_checkpoint(best)
+    state["class_names"] = ["a", "b", *state["class_names"][2:]]  # another run's classes
+    save_checkpoint(state, best)
+    for command in ("predict", "export"):
+        argv = [command, copy, "--checkpoint", "best"]
+        argv += (
+            ["--format", "weights", "--out", tmp_path / "w.pt"]
+            if command == "export"
+            else [trained[0] / "images" / "test_000.png", "--no-progress"]
+        )
+        result, text = run(*argv)
+        assert result == "exit 1" and "does not belong to the run" in text, (command, text)
+    return run("evaluate", copy, "--checkpoint", "best")
+
+
 @case("resume-shorter-schedule")
 def _(tmp_path, run, trained):
     """The hostile-user probe's case: fewer epochs than the run has trained."""

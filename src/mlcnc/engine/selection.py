@@ -173,6 +173,39 @@ class WeightsChoice:
         return "ema" if self.use_ema else "regular"
 
 
+def _identity(state_or_config: dict[str, Any], class_names: Any = None) -> tuple:
+    """What one run's checkpoints all share: method, backbone and the set of classes."""
+    method = state_or_config.get("method") or {}
+    names = tuple(sorted(class_names)) if class_names is not None else None
+    return method.get("name"), method.get("backbone"), names
+
+
+def check_belongs_to_run(run_dir: Path, ckpt_path: Path, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another run copied into ``run_dir``: its method, backbone or
+    classes differ from the other checkpoint of the folder (best / last). A run's checkpoints
+    always share them (a resume never changes the model or the number of classes)."""
+    import torch
+
+    from mlcnc.engine.checkpoint import CheckpointError
+
+    mine = _identity(state["config"], state["class_names"])
+    for name in (BEST, LAST):
+        sibling = run_dir / CHECKPOINT_DIR / name
+        if sibling.resolve() == ckpt_path.resolve() or not sibling.is_file():
+            continue
+        try:  # memory-mapped: only the small records are read
+            other = torch.load(sibling, map_location="cpu", weights_only=True, mmap=True)
+            theirs = _identity(other["config"], other["class_names"])
+        except Exception:  # an unreadable sibling is reported when it is loaded itself
+            continue
+        if theirs != mine:
+            raise CheckpointError(
+                f"{ckpt_path} does not belong to the run in {run_dir}: its method, backbone or "
+                f"classes {mine} differ from {sibling.name}'s {theirs} (a checkpoint copied from "
+                "another run?); give the checkpoint file itself to use it"
+            )
+
+
 def choose_weights(
     path: str | Path,
     checkpoint: str | None = None,
@@ -221,6 +254,8 @@ def choose_weights(
         raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
 
     state = load_checkpoint(ckpt_path, map_location=map_location)
+    if path.is_dir():
+        check_belongs_to_run(path, ckpt_path, state)
     recorded = state["selection"]
     recorded = (
         recorded if isinstance(recorded, dict) and recorded.get("variant") in VARIANTS else None

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO_ROOT, TINY_RECORD, registered, write_tiny_csv_dataset
+from mlcnc.methods import METHODS
 
 SHARED_BENCHMARKS = REPO_ROOT.parent / "shared" / "benchmarks"
 
@@ -30,6 +31,9 @@ def tiny_csv_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_method():
     """The tiny engine-test method (``helpers.TINY_RECORD``), registered for the session."""
+    if TINY_RECORD.name in METHODS:  # a test registered it for good (register_tiny_method)
+        yield METHODS.get(TINY_RECORD.name)
+        return
     with registered(TINY_RECORD) as record:
         yield record
 

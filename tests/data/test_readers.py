@@ -13,11 +13,10 @@ from mlcnc.data.readers import (
     VOC_CLASSES,
     DataError,
     MultiLabelSplit,
-    read_coco,
     read_csv_split,
-    read_voc,
     write_csv_split,
 )
+from mlcnc.data.voc_coco import read_coco, read_voc
 
 # ---------------------------------------------------------------------------- CSV
 

@@ -74,6 +74,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-plot", action="store_true", help="skip the grouped bar chart (results.png)"
     )
+    add_fan_out_options(parser)
+    parser.add_argument(
+        "--list-methods", action="store_true", help="list the registered methods and exit"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=(
+            "config overrides shared by every run (e.g. optim.epochs=10 data.image_size=64), "
+            "or for one method as METHOD:KEY=VALUE (e.g. db:method.loss.preset=coco)"
+        ),
+    )
+    parser.set_defaults(func=run)
+
+
+def add_fan_out_options(parser: argparse.ArgumentParser) -> None:
+    """--launcher, --jobs and the SLURM resources of one run (``mlcnc.launch.fanout``)."""
     fan = parser.add_argument_group(
         "fan-out",
         "each method x seed run in a process or SLURM job of its own (mlcnc.launch.fanout); "
@@ -106,19 +124,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fan.add_argument(
         "--slurm-parallel", type=int, metavar="N", help="at most N runs of the array at once"
     )
-    parser.add_argument(
-        "--list-methods", action="store_true", help="list the registered methods and exit"
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help=(
-            "config overrides shared by every run (e.g. optim.epochs=10 data.image_size=64), "
-            "or for one method as METHOD:KEY=VALUE (e.g. db:method.loss.preset=coco)"
-        ),
-    )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from mlcnc.cli._numbers import probability
 
@@ -94,8 +95,25 @@ class _LazyOutput:
         return naming()
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Usage errors of the numeric options (exit 2)."""
+    from mlcnc.config import ConfigError
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
+
+
+def _check_outputs(args: argparse.Namespace, inputs: list, runs: list) -> None:
+    """--output and --attention through the one output guard."""
+    from mlcnc.cli._paths import check_output
+
+    check_output(args.output, option="--output", inputs=inputs, runs=runs, overwrite=args.overwrite)
+    check_output(args.attention, option="--attention", inputs=inputs, runs=runs, folder=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from tqdm import tqdm
 
@@ -103,12 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.analysis.loading import load_for_inspection, pick_device
     from mlcnc.analysis.predict import find_images, predict_images
 
-    if args.batch_size < 1 or args.workers < 0:
-        raise SystemExit("mlcnc predict: --batch-size must be >= 1 and --workers >= 0")
-    if args.top_k is not None and args.top_k < 1:
-        from mlcnc.config import ConfigError
-
-        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
+    _check_options(args)
     threshold = (
         None if args.top_k is not None else (0.5 if args.threshold is None else args.threshold)
     )
@@ -119,12 +132,10 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         print("mlcnc predict: no image files found in the inputs", file=sys.stderr)
         return 1
-    from mlcnc.cli._paths import check_output, run_folder_of
+    from mlcnc.cli._paths import run_folder_of
 
     given = [args.checkpoint, *args.inputs, *paths]
-    runs = [run_folder_of(args.checkpoint)]
-    check_output(args.output, option="--output", inputs=given, runs=runs, overwrite=args.overwrite)
-    check_output(args.attention, option="--attention", inputs=given, runs=runs, folder=True)
+    _check_outputs(args, given, [run_folder_of(args.checkpoint)])
     device = pick_device(args.device)
     trained, preprocessing = load_for_inspection(args.checkpoint, args.ema, device, args.which)
     print(trained.message, file=sys.stderr)
@@ -136,17 +147,7 @@ def run(args: argparse.Namespace) -> int:
             f"per-class thresholds tuned on val: {threshold.min():.3f} to {threshold.max():.3f}",
             file=sys.stderr,
         )
-    runs = [run_folder_of(trained.checkpoint)]
-    check_output(
-        args.output,
-        option="--output",
-        inputs=[trained.checkpoint],
-        runs=runs,
-        overwrite=args.overwrite,
-    )
-    check_output(
-        args.attention, option="--attention", inputs=[trained.checkpoint], runs=runs, folder=True
-    )
+    _check_outputs(args, [trained.checkpoint], [run_folder_of(trained.checkpoint)])
     names = trained.class_names
     with_attention = args.attention is not None
     sheet = ContactSheet() if with_attention else None
@@ -185,6 +186,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         out.close()
+    return _report(args, count, skipped, sheet)
+
+
+def _report(args: argparse.Namespace, count: int, skipped: list[str], sheet: Any) -> int:
+    """The closing lines of ``predict`` (and the attention contact sheet); the exit code."""
+    from pathlib import Path
+
     if not count:
         print(
             f"mlcnc predict: error: no image could be read: predicted 0 images; skipped "
@@ -193,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if with_attention:
+    if sheet is not None:
         sheet_path = sheet.save(Path(args.attention) / "contact_sheet.png")
         print(f"attention maps in {args.attention}, contact sheet {sheet_path}", file=sys.stderr)
     print(f"predicted {count} images; skipped {len(skipped)} unreadable", file=sys.stderr)

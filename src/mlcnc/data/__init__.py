@@ -18,9 +18,7 @@ from mlcnc.data.dataset import BadImageError, MultiLabelDataset, build_dataset, 
 from mlcnc.data.readers import (
     DataError,
     MultiLabelSplit,
-    read_coco,
     read_csv_split,
-    read_voc,
     write_csv_split,
 )
 from mlcnc.data.samplers import (
@@ -30,6 +28,7 @@ from mlcnc.data.samplers import (
     ShuffleSampler,
     WeightedSampler,
 )
+from mlcnc.data.voc_coco import read_coco, read_voc
 
 __all__ = [
     "DATASET_NAMES",

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlcnc.data.readers import DataError, MultiLabelSplit, read_coco, read_id_list, read_voc
+from mlcnc.data.readers import DataError, MultiLabelSplit
+from mlcnc.data.voc_coco import read_coco, read_id_list, read_voc
 from mlcnc.io import write_atomic
 
 RAW_URL = "https://raw.githubusercontent.com/wutong16/DistributionBalancedLoss/master/{path}"

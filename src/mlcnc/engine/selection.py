@@ -206,22 +206,9 @@ def check_belongs_to_run(run_dir: Path, ckpt_path: Path, state: dict[str, Any]) 
             )
 
 
-def choose_weights(
-    path: str | Path,
-    checkpoint: str | None = None,
-    use_ema: bool | None = None,
-    map_location: Any = "cpu",
-) -> WeightsChoice:
-    """The checkpoint and variant to load from a run folder or a checkpoint file.
-
-    Run folder: ``checkpoint`` (``best`` / ``last``) picks the file, else the run's selection
-    (``selection.json``, else last.ckpt's record, else last.ckpt). A file: itself.
-    ``use_ema`` picks the variant, else the selection the loaded checkpoint records; a
-    checkpoint without one (an older mlcnc) gives the regular weights. Raises
-    FileNotFoundError for a missing file, ConfigError for ``checkpoint`` with a file.
-    """
-    path = Path(path)
-    why: list[str] = []
+def checkpoint_to_load(path: Path, checkpoint: str | None) -> Path:
+    """The checkpoint file ``choose_weights`` loads: ``path`` itself, or from a run folder
+    the one ``checkpoint`` names (``best`` / ``last``), else the run's selected one."""
     if path.is_dir():
         folder = path / CHECKPOINT_DIR
         if checkpoint is not None:
@@ -252,7 +239,26 @@ def choose_weights(
         ckpt_path = path
     else:
         raise FileNotFoundError(f"{path} is neither a run folder nor a checkpoint file")
+    return ckpt_path
 
+
+def choose_weights(
+    path: str | Path,
+    checkpoint: str | None = None,
+    use_ema: bool | None = None,
+    map_location: Any = "cpu",
+) -> WeightsChoice:
+    """The checkpoint and variant to load from a run folder or a checkpoint file.
+
+    Run folder: ``checkpoint`` (``best`` / ``last``) picks the file, else the run's selection
+    (``selection.json``, else last.ckpt's record, else last.ckpt). A file: itself.
+    ``use_ema`` picks the variant, else the selection the loaded checkpoint records; a
+    checkpoint without one (an older mlcnc) gives the regular weights. Raises
+    FileNotFoundError for a missing file, ConfigError for ``checkpoint`` with a file.
+    """
+    path = Path(path)
+    why: list[str] = []
+    ckpt_path = checkpoint_to_load(path, checkpoint)
     state = load_checkpoint(ckpt_path, map_location=map_location)
     if path.is_dir():
         check_belongs_to_run(path, ckpt_path, state)

@@ -163,8 +163,6 @@ def evaluate_checkpoint(
     """
     from lightning.fabric import Fabric
 
-    from mlcnc.data import build_dataset
-    from mlcnc.data import transforms as data_transforms
     from mlcnc.data.longtail import class_groups
 
     choice = choose_weights(path, checkpoint, use_ema)
@@ -176,16 +174,7 @@ def evaluate_checkpoint(
     fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")  # device only
     # The precision the run trained in (as recorded; see checkpoint.upgrade_checkpoint).
     precision = state["precision"]
-    loader = eval_loader(
-        build_dataset(
-            evaluated,
-            data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False),
-            max_pixels=cfg.data.max_image_pixels,
-        ),
-        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
-        cfg.data.num_workers,
-        pin_memory=fabric.device.type == "cuda",
-    )
+    loader = _eval_loader_of(evaluated, cfg, batch_size, fabric.device.type == "cuda")
     # The variant loaded by default: the one the checkpoint's recorded selection names
     # (regular for an older checkpoint, or when it has no EMA).
     recorded = (choice.selection or {}).get("variant", "regular")
@@ -196,28 +185,11 @@ def evaluate_checkpoint(
     result["groups"] = {
         name: [state["class_names"][int(c)] for c in idx] for name, idx in groups.items()
     }
-    if use_ema is None:
-        names = ["regular"] + (["ema"] if state["ema"] is not None else [])
-    else:
-        names = [choice.variant]
-    dtype = precision_dtype(precision)
-    models = {
-        name: _rebuild(
-            dataclasses.replace(choice, use_ema=name == "ema"), cfg, fabric.device, dtype
-        ).model
-        for name in names
-    }
+    models = _models_to_score(choice, cfg, fabric.device, use_ema, precision)
     rows = []
     limits: dict[str, Any] = {name: threshold for name in models}
     if per_class_thresholds:
-        from mlcnc.engine.thresholds import per_class_thresholds as tuned
-
-        limits = tuned(choice, cfg, models, fabric, batch_size)
-        result["thresholds"] = {
-            name: dict(zip(state["class_names"], map(float, limits[name]), strict=True))
-            for name in models
-        }
-        result["threshold"] = "per-class (tuned on val)"
+        limits = _tuned_thresholds(choice, cfg, models, fabric, batch_size, result)
     predicted = predict_models(models, loader, fabric)
     if predictions_file is not None:
         from mlcnc.analysis.predictions_file import write_predictions
@@ -240,6 +212,54 @@ def evaluate_checkpoint(
         title=f"{split} mAP (%) of {choice.checkpoint} (epoch {result['epoch']}, {precision})",
     )
     return result
+
+
+def _models_to_score(
+    choice: Any, cfg: Config, device: torch.device, use_ema: bool | None, precision: str
+) -> dict[str, Any]:
+    """The models ``evaluate_checkpoint`` scores: both variants, or the one asked for, each
+    rebuilt in the run's precision."""
+    if use_ema is None:
+        names = ["regular"] + (["ema"] if choice.state["ema"] is not None else [])
+    else:
+        names = [choice.variant]
+    dtype = precision_dtype(precision)
+    return {
+        name: _rebuild(dataclasses.replace(choice, use_ema=name == "ema"), cfg, device, dtype).model
+        for name in names
+    }
+
+
+def _eval_loader_of(evaluated: Any, cfg: Config, batch_size: int | None, pin: bool) -> Any:
+    """The loader of the split ``evaluate_checkpoint`` scores, with the run's transform."""
+    from mlcnc.data import build_dataset
+    from mlcnc.data import transforms as data_transforms
+
+    return eval_loader(
+        build_dataset(
+            evaluated,
+            data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False),
+            max_pixels=cfg.data.max_image_pixels,
+        ),
+        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
+        cfg.data.num_workers,
+        pin_memory=pin,
+    )
+
+
+def _tuned_thresholds(
+    choice: Any, cfg: Config, models: dict[str, Any], fabric: Any, batch_size: Any, result: dict
+) -> dict[str, Any]:
+    """Per-class thresholds tuned on val for each model, recorded in ``result``."""
+    from mlcnc.engine.thresholds import per_class_thresholds as tuned
+
+    limits = tuned(choice, cfg, models, fabric, batch_size)
+    names = choice.state["class_names"]
+    result["thresholds"] = {
+        name: dict(zip(names, map(float, limits[name]), strict=True)) for name in models
+    }
+    result["threshold"] = "per-class (tuned on val)"
+    return limits
 
 
 def _split_to_evaluate(cfg: Config, state: dict[str, Any], split: str) -> Any:

@@ -134,4 +134,4 @@ def test_export_command_with_given_images_and_failures(tiny_run, tmp_path, capsy
     bad.mkdir()
     (bad / "x.png").write_bytes(b"junk")
     with pytest.raises(SystemExit, match="found 0 readable images"):
-        main([*argv, "--images", str(bad)])
+        main([*argv, "--images", str(bad), "--overwrite"])

@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
         runs=[run_dir],
         overwrite=args.overwrite,
     )
-    if args.out and args.format in SUFFIX and Path(args.out).suffix != SUFFIX[args.format]:
+    if args.out and args.format in SUFFIX and (args.format == "onnx") != args.out.endswith(".onnx"):
+        want = "a .onnx file" if args.format == "onnx" else "a file not named .onnx"
         raise ConfigError(
-            f"--out {args.out}: a {args.format} export is a {SUFFIX[args.format]} file "
-            "(its suffix says how it is read back and checked)"
+            f"--out {args.out}: a {args.format} export is {want} (the suffix says how the file "
+            "is read back and checked)"
         )
     if args.format == "weights":
         return _export_weights(args)

@@ -26,7 +26,8 @@ from mlcnc.cli import main
 from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
 from mlcnc.engine.run_folder import RunLock
 
-pytestmark = pytest.mark.usefixtures("tiny_method")
+# Every documented case runs the real command, most of them a tiny training: end to end.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_method")]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
 SECTION = "## Runs, checkpoints and commands"

@@ -21,7 +21,7 @@ import bad_inputs
 from helpers import TINY_METHOD, write_tiny_csv_dataset
 from mlcnc.cli import main
 
-pytestmark = pytest.mark.usefixtures("tiny_method")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_method")]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
 SECTIONS = ("## Settings that train, but not as meant", "## Names that look alike")

@@ -74,6 +74,7 @@ def test_docs_cite_nothing_users_do_not_have(doc: Path) -> None:
     assert "<<<<<<<" not in text and ">>>>>>>" not in text
 
 
+@pytest.mark.slow  # a subprocess / a training run
 def test_readme_names_every_file_a_run_writes(tmp_path: Path, tiny_method) -> None:
     data = write_tiny_csv_dataset(tmp_path / "data")
     run = tmp_path / "run"
@@ -121,6 +122,7 @@ def test_start_of_a_run_shows_config_model_and_steps(tmp_path: Path, capsys, tin
     assert "config train:" not in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a subprocess / a training run
 def test_real_command_warnings_have_no_source_path(tmp_path: Path) -> None:
     """Lightning replaces ``warnings.formatwarning`` when imported; the CLI's lines stay."""
     script = (

@@ -176,11 +176,11 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         leave=False,
         disable=not (run.rank == 0 and t.progress),
     )
-    for batch_index, (images, targets, _) in enumerate(run.train_loader):
+    for batch_index, (images, targets, sample_indices) in enumerate(run.train_loader):
         if batch_index >= run.steps_per_epoch:
             break
-        images, targets = fabric.to_device((images, targets))
-        losses = run.model(images, targets)  # float32 dict: total + every term
+        images, targets, sample_indices = fabric.to_device((images, targets, sample_indices))
+        losses = run.model(images, targets, sample_indices)  # float32 dict: total + every term
         watch.update(losses)
         run.optimizer.zero_grad(set_to_none=True)
         fabric.backward(losses["total"])

@@ -12,7 +12,12 @@ from mlcnc.losses.base import Criterion
 
 
 class ModelWithLoss(nn.Module):
-    """What Fabric / DDP wrap for training: ``forward(images, targets)`` returns the loss dict.
+    """What Fabric / DDP wrap for training: ``forward(images, targets, sample_indices)`` returns
+    the loss dict.
+
+    A model whose forward needs each image's row in the training set (LMPT reads the image's
+    caption by it) declares ``uses_sample_indices = True`` and receives them as
+    ``sample_indices``; every other model is called with the images alone.
 
     DDP then finds the parameters that a loss leaves out (MLC-NC's projections and
     temperature during the paper warm-up) by following the graph back from the loss, not from
@@ -26,10 +31,20 @@ class ModelWithLoss(nn.Module):
         self._criterion = (criterion,)  # a tuple hides it from the module tree
         self.channels_last = channels_last
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        sample_indices: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        output = self.model(images)
+        if getattr(self.model, "uses_sample_indices", False):
+            if sample_indices is None:
+                raise ValueError(f"{type(self.model).__name__} needs the images' sample indices")
+            output = self.model(images, sample_indices=sample_indices)
+        else:
+            output = self.model(images)
         # Whatever the precision (bf16 autocast, bf16 / float64 weights), the criterion and
         # its float32 buffers see float32 tensors, and tensors it creates are float32.
         output = dataclasses.replace(

@@ -417,3 +417,26 @@ def test_published_recipes_run_mlgcn_and_asl_under_their_authors_scripts(tmp_pat
     text = result.files["markdown"].read_text()
     assert "mlgcn under its published recipe (coco_lt_mlgcn)" in text
     assert "asl under its published recipe (coco_lt_asl)" in text
+
+
+def test_tables_and_results_say_which_scores_ap_ranked(data_file: str, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    bench(data_file, out, FakeTrain(), methods=["erm", "asl"], seeds=[0],
+          overrides=["asl:train.eval_scores=softmax"])  # fmt: skip
+    markdown = (out / "results.md").read_text()
+    assert (
+        "Scores: logits (mlcnc) for ERM; softmax over classes (LMPT/LM-CLIP protocol) for ASL."
+        in markdown
+    )
+    with open(out / "results.csv") as handle:
+        assert [r["scores"] for r in csv.DictReader(handle)] == ["logits", "softmax"]
+    saved = json.loads((out / "runs" / "asl-seed0" / RESULT_FILE).read_text())
+    assert saved["scores"] == "softmax" and "softmax over classes" in saved["note"]
+    # read back (a rerun): the same words
+    bench(data_file, out, FakeTrain(), methods=["erm", "asl"], seeds=[0],
+          overrides=["asl:train.eval_scores=softmax"])  # fmt: skip
+    assert (
+        "softmax over classes (LMPT/LM-CLIP protocol) for ASL." in (out / "results.md").read_text()
+    )
+    bench(data_file, tmp_path / "c", FakeTrain(), methods=["erm"], seeds=[0])
+    assert "Scores: logits (mlcnc), every method." in (tmp_path / "c" / "results.md").read_text()

@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
 from mlcnc.metrics import (
+    SCORES,
     average_precision,
     f1_scores,
     group_mean_ap,
@@ -316,3 +317,46 @@ def test_neural_collapse_bad_shapes(projections_shape, classifier_shape, message
     classifier = None if classifier_shape is None else np.ones(classifier_shape)
     with pytest.raises(ValueError, match=message):
         neural_collapse(np.ones(projections_shape), targets, classifier)
+
+
+# --------------------------------------------------------------------------------------
+# what AP ranks: the logits (mlcnc) or a softmax over classes (LMPT / LM-CLIP protocol)
+
+
+def test_softmax_scores_ap_matches_sklearn_on_a_plain_softmax():
+    from scipy.special import softmax
+
+    from mlcnc.metrics import ranking_scores
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=3.0, size=(40, 6)).astype(np.float32)
+    targets = multilabel_targets(40, 6, seed=4)
+    reference = softmax(logits.astype(np.float64), axis=1)  # per image, over classes
+    expected = [average_precision_score(targets[:, c], reference[:, c]) for c in range(6)]
+    got = average_precision(ranking_scores(logits, "softmax"), targets)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    np.testing.assert_array_equal(ranking_scores(logits, "logits"), logits.astype(np.float64))
+    with pytest.raises(ValueError, match=r"'probs'.*logits, softmax"):
+        ranking_scores(logits, "probs")
+
+
+def test_toy_case_where_softmax_and_logits_ap_differ_is_detected():
+    """Class 0's positive (image 1) has the lowest logit but the highest softmax share:
+    AP 1/3 on logits, 1 on softmax (sklearn on both); score_predictions follows the option."""
+    from scipy.special import softmax
+
+    from mlcnc.engine.evaluation import Predictions, score_predictions
+
+    logits = np.array([[2.0, 0.0], [0.0, -3.0], [1.0, 1.0]], dtype=np.float32)
+    targets = np.array([[0, 1], [1, 0], [0, 1]], dtype=np.uint8)
+    by_logits = average_precision_score(targets[:, 0], logits[:, 0])
+    by_softmax = average_precision_score(targets[:, 0], softmax(logits, axis=1)[:, 0])
+    assert by_logits == pytest.approx(1 / 3) and by_softmax == pytest.approx(1.0)
+    predictions = Predictions(indices=np.arange(3), logits=logits, targets=targets)
+    groups = {"head": np.array([0, 1])}
+    for scores, expected in (("logits", by_logits), ("softmax", by_softmax)):
+        scored = score_predictions(predictions, groups, ["a", "b"], scores=scores)
+        assert scored["ap"][0] == pytest.approx(expected)
+    # F1 keeps the sigmoid threshold whatever AP ranks
+    f1 = [score_predictions(predictions, groups, ["a", "b"], scores=s)["f1"] for s in SCORES]
+    assert f1[0] == f1[1]

@@ -54,6 +54,7 @@ from mlcnc.config import (
 from mlcnc.data.readers import DataError
 from mlcnc.groups import MAP_GROUPS as GROUPS
 from mlcnc.io import write_json
+from mlcnc.metrics import scores_note
 
 MODELS = {"regular": "test", "ema": "test_ema"}
 """Which model the table reports -> the prefix of its test metrics in an epoch record."""
@@ -210,7 +211,9 @@ def write_run_result(result: RunResult, cfg: Config) -> Path:
         "epoch": result.epoch,
         "map": result.map,
         "seconds": result.seconds,
-        "note": "last-epoch test mAP (%), regular and EMA models; nothing selected on test",
+        "scores": cfg.train.eval_scores,
+        "note": "last-epoch test mAP (%), regular and EMA models; nothing selected on test; "
+        + scores_note(cfg.train.eval_scores),
         "config": config_to_dict(cfg),
     }
     return write_json(path, payload)  # a NaN mAP is written as null
@@ -238,6 +241,7 @@ def read_run_result(path: Path, cfg: Config) -> RunResult:
         int(payload["epoch"]),
         payload["map"],
         payload.get("seconds"),
+        cfg.train.eval_scores,  # the same config, so the same scores
     )
 
 
@@ -265,6 +269,7 @@ def run_one(
     record = train_fn(cfg, resume)
     result = result_from_record(method, seed, run_dir, record)
     result.seconds = time.perf_counter() - started  # (after a resume: this session only)
+    result.scores = cfg.train.eval_scores
     write_run_result(result, cfg)
     return result
 

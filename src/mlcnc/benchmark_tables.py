@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlcnc.groups import MAP_GROUPS as GROUPS
+from mlcnc.metrics import SCORES
 
 
 def display(name: str) -> str:
@@ -34,6 +35,7 @@ class RunResult:
     epoch: int
     map: dict[str, dict[str, float]]  # model ("regular", "ema") -> group -> mAP %
     seconds: float | None = None  # wall-clock training time
+    scores: str = "logits"  # what AP ranked (train.eval_scores)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class MethodRow:
     seeds: list[int]
     mean: dict[str, float]
     std: dict[str, float]
+    scores: str = "logits"  # what AP ranked (train.eval_scores)
 
 
 def aggregate(
@@ -71,6 +74,7 @@ def aggregate(
                 [r.seed for r in mine],
                 dict(zip(GROUPS, mean.tolist(), strict=True)),
                 dict(zip(GROUPS, std.tolist(), strict=True)),
+                mine[0].scores,  # one config per method, so one kind of score
             )
         )
     return rows
@@ -112,14 +116,29 @@ def markdown_table(rows: Sequence[MethodRow], caption: str) -> str:
         cells = [_cell(row.mean[g], row.std[g], len(row.seeds)) for g in GROUPS]
         seeds = ",".join(map(str, row.seeds))
         lines.append(f"| {display(row.method)} | {' | '.join(cells)} | {seeds} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", scores_line(rows)]) + "\n"
+
+
+def scores_line(rows: Sequence[MethodRow]) -> str:
+    """Which scores AP ranked (``train.eval_scores``): one line, naming the methods of
+    each kind when they differ."""
+    kinds = sorted({row.scores for row in rows}) or ["logits"]
+    if len(kinds) == 1:
+        return f"Scores: {SCORES[kinds[0]]}, every method."
+    parts = [
+        f"{SCORES[k]} for {', '.join(display(r.method) for r in rows if r.scores == k)}"
+        for k in kinds
+    ]
+    return "Scores: " + "; ".join(parts) + "."
 
 
 def write_csv(rows: Sequence[MethodRow], path: Path) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["method", "name", "seeds"] + [f"{g}_{s}" for g in GROUPS for s in ("mean", "std")]
+            ["method", "name", "seeds"]
+            + [f"{g}_{s}" for g in GROUPS for s in ("mean", "std")]
+            + ["scores"]
         )
         for row in rows:
             writer.writerow(
@@ -133,6 +152,7 @@ def write_csv(rows: Sequence[MethodRow], path: Path) -> Path:
                     for g in GROUPS
                     for v in (row.mean[g], row.std[g])
                 ]
+                + [row.scores]
             )
     return path
 

@@ -163,6 +163,10 @@ class TrainConfig:
                    model: with a val split the regular and the EMA model compete on
                    ``<metric>`` (best.ckpt; a tie within an epoch goes to the named one);
                    without one, the last epoch with the named variant (mlcnc.engine.selection).
+    eval_scores:   what AP ranks in every evaluation of the run (and so the selection):
+                   ``logits`` (mlcnc), or ``softmax`` over classes per image (LMPT's and
+                   LM-CLIP's protocol, which changes AP); ``mlcnc evaluate --scores``
+                   recomputes a run's mAP the other way without retraining.
     limit_train_batches / limit_eval_batches: cap the batches per epoch / per evaluation
                    (smoke tests; None = all). The schedule follows the capped epoch.
     log_every:     every this many steps: the loss and learning rate to TensorBoard and one
@@ -196,6 +200,7 @@ class TrainConfig:
     eval_every: PositiveInt = 1
     eval_batch_size: PositiveInt | None = None
     select_metric: Str = "val/map_total"
+    eval_scores: Literal["logits", "softmax"] = "logits"
     log_every: PositiveInt = 20
     checkpoint_every: PositiveInt = 1
     checkpoint_history: PositiveInt | None = None

@@ -27,6 +27,33 @@ def selection_metrics(ema: bool = True) -> list[str]:
     return [f"{variant}/{metric}" for variant in variants for metric in SPLIT_METRICS]
 
 
+SCORES = {
+    "logits": "logits (mlcnc)",
+    "softmax": "softmax over classes (LMPT/LM-CLIP protocol)",
+}
+"""What AP ranks (``train.eval_scores``, ``mlcnc evaluate --scores``) -> its words in tables."""
+
+
+def scores_note(scores: str) -> str:
+    """``scores: <what AP ranked>``, the words tables and results carry."""
+    return f"scores: {SCORES[scores]}"
+
+
+def ranking_scores(logits: Any, scores: str = "logits") -> np.ndarray:
+    """The (N, C) scores AP ranks: the logits, or (``softmax``) a float64 softmax over the
+    C classes of each image, as LMPT's and LM-CLIP's evaluation code rank. A per-image
+    softmax changes each class's order across images, so the two give different AP."""
+    if scores not in SCORES:
+        raise ValueError(
+            f"bad value {scores!r} for the scores AP ranks; allowed: {', '.join(SCORES)}"
+        )
+    logits = _to_numpy(logits)
+    if scores == "logits":
+        return logits
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def _to_numpy(array: Any) -> np.ndarray:
     """A float64 numpy copy of a numpy array, torch tensor or nested sequence."""
     if hasattr(array, "detach"):  # torch.Tensor, without importing torch here

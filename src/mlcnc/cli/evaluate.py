@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write per-image scores next to the true labels as CSV (image, model, labels, "
         "predicted, score:<class>...)",
     )
+    parser.add_argument(
+        "--scores",
+        choices=("logits", "softmax"),
+        help="what AP ranks: logits, or softmax over classes per image (LMPT's and LM-CLIP's "
+        "protocol); default: the run's train.eval_scores. Recomputes without retraining",
+    )
     parser.add_argument("--per-class", action="store_true", help="also print per-class AP and F1")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             use_ema=args.ema,
             predictions_file=args.predictions,
             per_class_thresholds=args.thresholds == "per-class",
+            scores=args.scores,
         )
     except (BadImageError, BadImagesError, DataError, FileNotFoundError) as error:
         # data and checkpoint errors (an unreadable image, a missing or bad checkpoint)

@@ -196,10 +196,13 @@ def score_predictions(
     groups: Mapping[str, np.ndarray],
     class_names: Sequence[str],
     threshold: float = 0.5,
+    scores: str = "logits",
 ) -> dict[str, Any]:
-    """mAP total / by group (in %) and per-class AP (C,), ranking the logits; CF1 / OF1 at
-    the probability ``threshold`` (0.5 = logit 0)."""
-    ap = metrics.average_precision(predictions.logits, predictions.targets)
+    """mAP total / by group (in %) and per-class AP (C,), ranking the logits or their
+    softmax over classes (``scores``, see ``metrics.ranking_scores``); CF1 / OF1 at the
+    sigmoid probability ``threshold`` (0.5 = logit 0) whichever ``scores`` is."""
+    ranked = metrics.ranking_scores(predictions.logits, scores)
+    ap = metrics.average_precision(ranked, predictions.targets)
     return {
         "map": metrics.group_mean_ap(ap, groups, class_names),
         "ap": ap,

@@ -244,7 +244,9 @@ def evaluate(run: Run) -> dict[str, Any]:
         if run.rank != 0:
             continue
         for suffix, prediction in predictions.items():
-            scored = score_predictions(prediction, run.groups, run.class_names)
+            scored = score_predictions(
+                prediction, run.groups, run.class_names, scores=run.cfg.train.eval_scores
+            )
             for g, value in scored["map"].items():
                 record[f"{split}{suffix}/map_{g}"] = value
             record[f"{split}{suffix}/CF1"] = scored["f1"]["CF1"]
@@ -357,4 +359,5 @@ def finish(run: Run, record: dict[str, Any]) -> TrainResult:
         ema_decay=run.cfg.train.ema_decay,
         ema_warmup=run.cfg.train.ema_warmup,
         limit_eval_batches=run.cfg.train.limit_eval_batches,
+        eval_scores=run.cfg.train.eval_scores,
     )

@@ -12,6 +12,7 @@ from mlcnc.engine import selection as sel
 from mlcnc.engine.evaluation import format_map_table
 from mlcnc.engine.run_folder import GROUPS
 from mlcnc.engine.traps import ema_note, partial_eval_note
+from mlcnc.metrics import scores_note
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainResult:
     ema_decay: float = 0.0  # with ema_warmup: the EMA's note in the selection line
     ema_warmup: bool = False
     limit_eval_batches: int | None = None  # the table is marked PARTIAL
+    eval_scores: str = "logits"  # what AP ranked (train.eval_scores): the table says
 
     def table(self) -> str:
         """Total / Head / Medium / Tail test mAP: last epoch (regular and EMA); the epoch
@@ -94,6 +96,7 @@ class TrainResult:
         partial = partial_eval_note(self.limit_eval_batches)
         if partial is not None:
             title += f", {partial}"
+        title += f"; {scores_note(self.eval_scores)}"
         return "\n".join([format_map_table(rows, title=title), *notes])
 
 

@@ -34,7 +34,7 @@ from mlcnc.engine.evaluation import (
     score_predictions,
 )
 from mlcnc.engine.selection import WEIGHTS, WeightsChoice, choose_weights
-from mlcnc.metrics import per_class_f1
+from mlcnc.metrics import per_class_f1, scores_note
 
 
 @dataclass
@@ -144,6 +144,7 @@ def evaluate_checkpoint(
     use_ema: bool | None = None,
     predictions_file: str | Path | None = None,
     per_class_thresholds: bool = False,
+    scores: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder's selected checkpoint (or a checkpoint file) on a split of its
     dataset, in the run's precision.
@@ -159,7 +160,9 @@ def evaluate_checkpoint(
     image's scores next to its true labels there (``mlcnc.analysis.predictions_file``).
     ``per_class_thresholds``: F1 and the predicted labels use a threshold per class tuned
     on the val split (``mlcnc.engine.thresholds``, stored in the run folder) instead of
-    ``threshold``; the result's ``thresholds`` gives them per model.
+    ``threshold``; the result's ``thresholds`` gives them per model. ``scores``: what AP
+    ranks, ``logits`` or ``softmax`` over classes (``metrics.ranking_scores``;
+    None: the run's ``train.eval_scores``), recorded as the result's ``scores``.
     """
     from lightning.fabric import Fabric
 
@@ -182,6 +185,7 @@ def evaluate_checkpoint(
     class_freq = np.asarray(state["class_freq"], dtype=np.int64)
     groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
     result = _result_header(choice, cfg, split, len(evaluated), threshold, selected, precision)
+    result["scores"] = scores = scores or cfg.train.eval_scores
     result["groups"] = {
         name: [state["class_names"][int(c)] for c in idx] for name, idx in groups.items()
     }
@@ -203,13 +207,16 @@ def evaluate_checkpoint(
         )
         result["predictions_file"] = str(predictions_file)
     for name, predictions in predicted.items():
-        scores = _scores(predictions, groups, list(state["class_names"]), class_freq, limits[name])
-        result["models"][name] = scores
+        scored = _scores(
+            predictions, groups, list(state["class_names"]), class_freq, limits[name], scores
+        )
+        result["models"][name] = scored
         label = WEIGHTS[name].removesuffix(" weights")
-        rows.append((f"{label} (selected)" if name == selected else label, scores["map"]))
+        rows.append((f"{label} (selected)" if name == selected else label, scored["map"]))
     result["table"] = format_map_table(
         rows,
-        title=f"{split} mAP (%) of {choice.checkpoint} (epoch {result['epoch']}, {precision})",
+        title=f"{split} mAP (%) of {choice.checkpoint} (epoch {result['epoch']}, {precision}; "
+        f"{scores_note(scores)})",
     )
     return result
 
@@ -312,10 +319,11 @@ def _scores(
     class_names: list[str],
     class_freq: np.ndarray,
     threshold: float,
+    scores: str = "logits",
 ) -> dict[str, Any]:
     """mAP table, CF1 / OF1 and per-class rows of one model's predictions."""
     group_of = {int(c): name for name, indices in groups.items() for c in indices}
-    scored = score_predictions(predictions, groups, class_names, threshold)
+    scored = score_predictions(predictions, groups, class_names, threshold, scores)
     class_f1 = per_class_f1(predictions.probabilities, predictions.targets, threshold)
     return {
         "map": scored["map"],

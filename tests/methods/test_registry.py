@@ -46,6 +46,7 @@ OWN_MODEL_SAMPLERS = {
     "oltr": "class_aware",
     # vision-language methods (tests/methods/test_vlm_methods.py, tests/models/test_clip.py)
     "lmclip": "weighted",
+    "lmpt": "random",
     "mlcnc_clip_a": "class_aware",
     "mlcnc_clip_b": "class_aware",
     "mlcnc_clip_c": "class_aware",

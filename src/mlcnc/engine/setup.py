@@ -314,6 +314,7 @@ def build_checked_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Met
             train_labels=split.labels,
             epochs=cfg.optim.epochs,
             class_names=class_names,
+            train_paths=split.image_paths,
         )
     except (ConfigError, DataError):
         raise

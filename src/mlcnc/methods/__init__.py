@@ -35,7 +35,7 @@ from mlcnc.methods import erm, rw, focal, cb_focal, ldam, mlgcn, oltr, bbn, asl
 from mlcnc.methods import db, urs, mfm, two_way, mlcnc
 
 # Vision-language methods (CLIP towers through open_clip), after Table 1.
-from mlcnc.methods import lmclip, mlcnc_clip
+from mlcnc.methods import lmclip, mlcnc_clip, lmpt
 
 # isort: on
 from mlcnc.methods.asl import AsymmetricOptions
@@ -46,6 +46,7 @@ from mlcnc.methods.focal import FocalOptions
 from mlcnc.methods.ldam import LDAMDRWOptions, LDAMOptions
 from mlcnc.methods.linear import CosineModelOptions, LinearModelOptions, register_linear
 from mlcnc.methods.lmclip import LMCLIPLossOptions, LMCLIPModelOptions
+from mlcnc.methods.lmpt import LMPTLossOptions, LMPTModelOptions
 from mlcnc.methods.mfm import MFMOptions
 from mlcnc.methods.mlcnc import MLCNCLossOptions, MLCNCModelOptions
 from mlcnc.methods.mlgcn import MLGCNModelOptions
@@ -69,6 +70,8 @@ __all__ = [
     "LDAMOptions",
     "LMCLIPLossOptions",
     "LMCLIPModelOptions",
+    "LMPTLossOptions",
+    "LMPTModelOptions",
     "LinearModelOptions",
     "MFMOptions",
     "MLCNCLossOptions",
@@ -96,6 +99,7 @@ __all__ = [
     "focal",
     "ldam",
     "lmclip",
+    "lmpt",
     "method_defaults",
     "method_table",
     "mfm",

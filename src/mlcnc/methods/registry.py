@@ -76,7 +76,9 @@ class BuildRequest:
     class_freq (C,) training positives per class; num_samples the number of training images;
     train_labels (N, C) the training labels (co-occurrence statistics: ML-GCN, MFM; None when
     a trained model is rebuilt: those statistics are buffers its checkpoint restores);
-    epochs the training epochs (BBN's cumulative learning).
+    epochs the training epochs (BBN's cumulative learning); train_paths the training images'
+    paths in split order (LMPT aligns its captions by them; None when a trained model is
+    rebuilt).
     """
 
     cfg: MethodConfig
@@ -88,6 +90,7 @@ class BuildRequest:
     train_labels: np.ndarray | None = None
     epochs: int | None = None
     class_names: tuple[str, ...] | None = None
+    train_paths: tuple[str, ...] | None = None
 
 
 Builder = Callable[[BuildRequest], Method]
@@ -208,12 +211,14 @@ def build_method(
     train_labels: np.ndarray | None = None,
     epochs: int | None = None,
     class_names: tuple[str, ...] | list[str] | None = None,
+    train_paths: tuple[str, ...] | list[str] | None = None,
 ) -> Method:
     """Build the named method for ``num_classes`` classes with training counts ``class_freq``.
 
     ``num_samples`` is the number of training images (N), for the methods that need it;
     ``data_name`` picks dataset-dependent defaults where the options do not set them;
-    ``train_labels`` and ``epochs`` reach the methods that use them (``BuildRequest``).
+    ``train_labels``, ``epochs`` and ``train_paths`` reach the methods that use them
+    (``BuildRequest``).
     """
     class_freq = np.asarray(class_freq)
     if class_freq.shape != (num_classes,):
@@ -221,8 +226,9 @@ def build_method(
     record = METHODS.get(cfg.name)
     model, loss = resolve_options(cfg, data_name)
     names = tuple(class_names) if class_names is not None else None
+    paths = tuple(str(p) for p in train_paths) if train_paths is not None else None
     request = BuildRequest(
-        cfg, model, loss, num_classes, class_freq, num_samples, train_labels, epochs, names
+        cfg, model, loss, num_classes, class_freq, num_samples, train_labels, epochs, names, paths
     )
     method = record.build(request)
     if cfg.sampler is not None:

@@ -81,7 +81,18 @@ class OptimConfig:
     recipe (momentum, decay on every parameter, linear warm-up over ``warmup_iters``
     iterations from ``warmup_ratio * lr``, x ``gamma`` at each epoch of ``milestones``).
 
-    batch_size is the global batch (over all devices); it must divide by the device count.
+    batch_size is the global batch of one forward/backward pass (over all devices; it must
+    divide by the device count): what the loader gives per step, as in Lightning and timm.
+    accumulate_grad_batches: k >= 1 such batches (micro-batches) are accumulated per
+    optimizer step, so the effective batch of an update is batch_size x k (batch_size
+    already counts every device). Each micro-batch's loss is divided by k, so the update
+    is the gradient of the mean over the k micro-batches; the schedule, EMA, step count,
+    gradient clipping (on the accumulated gradient) and logging are per optimizer step.
+    An epoch of n batches makes ceil(n / k) steps: its last r = n mod k batches, when not
+    0, make one step of their own with each loss divided by r (the mean over those r).
+    Exact for losses that are a mean over independent samples; not for a loss with a
+    term over the batch (MLC-NC's two-way logsumexp, DB, OLTR, contrastive terms) or for
+    BatchNorm statistics, which see one micro-batch at a time (a warning says so).
     weight_decay applies to parameters that are not 1-D and whose name does not end in
     ``.bias`` (the official code's groups); the rest get none. lr is OneCycle's maximum;
     it starts at lr / div_factor and ends at lr / (div_factor * final_div_factor); with
@@ -119,6 +130,7 @@ class OptimConfig:
     epochs: PositiveInt = 100
     schedule_epochs: PositiveInt | None = None
     batch_size: PositiveInt = 64
+    accumulate_grad_batches: PositiveInt = 1
     grad_clip: PositiveFloat | None = None
     backbone_lr_scale: PositiveFloat = 1.0
 

@@ -32,8 +32,11 @@ class FiniteWatch:
         self.bad_terms: torch.Tensor | None = None
         self.names: list[str] = []
 
-    def update(self, losses: dict[str, torch.Tensor]) -> None:
-        self.step += 1
+    def update(self, losses: dict[str, torch.Tensor], starts_step: bool = True) -> None:
+        """One batch's losses; ``starts_step``: the first micro-batch of an optimizer step
+        (always, without gradient accumulation), so a bad micro-batch names its step."""
+        if starts_step:
+            self.step += 1
         terms = torch.stack([value.detach().float() for value in losses.values()])
         first = ~torch.isfinite(terms[0]) & (self.bad_step < 0)
         self.bad_step = torch.where(first, self.step, self.bad_step)

@@ -155,7 +155,16 @@ def run(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> TrainRes
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    """One epoch of training; returns its record (epoch, step, mean loss terms, speed)."""
+    """One epoch of training; returns its record (epoch, step, mean loss terms, speed).
+
+    Gradient accumulation (``optim.accumulate_grad_batches`` = k): the batches of an epoch
+    go in groups of k, the last group holding what is left (n mod k when k does not divide
+    the epoch's n batches); each batch's loss is divided by its group's size, so a group's
+    gradient is that of the mean of its batch losses. The gradients are zeroed at the start
+    of every group (nothing carries across steps, epochs or a resume) and DDP synchronises
+    them only on a group's last batch (``fabric.no_backward_sync``). Clipping, the optimizer
+    and schedule step, the EMA, the step count and the step log follow each group.
+    """
     cfg, fabric = run.cfg, run.fabric
     o, t = cfg.optim, cfg.train
     seed_all(t.seed, epoch, run.rank)
@@ -167,45 +176,58 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     run.criterion.train()
     watch = FiniteWatch(fabric.device, run.step)
     term_sums: dict[str, torch.Tensor] = {}
+    step_sums: dict[str, torch.Tensor] = {}  # this optimizer step's batches (the log line)
     images_seen, num_batches = 0, 0
+    k, n = o.accumulate_grad_batches, run.batches_per_epoch
+    tail = n - n % k  # the first batch of the epoch's shorter last group (n when none)
     started = time.perf_counter()
     bar = tqdm(
-        total=run.steps_per_epoch * o.batch_size,
+        total=n * o.batch_size,
         desc=f"epoch {epoch + 1}/{o.epochs}",
         unit="img",
         leave=False,
         disable=not (run.rank == 0 and t.progress),
     )
     for batch_index, (images, targets, sample_indices) in enumerate(run.train_loader):
-        if batch_index >= run.steps_per_epoch:
+        if batch_index >= n:
             break
+        group = k if batch_index < tail else n - tail  # batches in this optimizer step
+        first = batch_index % k == 0
+        steps = (batch_index + 1) % k == 0 or batch_index + 1 == n
         images, targets, sample_indices = fabric.to_device((images, targets, sample_indices))
-        losses = run.model(images, targets, sample_indices)  # float32 dict: total + every term
-        watch.update(losses)
-        run.optimizer.zero_grad(set_to_none=True)
-        fabric.backward(losses["total"])
+        if first:
+            run.optimizer.zero_grad(set_to_none=True)
+            step_sums = {}
+        with fabric.no_backward_sync(run.model, enabled=not steps):
+            losses = run.model(images, targets, sample_indices)  # float32: total + terms
+            watch.update(losses, starts_step=first)
+            fabric.backward(losses["total"] / group if group > 1 else losses["total"])
+        num_batches += 1
+        for name, value in losses.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach()
+            step_sums[name] = step_sums.get(name, 0.0) + value.detach()
+        images_seen += images.shape[0] * run.world
+        bar.update(images.shape[0] * run.world)
+        if not steps:
+            continue
         if o.grad_clip is not None:
             fabric.clip_gradients(run.model, run.optimizer, max_norm=o.grad_clip)
         run.optimizer.step()
         run.scheduler.step()
         run.step += 1
-        num_batches += 1
         if run.ema is not None:
             run.ema.update(run.net, step=run.step)
-        for name, value in losses.items():
-            term_sums[name] = term_sums.get(name, 0.0) + value.detach()
-        images_seen += images.shape[0] * run.world
-        bar.update(images.shape[0] * run.world)
         if run.step % t.log_every == 0:
             watch.check(run, epoch)
-            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+            step_losses = {name: value / group for name, value in step_sums.items()}
+            bar.set_postfix(loss=f"{step_losses['total'].item():.4f}")
             if run.rank == 0:
                 tqdm.write(
                     f"step {run.step}  epoch {epoch + 1}/{o.epochs}  loss "
-                    f"{losses['total'].item():.4f}  lr {run.scheduler.get_last_lr()[0]:.3g}"
+                    f"{step_losses['total'].item():.4f}  lr {run.scheduler.get_last_lr()[0]:.3g}"
                 )
             run.folder.log_scalars(
-                {f"step/loss_{k}": v.item() for k, v in losses.items()}
+                {f"step/loss_{name}": v.item() for name, v in step_losses.items()}
                 | {"step/lr": run.scheduler.get_last_lr()[0]},
                 run.step,
             )

@@ -124,7 +124,8 @@ class Run:
     sampler: Any
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimizer steps (what the schedule counts)
+    batches_per_epoch: int  # loader batches (micro-batches under gradient accumulation)
     data: dict[str, Any] = field(default_factory=dict)  # checkpoint.data_record(train)
     start_epoch: int = 0
     step: int = 0
@@ -199,10 +200,12 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
     sampler, train_loader, eval_loaders = build_loaders(
         fabric, cfg, method, splits, batch_per_device
     )
-    steps_per_epoch = len(train_loader)
+    batches_per_epoch = len(train_loader)
     if cfg.train.limit_train_batches is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.limit_train_batches)
-    check_trainable(cfg, train_split, steps_per_epoch, batch_per_device)
+        batches_per_epoch = min(batches_per_epoch, cfg.train.limit_train_batches)
+    check_trainable(cfg, train_split, batches_per_epoch, batch_per_device)
+    # Optimizer steps: every optim.accumulate_grad_batches batches, and the epoch's tail.
+    steps_per_epoch = -(-batches_per_epoch // cfg.optim.accumulate_grad_batches)
     optimizer, scheduler = build_optimization(fabric, cfg, method, steps_per_epoch)
     model, fabric_optimizer, ema = wrap_for_training(fabric, cfg, method, optimizer)
     # Said once everything is built: a config that cannot run fails first, in one line.
@@ -232,6 +235,7 @@ def setup(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> Run:
         train_loader=train_loader,
         eval_loaders=eval_loaders,
         steps_per_epoch=steps_per_epoch,
+        batches_per_epoch=batches_per_epoch,
         data=data_record(train_split, {k: v for k, v in splits.items() if k != "train"}),
     )
     if plan.state is not None:

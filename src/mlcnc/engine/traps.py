@@ -6,6 +6,9 @@
   how much of it is still the first step's weights (``ema_note``).
 - MLC-NC with ``optim.epochs`` <= its loss warm-up trains L_FLA only (``start_warnings``).
 - ``train.limit_eval_batches`` scores a part of each split: the printed mAP is marked.
+- Gradient accumulation with a loss that has a term over the batch (``Criterion
+  .batch_level``: MLC-NC's two-way log-sum-exp, OLTR, contrastive terms) is not the loss of
+  the effective batch (``start_warnings``).
 - ``train.num_nodes`` > 1 without a launcher would wait forever for the other nodes
   (``check_launcher``).
 """
@@ -109,6 +112,14 @@ def start_warnings(cfg: Any, criterion: Any, steps_per_epoch: int) -> list[str]:
         note = ema_note(total, t.ema_decay, False)
         if note is not None:
             lines.append(note.replace("this EMA averages", "the EMA will average"))
+    k = o.accumulate_grad_batches
+    if k > 1 and getattr(criterion, "batch_level", False):
+        lines.append(
+            f"WARNING: optim.accumulate_grad_batches={k} with method {cfg.method.name}, whose "
+            f"loss has a term over the batch: each step averages the losses of {k} batches "
+            f"of {o.batch_size}, which is not the loss of one batch of {k * o.batch_size}; "
+            "raise optim.batch_size instead for the same loss"
+        )
     if t.limit_eval_batches is not None:
         lines.append(
             f"train.limit_eval_batches={t.limit_eval_batches}: val and test are scored on "

@@ -27,7 +27,15 @@ class Criterion(nn.Module):
     DDP applies), for shards of any sizes: every batch-level reduction goes through
     ``mlcnc.losses.distributed`` (global counts, gathered batches). ``forward`` may then be
     a collective: every process calls it each step.
+
+    ``batch_level``: True for a criterion whose value on one sample depends on the other
+    samples of the batch (a log-sum-exp, a count or a contrast over the batch). Gradient
+    accumulation (``optim.accumulate_grad_batches``) then averages the losses of the
+    micro-batches, which is not the loss of their union; the run says so at the start.
+    False: a mean over independent samples, which accumulation reproduces exactly.
     """
+
+    batch_level: bool = False
 
     def forward(self, output: ModelOutput, targets: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError

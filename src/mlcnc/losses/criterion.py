@@ -64,6 +64,8 @@ class MLCNCLoss(Criterion):
     process gives on the whole batch. ``forward`` is then a collective on every process.
     """
 
+    batch_level = True  # L_TW's log-sum-exp over the batch; L_FPC's mean over its positives
+
     def __init__(
         self,
         num_classes: int,

@@ -18,6 +18,8 @@ class LMCLIPCriterion(Criterion):
     weighted by ``asl_mul`` in the total). Needs a model output with ``image_embeddings``,
     ``logit_scale`` and ``encode_captions`` (``mlcnc.models.lmclip.ClipOutput``)."""
 
+    batch_level = True  # the contrast between the batch's images and captions
+
     def __init__(
         self,
         class_freq: np.ndarray,

@@ -92,6 +92,8 @@ class OLTRCriterion(Criterion):
     ``meta_ready`` buffer) nothing is recomputed, so a resumed run continues exactly.
     """
 
+    batch_level = True  # per-class counts and centroid distances over the batch
+
     def __init__(
         self,
         num_classes: int,

@@ -11,6 +11,7 @@ from mlcnc.losses.functional import two_way_loss
 class TwoWayCriterion(LogitLossCriterion):
     """The two-way loss alone (MLC-NC's L_TW, ``mlcnc.losses.functional.two_way_loss``)."""
 
+    batch_level = True  # a log-sum-exp over the batch per class
     term = "two_way"
 
     def __init__(self, *, tp: float, tn: float) -> None:

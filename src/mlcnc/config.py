@@ -81,18 +81,19 @@ class OptimConfig:
     recipe (momentum, decay on every parameter, linear warm-up over ``warmup_iters``
     iterations from ``warmup_ratio * lr``, x ``gamma`` at each epoch of ``milestones``).
 
-    batch_size is the global batch of one forward/backward pass (over all devices; it must
-    divide by the device count): what the loader gives per step, as in Lightning and timm.
+    batch_size is the global batch of one forward/backward pass, summed over all devices
+    (each of D devices loads batch_size / D; it must divide by D). Lightning and timm count
+    their loader batch per device; here it already counts every device.
     accumulate_grad_batches: k >= 1 such batches (micro-batches) are accumulated per
-    optimizer step, so the effective batch of an update is batch_size x k (batch_size
-    already counts every device). Each micro-batch's loss is divided by k, so the update
+    optimizer step, so the effective batch of an update is batch_size x k (not x D again:
+    batch_size counts the devices). Each micro-batch's loss is divided by k, so the update
     is the gradient of the mean over the k micro-batches; the schedule, EMA, step count,
     gradient clipping (on the accumulated gradient) and logging are per optimizer step.
     An epoch of n batches makes ceil(n / k) steps: its last r = n mod k batches, when not
     0, make one step of their own with each loss divided by r (the mean over those r).
     Exact for losses that are a mean over independent samples; not for a loss with a
     term over the batch (MLC-NC's two-way logsumexp, DB, OLTR, contrastive terms) or for
-    BatchNorm statistics, which see one micro-batch at a time (a warning says so).
+    BatchNorm statistics, which see one micro-batch at a time (the run warns for the former).
     weight_decay applies to parameters that are not 1-D and whose name does not end in
     ``.bias`` (the official code's groups); the rest get none. lr is OneCycle's maximum;
     it starts at lr / div_factor and ends at lr / (div_factor * final_div_factor); with
@@ -180,7 +181,9 @@ class TrainConfig:
                    LM-CLIP's protocol, which changes AP); ``mlcnc evaluate --scores``
                    recomputes a run's mAP the other way without retraining.
     limit_train_batches / limit_eval_batches: cap the batches per epoch / per evaluation
-                   (smoke tests; None = all). The schedule follows the capped epoch.
+                   (smoke tests; None = all). The schedule follows the capped epoch. Counted
+                   in loader batches (passes, not optimizer steps, under
+                   optim.accumulate_grad_batches).
     log_every:     every this many steps: the loss and learning rate to TensorBoard and one
                    line on the console.
     checkpoint_history: also keep every N-th epoch's checkpoint as

@@ -135,7 +135,9 @@ def test_the_epoch_tail_steps_and_a_resume_continues_exactly(tmp_path: Path) -> 
         if part == "optimizer":
             final_part, again_part = final[part]["state"], again[part]["state"]
             pairs = [
-                (f"{i}.{n}", v, again_part[i][n]) for i, s in final_part.items() for n, v in s.items()
+                (f"{i}.{n}", v, again_part[i][n])
+                for i, s in final_part.items()
+                for n, v in s.items()
             ]
         else:
             pairs = [(n, v, again[part][n]) for n, v in final[part].items()]

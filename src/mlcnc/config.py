@@ -107,6 +107,10 @@ class OptimConfig:
     ``optimizer: adamw`` (LM-CLIP): decoupled decay ``weight_decay`` on every trainable
     parameter, biases and norms included; ``schedule: cosine``: cosine annealing per epoch
     from lr to 0 over the planned epochs (``CosineAnnealingLR(T_max=epochs)``), no warm-up.
+    ``schedule: plateau`` (LMPT): ``ReduceLROnPlateau(mode="max")`` stepped after each
+    evaluation on the val value of ``train.select_metric``: lr x ``gamma`` after more than
+    ``plateau_patience`` evaluations without a relative gain of 1e-4, not below
+    ``plateau_min_lr``; without a val split the lr stays constant (LMPT stepped on test mAP).
     """
 
     optimizer: Literal["adam", "sgd", "adamw"] = "adam"
@@ -116,9 +120,11 @@ class OptimConfig:
     eps: PositiveFloat = 1e-8
     momentum: Fraction = 0.9
     nesterov: Bool = False
-    schedule: Literal["onecycle", "constant", "step", "cosine"] = "onecycle"
+    schedule: Literal["onecycle", "constant", "step", "cosine", "plateau"] = "onecycle"
     milestones: list[PositiveInt] = field(default_factory=list)
     gamma: PositiveFloat = 0.1
+    plateau_patience: NonNegativeInt = 5
+    plateau_min_lr: NonNegativeFloat = 1e-7
     warmup: Literal["none", "linear", "constant", "exp"] = "linear"
     warmup_iters: NonNegativeInt = 500
     warmup_ratio: Annotated[float, Field(gt=0, le=1)] = 1.0 / 3.0

@@ -140,6 +140,7 @@ def run(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> TrainRes
             last_epoch = epoch + 1 == o.epochs
             if last_epoch or (epoch + 1) % t.eval_every == 0:
                 record |= evaluate(proc)
+                step_on_metric(proc, record)
             select_and_save(proc, epoch, record)
             epochs_bar.update(1)
             fabric.barrier()
@@ -245,6 +246,18 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     record["img_per_s"] = images_seen / max(seconds, 1e-9)
     record["epoch_seconds"] = seconds
     return record
+
+
+def step_on_metric(run: Run, record: dict[str, Any]) -> None:
+    """A schedule stepped per evaluation (``optim.schedule=plateau``) steps on the val value
+    of ``train.select_metric`` (the same on every rank: the record is broadcast)."""
+    step = getattr(run.scheduler, "step_on_metric", None)
+    if step is None:
+        return
+    name = run.cfg.train.select_metric
+    line = step(record.get(name), name)
+    if line is not None and run.rank == 0:
+        tqdm.write(line)
 
 
 def evaluate(run: Run) -> dict[str, Any]:

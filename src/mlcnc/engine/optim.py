@@ -1,5 +1,6 @@
 """Adam with the official parameter groups and the per-step OneCycle schedule (spec B4);
-SGD and mmcv's step / multi-step schedules with warm-up for the baselines' recipes."""
+SGD and mmcv's step / multi-step schedules with warm-up for the baselines' recipes; LMPT's
+plateau schedule (``PlateauLR``, stepped per evaluation on the val selection metric)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,11 @@ def build_scheduler(
             optimizer,
             lambda step: 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / planned)),
         )
+    if cfg.schedule == "plateau":  # per evaluation, on the val selection metric (LMPT)
+        return PlateauLR(
+            optimizer, mode="max", factor=cfg.gamma, patience=cfg.plateau_patience,
+            min_lr=cfg.plateau_min_lr,
+        )  # fmt: skip
     if cfg.schedule == "step":
         return step_lr_scheduler(
             optimizer,
@@ -128,6 +134,33 @@ def build_scheduler(
         base_momentum=cfg.base_momentum,
         max_momentum=cfg.max_momentum,
     )
+
+
+class PlateauLR(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` (LMPT: mode max, patience 5, factor 0.1, min_lr 1e-7) under the
+    loop's per-step ``step()``, which does nothing here: the loop calls ``step_on_metric``
+    after each evaluation with the val value of ``train.select_metric``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.missing_noted = False
+
+    def step(self, metrics: float | None = None, epoch: int | None = None) -> None:  # type: ignore[override]
+        if metrics is not None:
+            super().step(metrics)
+
+    def step_on_metric(self, value: float | None, name: str) -> str | None:
+        """Step on ``value``; without one (no val split), a note the first time."""
+        if value is not None:
+            self.step(float(value))
+            return None
+        if self.missing_noted:
+            return None
+        self.missing_noted = True
+        return (
+            f"optim.schedule=plateau steps on {name}, which this run does not have (no val "
+            "split): the lr stays constant; give a val split (e.g. data.val_csv)"
+        )
 
 
 # --------------------------------------------------------------------------- SGD recipes

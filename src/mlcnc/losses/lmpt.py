@@ -155,6 +155,8 @@ class LMPTCriterion(Criterion):
         self.register_buffer("class_freq", as_class_freq(class_freq, "LMPTCriterion", num_samples))
         self.num_samples, self.params = int(num_samples), params
         self.lam, self.cls_loss = lam, cls_loss
+        # dbl_lmpt's focal factor is one scalar of the whole batch's mean cross-entropy.
+        self.batch_level = cls_loss == "dbl_lmpt"
         self.gamma, self.balance_param = gamma, balance_param
         self.csel_margin, self.csel_gamma, self.csel_score = csel_margin, csel_gamma, csel_score
 

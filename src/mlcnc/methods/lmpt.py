@@ -7,7 +7,7 @@ each image's caption.
 ``open_clip:ViT-B-16-quickgelu``, OpenAI weights); ``method.model.captions`` the caption file
 (``mlcnc.data.captions``: ``<image path> <caption>`` per line, e.g. LMPT's
 ``data/voc/voc_lt_captions.txt``). The published recipes are the configs ``voc_lt_lmpt`` /
-``coco_lt_lmpt`` (RN50) and ``*_lmpt_vit`` (ViT-B/16).
+``coco_lt_lmpt`` (ViT-B/16) and ``*_lmpt_rn50`` (RN50).
 
 Faithful switches and corrections (README "LMPT"): ``cls_loss`` ``dbl_lmpt`` (LMPT's DB copy,
 batch-scalar focal factor; default) | ``db_focal`` (DB's element-wise) | ``asl_mean``;

@@ -176,7 +176,10 @@ def _(tmp_path, run):
     # The check before a run reads headers: it passes; data check --decode finds it.
     found = run("data", "check", "--csv", data / "train.csv", "--decode")
     assert found[0] == "exit 1" and "train_003.png" in found[1], found[1]
-    return run(*tiny_args(data, tmp_path / "run"))
+    outcome = run(*tiny_args(data, tmp_path / "run"))
+    listing = f"`mlcnc data check --csv {data / 'train.csv'} --decode` decodes every image"
+    assert listing in outcome[1], outcome[1]
+    return outcome
 
 
 # ------------------------------------------------------------------------ names

@@ -130,3 +130,70 @@ def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
     ]
     assert _run(argv) == 1
     assert "bad.csv, line 2: image file not found" in capsys.readouterr().err
+
+
+def test_check_summary_counts_rows_bad_rows_and_kinds_and_leaks_no_warning(tmp_path, capsys):
+    import warnings
+
+    from PIL import Image
+
+    import bad_inputs
+    from mlcnc.cli import main
+
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")  # Pillow's read-only buffer, uncopied
+    (tmp_path / "good.png").write_bytes(bad_inputs.encoded())
+    bad_inputs.truncated_jpeg(tmp_path / "cut.jpg")
+    rows = ["dot.png,a", "good.png,b", "cut.jpg,a", "gone.png,b", "lost.png,a"]
+    csv = tmp_path / "train.csv"
+    csv.write_text("image,labels\n" + "".join(f"{r}\n" for r in rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["data", "check", "--csv", str(csv), "--decode"]) == 1
+    out, err = capsys.readouterr()
+    assert [str(w.message) for w in caught] == [] and err == ""
+    assert out.splitlines()[-1] == (
+        f"checked 5 rows in 1 split(s) ({csv}: 5), every image decoded: 3 bad row(s) of 5, "
+        "3 problem(s) (missing: 2, corrupt: 1)"
+    )
+    assert main(["data", "check", "--csv", str(csv)]) == 1  # headers only: the cut JPEG passes
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"checked 5 rows in 1 split(s) ({csv}: 5), image headers only (--decode also decodes "
+        "every image): 2 bad row(s) of 5, 2 problem(s) (missing: 2)"
+    )
+
+
+def test_make_longtail_names_the_options_behind_its_numbers(tiny_csv_dataset, tmp_path, capsys):
+    from mlcnc.cli import main
+
+    out = tmp_path / "lt.csv"
+    argv = ["data", "make-longtail", "--csv", str(tiny_csv_dataset / "train.csv"), "--out"]
+    assert main([*argv, str(out), "--max", "10", "--min", "1", "--head", "8", "--tail", "3"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        f"long-tailed subset of {tiny_csv_dataset / 'train.csv'}: class targets on a Pareto "
+        "curve (--pareto-shape 6) from --max 10 down to --min 1, in co-occurrence order, "
+        "--seed 0"
+    ) in text
+    assert "target   images  group" in text
+    assert "  circle         10        9  head" in text  # a later class's step removed one
+    assert "(images per class n_c; --head 8: head n_c >= 8, --tail 3: tail n_c < 3)" in text
+    assert "images differ from target where" in text
+
+
+def test_a_bad_training_image_names_the_command_that_lists_them_all(tmp_path):
+    import bad_inputs
+    from mlcnc.data import build_dataset
+    from mlcnc.data.dataset import BadImageError
+
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    (tmp_path / "good.png").write_bytes(bad_inputs.encoded())
+    bad_inputs.truncated_jpeg(tmp_path / "cut.jpg")
+    csv = tmp_path / "my train.csv"
+    csv.write_text("image,labels\ngood.png,a\ncut.jpg,b\n")
+    dataset = build_dataset(read_csv_split(csv))
+    with pytest.raises(BadImageError) as info:
+        dataset[1]
+    message = str(info.value)
+    assert "\n" not in message and f"listed at {csv}, line 3" in message
+    assert f"the first bad image met; `mlcnc data check --csv '{csv}' --decode` decodes" in message

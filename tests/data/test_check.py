@@ -94,7 +94,8 @@ def test_check_split_reports_every_problem_with_its_line(tmp_path, monkeypatch):
     assert 6 not in [p.line for p in check_split(split, None, progress=False)]
     summary = summarize(problems, {"train": split})
     assert summary.startswith(
-        "checked 14 images in 1 split(s) (train): 10 problem(s): duplicate: 2"
+        "checked 14 rows in 1 split(s) (train: 14): 10 bad row(s) of 14, 10 problem(s) "
+        "(duplicate: 2, too large: 1,"
     )
 
 

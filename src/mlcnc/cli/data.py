@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mlcnc.cli._renamed import add_old_spelling
 
@@ -82,16 +83,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     subset = commands.add_parser(
         "make-longtail",
         help="draw a long-tailed subset of a CSV dataset (Distribution-Balanced procedure)",
-        description="Targets follow a Pareto curve from --max down to --min; classes are "
-        "filled greedily in co-occurrence order (spec B7.2). Seeded and deterministic.",
+        description="Per-class target counts follow a Pareto curve (--pareto-shape) from "
+        "--max down to --min; classes are filled greedily in co-occurrence order, as in the "
+        "Distribution-Balanced paper (Wu et al., ECCV 2020). Seeded (--seed) and "
+        "deterministic. Prints each class's target and count, and the groups by --head / "
+        "--tail.",
     )
     subset.add_argument("--csv", type=Path, required=True, help="input split (CSV format)")
     subset.add_argument("--out", type=Path, required=True, help="output CSV (classes.txt beside)")
     subset.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
     subset.add_argument("--max", type=int, default=800, help="target count of the first class")
     subset.add_argument("--min", type=int, default=1, help="target floor of the last class")
-    subset.add_argument("--pareto-shape", type=float, default=6.0, help="Pareto shape b")
-    subset.add_argument("--seed", type=int, default=0)
+    subset.add_argument(
+        "--pareto-shape", type=float, default=6.0, help="Pareto shape b (larger: steeper tail)"
+    )
+    subset.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     subset.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_thresholds(subset)
     subset.set_defaults(func=_reporting_errors(_make_longtail))
@@ -175,18 +181,27 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_stats(stats: dict, groups: dict) -> str:
+def _format_stats(stats: dict, groups: dict, targets: Any = None) -> str:
+    """The statistics as a table and lines, each number with what it counts and the option
+    that set it (``targets``: make-longtail's per-class target counts, a column)."""
     group_of = {int(c): g for g, members in groups.items() for c in members}
     width = max(len(n) for n in stats["class_names"])
-    lines = [f"source: {stats['source']}", f"{'#':>4}  {'class':<{width}}  {'images':>7}  group"]
+    target_head = "" if targets is None else f"  {'target':>7}"
+    lines = [
+        f"source: {stats['source']}",
+        f"{'#':>4}  {'class':<{width}}{target_head}  {'images':>7}  group",
+    ]
     for c, (name, n) in enumerate(zip(stats["class_names"], stats["class_freq"], strict=True)):
-        lines.append(f"{c:>4}  {name:<{width}}  {n:>7}  {group_of[c]}")
+        target = "" if targets is None else f"  {int(targets[c]):>7}"
+        lines.append(f"{c:>4}  {name:<{width}}{target}  {n:>7}  {group_of[c]}")
     sizes = stats["group_sizes"]
     ratio = stats["imbalance_ratio"]
+    head, tail = stats["thresholds"]["head"], stats["thresholds"]["tail"]
     lines += [
         f"images: {stats['num_images']}   classes: {stats['num_classes']}",
-        f"groups (head >= {stats['thresholds']['head']}, tail < {stats['thresholds']['tail']}): "
-        f"head {sizes['head']} / medium {sizes['medium']} / tail {sizes['tail']}",
+        f"groups (images per class n_c; --head {head}: head n_c >= {head}, --tail {tail}: "
+        f"tail n_c < {tail}): head {sizes['head']} / medium {sizes['medium']} / tail "
+        f"{sizes['tail']}",
         "imbalance ratio (max/min n_c): " + ("n/a" if ratio is None else f"{ratio:.1f}"),
         f"label cardinality: {stats['label_cardinality']:.3f} labels per image "
         f"(max {stats['max_labels_per_image']}; {stats['images_without_labels']} without labels)",
@@ -230,12 +245,20 @@ def _check(args: argparse.Namespace) -> int:
     problems = check_splits(splits, max_pixels, args.workers, decode=args.decode)
     for problem in problems:
         print(problem)
-    print(summarize(problems, splits))
+    print(summarize(problems, splits, decode=args.decode))
     return 1 if problems else 0
 
 
 def _make_longtail(args: argparse.Namespace) -> int:
-    from mlcnc.data.longtail import class_groups, dataset_stats, make_longtail_subset
+    import numpy as np
+
+    from mlcnc.data.longtail import (
+        class_groups,
+        cooccurrence_order,
+        dataset_stats,
+        make_longtail_subset,
+        pareto_reference_counts,
+    )
     from mlcnc.data.readers import CLASSES_FILE, DataError, write_csv_split
 
     inputs = [args.csv, args.classes or args.csv.parent / CLASSES_FILE]
@@ -256,7 +279,23 @@ def _make_longtail(args: argparse.Namespace) -> int:
     subset = full.subset(indices, source=str(args.out))
     write_csv_split(subset, args.out)
     stats = dataset_stats(subset, head=args.head, tail=args.tail)
-    print(_format_stats(stats, class_groups(subset.class_freq, args.head, args.tail)))
+    targets = np.zeros(full.num_classes, dtype=np.int64)
+    order = cooccurrence_order(full.labels > 0)
+    targets[order] = pareto_reference_counts(
+        full.num_classes, args.max, args.min, args.pareto_shape
+    )
+    print(
+        f"long-tailed subset of {args.csv}: class targets on a Pareto curve (--pareto-shape "
+        f"{args.pareto_shape:g}) from --max {args.max} down to --min {args.min}, in "
+        f"co-occurrence order, --seed {args.seed}"
+    )
+    groups = class_groups(subset.class_freq, args.head, args.tail)
+    print(_format_stats(stats, groups, targets=targets))
+    if np.any(targets != subset.class_freq):
+        print(
+            "images differ from target where the class has too few images, or where a later "
+            "class's step added or removed images that also hold it (DB's procedure)"
+        )
     print(f"wrote {len(subset)} of {len(full)} images to {args.out}")
     return 0
 

@@ -199,18 +199,30 @@ def write_problems(problems: Iterable[ImageProblem], path: str | Path) -> Path:
     return path
 
 
-def summarize(problems: Sequence[ImageProblem], splits: Mapping[str, MultiLabelSplit]) -> str:
-    """One line: how many images were checked and how many problems of each kind."""
+def summarize(
+    problems: Sequence[ImageProblem],
+    splits: Mapping[str, MultiLabelSplit],
+    decode: bool | None = None,
+) -> str:
+    """One line: how many rows were checked (per split), how far (``decode``: True every
+    image decoded, False headers only, None unsaid), how many rows are bad and how many
+    problems of each kind."""
     total = sum(len(s) for s in splits.values())
-    head = f"checked {total} image{'' if total == 1 else 's'} in {len(splits)} split(s) ({', '.join(splits)})"
+    per_split = ", ".join(f"{name}: {len(split)}" for name, split in splits.items())
+    head = f"checked {total} row{'' if total == 1 else 's'} in {len(splits)} split(s) ({per_split})"
+    if decode is True:
+        head += ", every image decoded"
+    elif decode is False:
+        head += ", image headers only (--decode also decodes every image)"
     if not problems:
         return f"{head}: no problems"
     kinds: dict[str, int] = {}
     for p in problems:
         kind = _kind(p.reason)
         kinds[kind] = kinds.get(kind, 0) + 1
+    bad_rows = len({(p.split, p.source, p.row) for p in problems})
     listed = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
-    return f"{head}: {len(problems)} problem(s): {listed}"
+    return f"{head}: {bad_rows} bad row(s) of {total}, {len(problems)} problem(s) ({listed})"
 
 
 def check_trainable(
@@ -344,6 +356,7 @@ def _kind(reason: str) -> str:
         ("not an image", "not an image"),
         ("unsupported", "unsupported"),
         ("above the limit", "too large"),
+        ("aspect ratio", "extreme aspect ratio"),
         ("same image file", "duplicate"),
         ("also a training image", "in train and evaluation"),
     ):

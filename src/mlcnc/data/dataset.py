@@ -112,7 +112,10 @@ def read_image(
             raise
         except Exception as err:  # any decoder error: the file is bad
             raise BadImageError(path, f"cannot decode {image.format} image ({_why(err)})") from None
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    if not chw.flags.writeable:  # Pillow's read-only buffer, not copied (a 1 x 1 image)
+        chw = chw.copy()
+    return torch.from_numpy(chw)
 
 
 class _OpenImage:
@@ -294,9 +297,9 @@ class MultiLabelDataset(Dataset):
                 "data.skip_bad_images drops bad rows before a run starts: the file changed "
                 "after that check"
                 if self.skip_bad_images
-                else "`mlcnc data check --decode` decodes every image and lists every bad "
-                "one, or set data.skip_bad_images=true to drop them (it decodes every image "
-                "before the run)"
+                else f"the first bad image met; {_check_command(self.split.source)} decodes "
+                "every image and lists every bad one, or set data.skip_bad_images=true to "
+                "drop them (it decodes every image before the run)"
             )
             raise BadImageError(
                 path, f"{err.reason} (listed at {self.split.where(index)}; {hint})"
@@ -306,6 +309,16 @@ class MultiLabelDataset(Dataset):
         if not torch.is_floating_point(image):
             image = image.float().div_(255)
         return image, self.targets[index], index
+
+
+def _check_command(source: str) -> str:
+    """The ``mlcnc data check --decode`` command that lists every bad image of a split read
+    from ``source`` (a CSV file; else the config's splits)."""
+    import shlex
+
+    if str(source).lower().endswith(".csv"):
+        return f"`mlcnc data check --csv {shlex.quote(show_path(source))} --decode`"
+    return "`mlcnc data check --config CONFIG --decode` (with the run's config and overrides)"
 
 
 def build_dataset(

@@ -1,17 +1,13 @@
-"""The vision-language methods (LM-CLIP, MLC-NC on CLIP) end to end on tiny data with a
-random-weight tiny CLIP (nothing downloaded): train, evaluate from the checkpoint, predict
-in eval mode without the text tower, export."""
+"""The vision-language methods (LM-CLIP, MLC-NC on CLIP) with a random-weight tiny CLIP
+(nothing downloaded): registration, published recipes, inference without the text tower.
+Train / evaluate / predict / export through the CLI: tests/analysis/test_clip_roundtrip.py."""
 
 from __future__ import annotations
-
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_data_overrides
 from mlcnc.cli import main
 from mlcnc.config import load_config
 from mlcnc.methods import METHODS, MethodConfig, build_method
@@ -81,43 +77,18 @@ def test_lmclip_inference_uses_the_stored_label_embeddings(monkeypatch):
         torch.testing.assert_close(rebuilt.eval()(images).logits, first)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VLM_METHODS)
-def test_trains_evaluates_exports(name: str, tiny_csv_dataset: Path, tmp_path: Path) -> None:
-    from mlcnc.analysis.export import check_export, export_model
-    from mlcnc.engine import evaluate_checkpoint, load_trained, train
-
-    model = ["method.model.embed_dim=16", "method.model.num_heads=2"] if "mlcnc" in name else []
-    optim = ["optim.optimizer=adamw", "optim.schedule=cosine"] if name == "lmclip" else []
-    cfg = load_config(
-        "csv",
-        [
-            *tiny_data_overrides(tiny_csv_dataset),
-            f"method.name={name}",
-            f"method.backbone={TINY_CLIP}",
-            "method.pretrained=false",
-            *model,
-            *optim,
-            "optim.epochs=1",
-            "optim.batch_size=4",
-            "train.limit_train_batches=2",
-            "train.accelerator=cpu",
-            "train.precision=32-true",
-            "train.progress=false",
-            "train.plots=false",
-            f"train.output={tmp_path / 'run'}",
-        ],
-    )
-    result = train(cfg)
-    assert math.isfinite(result.last["loss/total"])
-    report = evaluate_checkpoint(tmp_path / "run")
-    variant = "ema" if "val_ema/map_total" in result.last else "regular"
-    assert (
-        report["models"]["regular"]["map"]["total"]
-        == pytest.approx(result.last["test/map_total"], abs=1e-6)
-        or variant == "ema"
-    )
-    trained = load_trained(tmp_path / "run")
+@pytest.mark.parametrize("name", ["lmclip", "lmpt"])
+def test_inference_module_is_the_image_tower_and_fixed_label_embeddings(name):
+    """What ``mlcnc export`` writes of a text-conditioned model: the same logits in eval
+    mode, and no text-tower parameter."""
+    cfg = MethodConfig(name=name, backbone=TINY_CLIP, pretrained=False)
+    model = build_method(cfg, 3, np.array([5, 3, 1]), num_samples=9).model.eval()
     images = torch.randn(2, 3, 32, 32)
-    path = export_model(trained.model, tmp_path / "model.pt", "torchscript", {}, images)
-    assert check_export(path, trained.model, images) < 1e-4
+    with torch.no_grad():
+        expected = model(images).logits
+        view = model.inference_module()
+        torch.testing.assert_close(view(images).logits, expected)
+    names = [n for n, _ in view.named_parameters()] + [n for n, _ in view.named_buffers()]
+    assert all(
+        n.startswith("visual.") for n in names if n not in ("label_embeddings", "logit_scale")
+    )

@@ -49,6 +49,13 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(logits.float())
 
 
+def inference_view(model: nn.Module) -> nn.Module:
+    """What is exported of ``model``: its ``inference_module()`` when it has one (a model whose
+    text tower only makes fixed label embeddings exports without that tower), else itself."""
+    make = getattr(model, "inference_module", None)
+    return make() if callable(make) else model
+
+
 def export_metadata(
     class_names: Sequence[str], preprocessing: Preprocessing, source: str | Path = ""
 ) -> dict[str, str]:
@@ -78,17 +85,19 @@ def export_model(
     metadata: dict[str, str],
     example: Tensor,
 ) -> Path:
-    """Write ``model`` wrapped in ``ProbabilityModel`` as ``fmt`` to ``path`` with a dynamic
-    batch axis; ``example`` is a (B, 3, H, W) batch used for tracing (B >= 2)."""
+    """Write ``model`` (its ``inference_view``) wrapped in ``ProbabilityModel`` as ``fmt`` to
+    ``path`` with a dynamic batch axis; ``example`` is a (B, 3, H, W) batch used for tracing
+    (B >= 2)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if example.ndim != 4 or example.shape[0] < 2:
         raise ValueError(f"example must be a (B >= 2, 3, H, W) batch, got {tuple(example.shape)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ProbabilityModel(model).eval()
+    model.eval().cpu()
+    with torch.no_grad():
+        wrapper = ProbabilityModel(inference_view(model)).eval()
     example = example.detach().float().cpu()
-    wrapper.cpu()
     tmp = temporary_name(path)  # per process; renamed into place when complete
     try:
         if fmt == "onnx":

@@ -227,6 +227,27 @@ def create_clip_backbone(name: str, pretrained: bool | str = False) -> ClipImage
     return ClipImageBackbone(config, pretrained, output)
 
 
+class FixedTextCLIP(nn.Module):
+    """A CLIP classifier whose label embeddings are fixed: the image tower, the (C, d) unit
+    label embeddings and the logit scale, without the text tower. What inference and export
+    need of a model whose text tower only makes label embeddings (LM-CLIP, LMPT):
+    ``forward(images) -> ModelOutput`` with logits exp(s) norm(visual(x)) L^T (B, C)."""
+
+    def __init__(self, visual: nn.Module, label_embeddings: Tensor, logit_scale: Tensor) -> None:
+        super().__init__()
+        self.visual = visual  # shared with the model it came from, not copied
+        self.num_classes = int(label_embeddings.shape[0])
+        self.register_buffer("label_embeddings", label_embeddings.detach().float().clone())
+        self.register_buffer("logit_scale", logit_scale.detach().float().reshape(()).clone())
+
+    def forward(self, images: Tensor, return_attention: bool = False) -> Any:
+        from mlcnc.models.output import ModelOutput
+
+        image = nn.functional.normalize(self.visual(images), dim=-1)
+        labels = self.label_embeddings.to(image.dtype)
+        return ModelOutput(logits=self.logit_scale.exp().to(image.dtype) * image @ labels.T)
+
+
 # --------------------------------------------------------------------------- text embeddings
 _TEXT_CACHE: dict[str, Tensor] = {}
 

@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlcnc.models.clip import create_clip, placeholder_class_names, text_tokenizer
+from mlcnc.models.clip import (
+    FixedTextCLIP,
+    create_clip,
+    placeholder_class_names,
+    text_tokenizer,
+)
 from mlcnc.models.output import ModelOutput
 
 
@@ -95,6 +100,11 @@ class LMCLIP(nn.Module):
                 self.label_embeddings.copy_(self.encode_labels().float())
             self._label_version = self._text_version()
         return self.label_embeddings
+
+    def inference_module(self) -> FixedTextCLIP:
+        """The image tower with the current label embeddings fixed, without the text tower
+        (what ``mlcnc export`` writes); the same logits as this model in eval mode."""
+        return FixedTextCLIP(self.clip.visual, self.fixed_label_embeddings(), self.clip.logit_scale)
 
     def forward(self, images: Tensor, return_attention: bool = False) -> ClipOutput:
         image = F.normalize(self.clip.encode_image(images), dim=-1)

@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlcnc.models.clip import create_clip, placeholder_class_names, text_tokenizer
+from mlcnc.models.clip import (
+    FixedTextCLIP,
+    create_clip,
+    placeholder_class_names,
+    text_tokenizer,
+)
 from mlcnc.models.output import ModelOutput
 
 CONTEXT_STD = 0.02
@@ -173,6 +178,11 @@ class LMPT(nn.Module):
                 self.text_features.copy_(self.encode_text()[1].float())
             self._text_version = self.prompt_learner.ctx._version
         return self.text_features
+
+    def inference_module(self) -> FixedTextCLIP:
+        """The image tower with the current text features fixed, without the text tower
+        (what ``mlcnc export`` writes); the same logits as this model in eval mode."""
+        return FixedTextCLIP(self.clip.visual, self.fixed_text_features(), self.clip.logit_scale)
 
     def csel_distances(self, prompts: Tensor, sample_indices: Tensor) -> Tensor:
         """x_bct = 1 - cos(E_cap[b, t], prompt_c[t + m]), (B, C, 77 - m), in float32."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlcnc.models import clip as clip_module
 from mlcnc.models.backbone import check_backbone_name, create_backbone
@@ -98,9 +99,16 @@ def test_text_embeddings_built_once_and_unit(monkeypatch):
     clip_module._TEXT_CACHE.clear()
     first = class_text_embeddings("mlcnc-tiny-vit", "x", names, templates, clip)
     again = class_text_embeddings("mlcnc-tiny-vit", "x", names, templates, clip)
-    assert len(calls) == 2  # once per class, then from the cache
+    assert len(calls) == 1  # every prompt in one pass, then from the cache
     torch.testing.assert_close(first, again)
     torch.testing.assert_close(first.norm(dim=1), torch.ones(2))
+    tokenizer = clip_module.text_tokenizer("mlcnc-tiny-vit")
+    with torch.no_grad():  # reference: class by class (CLIP's zero-shot notebook)
+        rows = []
+        for name in names:
+            emb = encode(tokenizer(clip_module.prompts_for(name, templates)))
+            rows.append(F.normalize(F.normalize(emb, dim=-1).mean(0), dim=-1))
+    torch.testing.assert_close(first, torch.stack(rows), atol=1e-6, rtol=1e-5)
     assert clip_module.prompts_for("traffic_light", templates) == [
         "a photo of a traffic light.",
         "a traffic light",
@@ -122,3 +130,39 @@ def test_procrustes_etf_is_the_nearest_simplex_etf():
         assert torch.trace(other.T @ text.T) <= score + 1e-5
     lift = isometry(12, 20, seed=1)
     torch.testing.assert_close(lift.T @ lift, torch.eye(12), atol=1e-5, rtol=0)
+
+
+def test_text_embeddings_cached_on_disk_for_pretrained_weights_only(tmp_path, monkeypatch):
+    from mlcnc.models import text_cache
+
+    monkeypatch.setenv("MLCNC_HOME", str(tmp_path / "home"))
+    clip = create_clip("mlcnc-tiny-vit", False)
+    weights = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), weights)
+    calls = []
+    encode = clip.encode_text
+    monkeypatch.setattr(clip, "encode_text", lambda t: calls.append(1) or encode(t))
+    names, templates = ["cat", "dog"], ["a photo of a {}."]
+
+    def build(pretrained, class_names=names):
+        clip_module._TEXT_CACHE.clear()  # a new process
+        return class_text_embeddings("mlcnc-tiny-vit", pretrained, class_names, templates, clip)
+
+    first = build(str(weights))
+    files = list((tmp_path / "home" / "text_embeddings").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("mlcnc-tiny-vit-")
+    assert files[0].suffix == ".safetensors" and not [p for p in files if ".tmp" in p.name]
+    torch.testing.assert_close(build(str(weights)), first)
+    assert len(calls) == 1  # the second "run" read the file
+    build(str(weights), ["cat", "bird"])  # other names: another key, another file
+    assert len(calls) == 2 and len(list(files[0].parent.iterdir())) == 2
+    weights.write_bytes(weights.read_bytes() + b"\0")  # other weights (hash), another key
+    assert text_cache.weights_id(str(weights)) != text_cache.weights_id(True) == "openai"
+    build(False)  # a random tower: never cached
+    assert len(calls) == 3 and len(list(files[0].parent.iterdir())) == 2
+    files[0].write_bytes(b"not safetensors")  # a broken file is rebuilt and replaced
+    weights.write_bytes(weights.read_bytes()[:-1])
+    torch.testing.assert_close(build(str(weights)), first)
+    assert len(calls) == 4
+    torch.testing.assert_close(build(str(weights)), first)
+    assert len(calls) == 4

@@ -268,18 +268,18 @@ def encode_class_texts(
     tokenizer: Any,
     class_names: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    chunk: int = 1024,
 ) -> Tensor:
     """(C, d) unit label embeddings: the mean of each class's normalised template
-    embeddings, renormalised (CLIP's prompt ensembling), under ``no_grad``."""
+    embeddings, renormalised (CLIP's prompt ensembling), under ``no_grad``. The C x T
+    prompts go through the text tower together, ``chunk`` at a time."""
     was_training = clip_model.training
     clip_model.eval()
-    rows = []
-    for name in class_names:
-        tokens = tokenizer(prompts_for(name, templates))
-        emb = nn.functional.normalize(clip_model.encode_text(tokens).float(), dim=-1)
-        rows.append(nn.functional.normalize(emb.mean(0), dim=-1))
+    tokens = tokenizer([p for name in class_names for p in prompts_for(name, templates)])
+    encoded = torch.cat([clip_model.encode_text(part).float() for part in tokens.split(chunk)])
     clip_model.train(was_training)
-    return torch.stack(rows)
+    emb = nn.functional.normalize(encoded, dim=-1).reshape(len(class_names), len(templates), -1)
+    return nn.functional.normalize(emb.mean(1), dim=-1)
 
 
 def class_text_embeddings(
@@ -290,12 +290,27 @@ def class_text_embeddings(
     clip_model: nn.Module | None = None,
 ) -> Tensor:
     """``encode_class_texts`` built once per process for (config, weights, names,
-    templates): the text tower runs once per run; callers store the result as a buffer so
-    checkpoints carry it and inference needs no text tower."""
+    templates), and for pretrained weights once per machine (``models.text_cache``: under
+    ``$MLCNC_HOME/text_embeddings``): callers store the result as a buffer so checkpoints
+    carry it and inference needs no text tower."""
+    from mlcnc.models import text_cache
+
     key = _cache_key(config, pretrained, class_names, templates)
-    if key not in _TEXT_CACHE:
-        model = clip_model if clip_model is not None else create_clip(config, pretrained)
-        _TEXT_CACHE[key] = encode_class_texts(model, text_tokenizer(config), class_names, templates)
+    if key in _TEXT_CACHE:
+        return _TEXT_CACHE[key].clone()
+    weights = text_cache.weights_id(pretrained)
+    metadata = path = None
+    if weights is not None:
+        metadata = text_cache.cache_metadata(config, weights, class_names, templates)
+        path = text_cache.cache_file(metadata)
+        cached = text_cache.load_cached(path, metadata)
+        if cached is not None:
+            _TEXT_CACHE[key] = cached
+            return cached.clone()
+    model = clip_model if clip_model is not None else create_clip(config, pretrained)
+    _TEXT_CACHE[key] = encode_class_texts(model, text_tokenizer(config), class_names, templates)
+    if path is not None and metadata is not None:
+        text_cache.save_cached(path, _TEXT_CACHE[key], metadata)
     return _TEXT_CACHE[key].clone()
 
 

@@ -232,3 +232,27 @@ def test_pip_efficientnet_lite0_weights_load_exactly(tmp_path) -> None:
         ValueError, match=r"missing keys \(1\): model\.blocks\.6\.0\.bn3\.running_var"
     ):
         load_backbone_file(create_backbone("tf_efficientnet_lite0", pretrained=False), bad)
+
+
+def test_timm_weights_in_the_hub_cache_load_without_any_request(tmp_path, monkeypatch) -> None:
+    """A cached timm model loads in the hub's offline mode: no request, no reachability
+    probe (the endpoint here would refuse every connection)."""
+    import huggingface_hub.constants as hub
+    import timm
+    from safetensors.torch import save_file
+
+    import mlcnc.models.backbone as backbone_module
+
+    repo, commit = tmp_path / "models--timm--convnext_atto.d2_in1k", "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    state = timm.create_model("convnext_atto", pretrained=False).state_dict()
+    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(backbone_module, "hub_reachable", lambda: pytest.fail("probed the hub"))
+    model = backbone_module.create_backbone("convnext_atto", pretrained=True)
+    assert all(torch.all(p == 0.5) for p in model.parameters())
+    assert hub.HF_HUB_OFFLINE is False or "HF_HUB_OFFLINE" in __import__("os").environ

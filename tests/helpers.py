@@ -125,12 +125,13 @@ def register_tiny_method() -> None:
         register_method(TINY_RECORD)
 
 
-def tiny_data_overrides(data: Path, image_size: int = 32) -> list[str]:
-    """The ``data:`` overrides of the tiny CSV dataset in ``data`` (train, val, test; no
-    workers; head / tail thresholds that give the 4 classes all three groups)."""
+def tiny_data_overrides(data: Path, image_size: int = 32, val: bool = True) -> list[str]:
+    """The ``data:`` overrides of the tiny CSV dataset in ``data`` (train, val unless not
+    ``val``, test; no workers; head / tail thresholds that give the 4 classes all three
+    groups)."""
     return [
         f"data.train_csv={data / 'train.csv'}",
-        f"data.val_csv={data / 'val.csv'}",
+        *([f"data.val_csv={data / 'val.csv'}"] if val else []),
         f"data.test_csv={data / 'test.csv'}",
         f"data.image_size={image_size}",
         "data.num_workers=0",

@@ -5,7 +5,6 @@ returned value)."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,52 +13,14 @@ import pytest
 import torch
 
 import bad_inputs
-from mlcnc.cli import main
+from cli_cases import Cases, Outcome, Runner, doc_rows
 from mlcnc.data import build_dataset, read_image
 from mlcnc.data.check import check_trainable, drop_bad_rows
 from mlcnc.data.readers import DataError, MultiLabelSplit, read_csv_split
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
-ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
-
-
-def _doc_rows() -> dict[str, tuple[str, str]]:
-    """case -> (message, result) from the doc's table."""
-    rows = {}
-    for line in DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## Runs, checkpoints and commands"):
-            break  # that section is kept true by test_bad_input_runs.py
-        found = ROW.match(line)
-        if found:
-            case, _, _, message, result = found.groups()
-            assert case not in rows, f"case {case} twice in {DOC.name}"
-            rows[case] = (message, result.strip().strip("`"))
-    return rows
-
-
-Outcome = tuple[str, str]  # (result as the doc writes it, output text)
-CASES: dict[str, Callable[..., Outcome]] = {}
-
-
-def case(name: str):
-    def register(function):
-        CASES[name] = function
-        return function
-
-    return register
-
-
-class Runner:
-    """Runs the real ``mlcnc`` command in-process; returns ("exit N", stdout + stderr)."""
-
-    def __init__(self, capsys) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str | Path) -> Outcome:
-        self.capsys.readouterr()
-        code = main([str(a) for a in argv])
-        captured = self.capsys.readouterr()
-        return f"exit {code}", captured.out + captured.err
+ROWS_SECTION = "## The cases"  # the other sections: test_bad_input_runs.py, _traps.py
+CASES = Cases()
+case = CASES.case
 
 
 def _dataset(folder: Path, rows: list[str], classes: str | None = "a\nb\n") -> Path:
@@ -396,7 +357,7 @@ def _(tmp_path, run):
 
 # ------------------------------------------------------------------------- tests
 
-ROWS = _doc_rows()
+ROWS = doc_rows(ROWS_SECTION)
 
 
 def test_every_documented_case_has_a_test_and_back():

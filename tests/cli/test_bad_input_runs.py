@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import mlcnc.engine.loop as loop
+from cli_cases import Cases, Outcome, Runner, doc_rows, tiny_args
 from helpers import TINY_METHOD, write_tiny_csv_dataset
 from mlcnc.cli import main
 from mlcnc.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -29,91 +30,9 @@ from mlcnc.engine.run_folder import RunLock
 # Every documented case runs the real command, most of them a tiny training: end to end.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_method")]
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
 SECTION = "## Runs, checkpoints and commands"
-ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
-
-
-def _doc_rows() -> dict[str, tuple[str, str]]:
-    """case -> (message, result) from the section's table."""
-    rows, inside = {}, False
-    for line in DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = line.strip() == SECTION
-        found = ROW.match(line) if inside else None
-        if found:
-            case, _, _, message, result = found.groups()
-            assert case not in rows, f"case {case} twice in {DOC.name}"
-            rows[case] = (message, result.strip())
-    return rows
-
-
-class Outcome(tuple):
-    """("exit N", stdout + stderr), with ``out`` and ``err`` apart."""
-
-    out: str = ""
-    err: str = ""
-
-
-CASES: dict[str, Callable[..., Outcome]] = {}
-
-
-def case(name: str):
-    def register(function):
-        CASES[name] = function
-        return function
-
-    return register
-
-
-class Runner:
-    """Runs ``mlcnc`` in-process; returns ("exit N", stdout + stderr) and keeps both."""
-
-    def __init__(self, capsys: pytest.CaptureFixture) -> None:
-        self.capsys = capsys
-        self.out = self.err = ""
-
-    def __call__(self, *argv: str | Path) -> Outcome:
-        self.capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exit_:  # as the interpreter answers it: a text goes to stderr
-            if isinstance(exit_.code, str):
-                print(exit_.code, file=sys.stderr)
-            code = 1 if isinstance(exit_.code, str) else int(exit_.code or 0)
-        captured = self.capsys.readouterr()
-        self.out, self.err = captured.out, captured.err
-        outcome = Outcome((f"exit {code}", captured.out + captured.err))
-        outcome.out, outcome.err = captured.out, captured.err
-        return outcome
-
-
-def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """``mlcnc train`` of the tiny method on the tiny CSV dataset (2 epochs, CPU)."""
-    return [
-        "train",
-        "--config",
-        "csv",
-        "--output",
-        str(out),
-        f"data.train_csv={data / 'train.csv'}",
-        f"data.val_csv={data / 'val.csv'}",
-        f"data.test_csv={data / 'test.csv'}",
-        "data.image_size=24",
-        "data.num_workers=0",
-        "data.head_threshold=10",
-        "data.tail_threshold=4",
-        f"method.name={TINY_METHOD}",
-        "method.pretrained=false",
-        "optim.epochs=2",
-        "optim.batch_size=5",
-        "train.accelerator=cpu",
-        "train.ema_decay=0.9",
-        "train.progress=false",
-        "train.plots=false",
-        "train.num_threads=1",
-        *extra,
-    ]
+CASES = Cases()
+case = CASES.case
 
 
 @pytest.fixture(scope="module")
@@ -947,7 +866,7 @@ def _(tmp_path, run, trained):
 
 # ------------------------------------------------------------------------- tests
 
-ROWS = _doc_rows()
+ROWS = doc_rows(SECTION)
 
 
 def test_every_documented_case_has_a_test_and_back() -> None:

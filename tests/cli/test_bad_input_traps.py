@@ -10,95 +10,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import unicodedata
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import bad_inputs
-from helpers import TINY_METHOD, write_tiny_csv_dataset
-from mlcnc.cli import main
+from cli_cases import Cases, Runner, doc_rows, tiny_args
+from helpers import write_tiny_csv_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_method")]
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_input.md"
 SECTIONS = ("## Settings that train, but not as meant", "## Names that look alike")
-ROW = re.compile(r"^\| `([a-z0-9-]+)` \|(.*)\|(.*)\| `(.*)` \| (.*) \|$")
-
-
-def _doc_rows() -> dict[str, tuple[str, str]]:
-    """case -> (message, result) from the sections' tables."""
-    rows, inside = {}, False
-    for line in DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = line.strip() in SECTIONS
-        found = ROW.match(line) if inside else None
-        if found:
-            case, _, _, message, result = found.groups()
-            assert case not in rows, f"case {case} twice in {DOC.name}"
-            rows[case] = (message, result.strip())
-    return rows
-
-
-CASES: dict[str, Callable[..., tuple[str, str]]] = {}
-
-
-def case(name: str):
-    def register(function):
-        CASES[name] = function
-        return function
-
-    return register
-
-
-class Runner:
-    """Runs ``mlcnc`` in-process; returns ("exit N", stdout + stderr), keeps both."""
-
-    def __init__(self, capsys: pytest.CaptureFixture) -> None:
-        self.capsys = capsys
-        self.out = self.err = ""
-
-    def __call__(self, *argv: str | Path) -> tuple[str, str]:
-        self.capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exit_:
-            if isinstance(exit_.code, str):
-                print(exit_.code, file=sys.stderr)
-            code = 1 if isinstance(exit_.code, str) else int(exit_.code or 0)
-        captured = self.capsys.readouterr()
-        self.out, self.err = captured.out, captured.err
-        return f"exit {code}", captured.out + captured.err
-
-
-def tiny_args(data: Path, out: Path, *extra: str, val: bool = True) -> list[str]:
-    """``mlcnc train`` of the tiny method on the tiny CSV dataset (2 epochs, CPU)."""
-    return [
-        "train",
-        "--config",
-        "csv",
-        "--output",
-        str(out),
-        f"data.train_csv={data / 'train.csv'}",
-        *([f"data.val_csv={data / 'val.csv'}"] if val else []),
-        f"data.test_csv={data / 'test.csv'}",
-        "data.image_size=24",
-        "data.num_workers=0",
-        "data.head_threshold=10",
-        "data.tail_threshold=4",
-        f"method.name={TINY_METHOD}",
-        "method.pretrained=false",
-        "optim.epochs=2",
-        "optim.batch_size=5",
-        "train.accelerator=cpu",
-        "train.ema_decay=0.9",
-        "train.progress=false",
-        "train.plots=false",
-        "train.num_threads=1",
-        *extra,
-    ]
+CASES = Cases()
+case = CASES.case
 
 
 # ------------------------------------------------------------------ settings
@@ -258,7 +183,7 @@ def _(tmp_path, run):
 
 # ------------------------------------------------------------------------ tests
 
-ROWS = _doc_rows()
+ROWS = doc_rows(*SECTIONS)
 
 
 def test_every_documented_case_has_a_test_and_back() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO_ROOT, TINY_METHOD, write_tiny_csv_dataset
+from helpers import REPO_ROOT, TINY_METHOD, tiny_data_overrides, write_tiny_csv_dataset
 from mlcnc.cli import main
 
 HELP_SCRIPT = """
@@ -80,9 +80,7 @@ def test_readme_names_every_file_a_run_writes(tmp_path: Path, tiny_method) -> No
     run = tmp_path / "run"
     args = [
         "train", "--config", "csv", "--output", str(run),
-        f"data.train_csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
-        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
-        "data.head_threshold=10", "data.tail_threshold=4", f"method.name={TINY_METHOD}",
+        *tiny_data_overrides(data, image_size=24), f"method.name={TINY_METHOD}",
         "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
         "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
     ]  # fmt: skip
@@ -102,8 +100,7 @@ def test_start_of_a_run_shows_config_model_and_steps(tmp_path: Path, capsys, tin
     data = write_tiny_csv_dataset(tmp_path / "data")
     args = [
         "train", "--config", "csv", "--output", str(tmp_path / "run"),
-        f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
-        "data.image_size=24", "data.num_workers=0", f"method.name={TINY_METHOD}",
+        *tiny_data_overrides(data, image_size=24, val=False), f"method.name={TINY_METHOD}",
         "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
         "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
         "train.log_every=2", "train.plots=false",
@@ -153,8 +150,7 @@ def test_weights_export_loads_like_the_checkpoint(tmp_path: Path, capsys, tiny_m
     run = tmp_path / "run"
     args = [
         "train", "--config", "csv", "--output", str(run),
-        f"data.train_csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
-        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        *tiny_data_overrides(data, image_size=24),
         f"method.name={TINY_METHOD}", "method.pretrained=false", "optim.epochs=2",
         "optim.batch_size=5", "train.accelerator=cpu", "train.progress=false",
         "train.num_threads=1", "train.plots=false",
@@ -185,8 +181,7 @@ def test_evaluate_writes_per_image_predictions(tmp_path: Path, capsys, tiny_meth
     run = tmp_path / "run"
     args = [
         "train", "--config", "csv", "--output", str(run),
-        f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
-        "data.image_size=24", "data.num_workers=0", f"method.name={TINY_METHOD}",
+        *tiny_data_overrides(data, image_size=24, val=False), f"method.name={TINY_METHOD}",
         "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
         "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
         "train.plots=false",
@@ -232,8 +227,7 @@ def test_per_class_thresholds_tuned_on_val_stored_and_used(
     run = tmp_path / "run"
     args = [
         "train", "--config", "csv", "--output", str(run),
-        f"data.train_csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
-        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        *tiny_data_overrides(data, image_size=24),
         f"method.name={TINY_METHOD}", "method.pretrained=false", "optim.epochs=2",
         "optim.batch_size=5", "train.accelerator=cpu", "train.progress=false",
         "train.num_threads=1", "train.plots=false",
@@ -260,8 +254,7 @@ def test_checkpoint_history_and_deterministic(tmp_path: Path, capsys, tiny_metho
 
     data = write_tiny_csv_dataset(tmp_path / "data")
     base = [
-        "train", "--config", "csv", f"data.train_csv={data / 'train.csv'}",
-        f"data.test_csv={data / 'test.csv'}", "data.image_size=24", "data.num_workers=0",
+        "train", "--config", "csv", *tiny_data_overrides(data, image_size=24, val=False),
         f"method.name={TINY_METHOD}", "method.pretrained=false", "optim.epochs=4",
         "optim.batch_size=5", "train.accelerator=cpu", "train.progress=false",
         "train.num_threads=1", "train.plots=false", "train.deterministic=true",
@@ -282,8 +275,7 @@ def test_checkpoint_history_and_deterministic(tmp_path: Path, capsys, tiny_metho
 def _tiny_train(data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "train", "--config", "csv", "--output", str(out),
-        f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
-        "data.image_size=24", "data.num_workers=0", f"method.name={TINY_METHOD}",
+        *tiny_data_overrides(data, image_size=24, val=False), f"method.name={TINY_METHOD}",
         "method.pretrained=false", "optim.epochs=2", "optim.batch_size=5",
         "train.accelerator=cpu", "train.progress=false", "train.num_threads=1",
         "train.plots=false", *extra,

@@ -196,16 +196,9 @@ def evaluate_checkpoint(
         limits = _tuned_thresholds(choice, cfg, models, fabric, batch_size, result)
     predicted = predict_models(models, loader, fabric)
     if predictions_file is not None:
-        from mlcnc.analysis.predictions_file import write_predictions
-
-        write_predictions(
-            predictions_file,
-            evaluated.image_paths,
-            list(state["class_names"]),
-            predicted,
-            limits,
+        result["predictions_file"] = _write_predictions(
+            predictions_file, evaluated, state, predicted, limits
         )
-        result["predictions_file"] = str(predictions_file)
     for name, predictions in predicted.items():
         scored = _scores(
             predictions, groups, list(state["class_names"]), class_freq, limits[name], scores
@@ -219,6 +212,16 @@ def evaluate_checkpoint(
         f"{scores_note(scores)})",
     )
     return result
+
+
+def _write_predictions(
+    path: str | Path, evaluated: Any, state: dict[str, Any], predicted: Any, limits: Any
+) -> str:
+    """Each image's scores next to its true labels (``mlcnc.analysis.predictions_file``)."""
+    from mlcnc.analysis.predictions_file import write_predictions
+
+    write_predictions(path, evaluated.image_paths, list(state["class_names"]), predicted, limits)
+    return str(path)
 
 
 def _models_to_score(

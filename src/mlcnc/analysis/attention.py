@@ -19,6 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mlcnc.analysis.predict import ImagePrediction
 
+ATTENTION_FILES = ("contact_sheet.png", "[0-9][0-9][0-9][0-9][0-9][0-9]_*")
+"""What ``predict --attention DIR`` writes into DIR: the contact sheet and a folder per image."""
+
 
 def attention_overlay(
     image: np.ndarray, attention: np.ndarray, alpha: float = 0.5, cmap: str = "jet"

@@ -25,6 +25,16 @@ from mlcnc.io import write_json
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc2_cos_max_dev", "nc3")
 
+REPORT_FILES = (
+    "report.md",
+    "collapse.json",
+    "cosine_class_means.png",
+    "cosine_classifier.png",
+    "ap_vs_frequency.png",
+    "class_frequency.png",
+)
+"""What ``collapse_report`` writes into its folder."""
+
 
 def collapse_report(
     trained: Any,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlcnc.engine.checkpoint import FORMAT, save_checkpoint
+from mlcnc.engine.checkpoint import FORMAT, check_finite_weights, save_checkpoint
 from mlcnc.engine.selection import WEIGHTS, choose_weights
 
 SUFFIX = ".weights.pt"
@@ -62,6 +62,8 @@ def export_weights(
     """Write the weights file of a run folder or checkpoint; (its path, the "loaded ..."
     line of the weights chosen). Default ``out``: beside the checkpoint, ``*.weights.pt``."""
     choice = choose_weights(path, checkpoint, use_ema)
+    weights = choice.state["ema"] if choice.use_ema else choice.state["model"]
+    check_finite_weights(weights, choice.checkpoint, "EMA" if choice.use_ema else "regular")
     target = Path(out) if out else choice.checkpoint.with_name(choice.checkpoint.stem + SUFFIX)
     state = weights_state(choice.state, choice.use_ema, choice.checkpoint)
     save_checkpoint(state, target)

@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("MLCNC_DEBUG", "") not in ("", "0")
-    from mlcnc.cli._warnings import one_line_warnings
+    from mlcnc.cli._warnings import no_srun_hint, one_line_warnings
 
     try:
-        with one_line_warnings(enabled=not debug):
+        with no_srun_hint(), one_line_warnings(enabled=not debug):
             return int(args.func(args) or 0)
     except (*user_error_types(), OSError, ValueError) as error:
         message = user_message(error)

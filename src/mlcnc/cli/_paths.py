@@ -6,9 +6,13 @@
 - an input of the command (an image, CSV, config or checkpoint it was given);
 - a file of a run folder the command reads (its ``checkpoints/``, ``config.yaml``,
   metrics, ``per_class.csv``, ``result.json``), or that run folder itself;
+- another output of the same command (``--json`` and ``--predictions`` at one path);
 - an existing folder where a file is written, or an existing file where a folder is;
 - an existing file, unless the command was given ``--overwrite`` (every command that writes
-  a file has it): nothing the user has is replaced silently.
+  a file has it): nothing the user has is replaced silently. For a folder output, the files
+  the command writes inside it (``files``: names or glob patterns) are those existing files;
+- in a run's ``checkpoints/``, only an earlier export (``exports``: the suffixes a command
+  exports, never ``.ckpt``) may be replaced, and only with ``--overwrite``.
 
 Paths are compared after resolving symbolic links and ``..``, so a link to an input is the
 input. The error is a ``DataError`` (exit 1), printed as one line by ``mlcnc.cli``.
@@ -66,12 +70,17 @@ def check_output(
     runs: Iterable[str | os.PathLike[str] | None] = (),
     folder: bool = False,
     overwrite: bool = False,
+    outputs: dict[str, str | os.PathLike[str] | None] | None = None,
+    files: Iterable[str] = (),
+    exports: Iterable[str] = (),
 ) -> Path | None:
     """Refuse ``path`` as the output of ``option`` (see the module doc); returns it resolved.
 
     ``inputs``: files the command reads; ``runs``: run folders it reads; ``folder``: the
     output is a folder (else a file); ``overwrite``: the command's ``--overwrite`` (an
-    existing file is refused without it)."""
+    existing file is refused without it); ``outputs``: the command's other outputs by option;
+    ``files``: what a folder output gets inside it; ``exports``: suffixes of files in a read
+    run's ``checkpoints/`` that ``--overwrite`` may replace (the command's own exports)."""
     from mlcnc.data.readers import DataError
 
     if path is None:
@@ -87,6 +96,12 @@ def check_output(
     for item in inputs:
         if item is not None and resolved(item) == target:
             raise refuse(f"it is an input of the command ({item}): writing it would overwrite it")
+    for other, item in (outputs or {}).items():
+        if item is not None and resolved(item) == target:
+            raise refuse(
+                f"it is also the path given to {other}: two outputs of the command at one path"
+            )
+    export = target.suffix in set(exports) and target.suffix != ".ckpt" and target.is_file()
     for run in runs:
         if run is None:
             continue
@@ -94,7 +109,8 @@ def check_output(
         if target == run:
             raise refuse(f"it is the run folder {run} that the command reads")
         if target == run / "checkpoints" or (
-            run / "checkpoints" in target.parents and (target.suffix == ".ckpt" or target.exists())
+            run / "checkpoints" in target.parents
+            and (target.suffix == ".ckpt" or (target.exists() and not export))
         ):
             raise refuse(f"it is (in) {run / 'checkpoints'}, the run's checkpoints")
         if target.parent == run and target.name in RUN_OWN_FILES:
@@ -102,13 +118,23 @@ def check_output(
     if folder:
         if target.exists() and not target.is_dir():
             raise refuse("it is an existing file, and a folder is written there")
+        found = (
+            sorted({f.name for name in files for f in target.glob(name)}) if target.is_dir() else []
+        )
+        if found and not overwrite:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise DataError(
+                f"{option} {given}: the folder already holds {shown}, which the command writes; "
+                "pass --overwrite to replace them, or choose another folder"
+            )
     else:
         if target.is_dir():
             raise refuse("it is an existing folder, and a file is written there")
         if target.exists() and not target.is_file():
             raise refuse("it is not a regular file (a device, pipe or socket)")
         if not overwrite and target.exists():
-            raise DataError(f"{option} {given}: already exists; pass --overwrite to replace it")
+            what = "holds an earlier export (not a checkpoint)" if export else "already exists"
+            raise DataError(f"{option} {given}: {what}; pass --overwrite to replace it")
     for parent in target.parents:
         if parent.exists():
             if not parent.is_dir():

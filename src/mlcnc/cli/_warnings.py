@@ -4,6 +4,7 @@ file and line of the library that raised it (``--debug`` keeps Python's format).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -43,3 +44,15 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
     stream = sys.stderr if file is None else file
     with contextlib.suppress(OSError):  # stderr gone: a warning must never stop a command
         stream.write(one_line(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def no_srun_hint() -> Iterator[None]:
+    """Without Lightning's "The `srun` command is available on your system but is not used"
+    outside a SLURM job: mlcnc's own launcher (``mlcnc.launch``) starts SLURM work, and a
+    command run outside any allocation has no use for srun. Inside a job
+    (``SLURM_JOB_ID`` set) the hint stays: there a missing srun is a real mistake."""
+    with warnings.catch_warnings():
+        if "SLURM_JOB_ID" not in os.environ:
+            warnings.filterwarnings("ignore", message="The `srun` command is available")
+        yield

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from mlcnc.cli._numbers import positive_float
+from mlcnc.cli._numbers import non_negative_int, positive_float, positive_int
 from mlcnc.cli._renamed import add_old_spelling
 
 
@@ -107,7 +107,7 @@ def add_fan_out_options(parser: argparse.ArgumentParser) -> None:
     )
     fan.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="local: N runs at once, each pinned to 1/N of the cores (and of the GPUs when "
@@ -116,13 +116,20 @@ def add_fan_out_options(parser: argparse.ArgumentParser) -> None:
     )
     fan.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition")
     fan.add_argument(
-        "--slurm-time", type=int, default=60, metavar="MIN", help="time limit per run (60)"
+        "--slurm-time", type=positive_int, default=60, metavar="MIN", help="time limit per run (60)"
     )
-    fan.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="GPUs per run (0)")
-    fan.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="CPUs per run (1)")
+    fan.add_argument(
+        "--slurm-gpus", type=non_negative_int, default=0, metavar="N", help="GPUs per run (0)"
+    )
+    fan.add_argument(
+        "--slurm-cpus", type=positive_int, default=1, metavar="N", help="CPUs per run (1)"
+    )
     fan.add_argument("--slurm-mem", type=positive_float, metavar="GB", help="memory per run")
     fan.add_argument(
-        "--slurm-parallel", type=int, metavar="N", help="at most N runs of the array at once"
+        "--slurm-parallel",
+        type=positive_int,
+        metavar="N",
+        help="at most N runs of the array at once",
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlcnc.cli._numbers import probability
+from mlcnc.cli._device import device_option
+from mlcnc.cli._numbers import positive_int, probability
 from mlcnc.cli._renamed import add_old_spelling
 
 
@@ -37,8 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold", type=probability, default=0.5, help="score threshold for F1 (default 0.5)"
     )
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=positive_int, help="evaluation batch size")
+    parser.add_argument(
+        "--device", type=device_option, help="cpu or cuda (default: cuda when available)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the full result as JSON")
     parser.add_argument(
         "--thresholds",
@@ -84,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     check_output(
         args.predictions,
         option="--predictions",
-        inputs=[args.checkpoint, args.json, *data_files(run_dir)],
-        runs=[run_folder_of(args.checkpoint)],
+        inputs=[args.checkpoint, *data_files(run_dir)],
+        runs=[run_dir],
         overwrite=args.overwrite,
+        outputs={"--json": args.json},
     )
     try:
         result = evaluate_checkpoint(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from mlcnc.cli._numbers import positive_float
+from mlcnc.cli._numbers import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,15 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="images or folders to check the export on (default: the checkpoint's test split)",
     )
-    parser.add_argument("--check-count", type=int, default=8, help="images to check on")
+    parser.add_argument("--check-count", type=positive_int, default=8, help="images to check on")
     parser.add_argument("--atol", type=positive_float, default=1e-4)
     add_weights_options(parser, verb="export")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mlcnc.analysis.export import (
         SUFFIX,
         ExportCheckError,
@@ -85,13 +84,7 @@ def run(args: argparse.Namespace) -> int:
     print(trained.message, file=sys.stderr)
     checkpoint = Path(trained.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
-    check_output(
-        out,
-        option="--out",
-        inputs=[checkpoint, *data_files(run_folder_of(checkpoint))],
-        runs=[run_folder_of(checkpoint)],
-        overwrite=args.overwrite,
-    )
+    _check_out(args, out, checkpoint)
     try:
         images, source = check_images(trained, args.images, args.check_count)
     except (FileNotFoundError, ValueError) as error:
@@ -115,11 +108,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(args: argparse.Namespace, out: Path, checkpoint: Path) -> None:
+    """The export file through the one output guard, once the checkpoint is known: beside
+    the run's checkpoints, an earlier export (never a checkpoint) is replaced only with
+    --overwrite."""
+    from mlcnc.cli._paths import check_output, data_files, run_folder_of
+
+    check_output(
+        out,
+        option="--out",
+        inputs=[checkpoint, *data_files(run_folder_of(checkpoint))],
+        runs=[run_folder_of(checkpoint)],
+        overwrite=args.overwrite,
+        exports=(".onnx", ".pt"),
+    )
+
+
 def _export_weights(args: argparse.Namespace) -> int:
+    from mlcnc.analysis.weights import SUFFIX as WEIGHTS_SUFFIX
     from mlcnc.analysis.weights import export_weights
+    from mlcnc.engine.selection import choose_weights
     from mlcnc.engine.trained import load_trained
 
-    out, message = export_weights(args.checkpoint, args.out, args.which, args.ema)
+    checkpoint = choose_weights(args.checkpoint, args.which, args.ema).checkpoint
+    out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.stem + WEIGHTS_SUFFIX)
+    _check_out(args, out, checkpoint)
+    out, message = export_weights(args.checkpoint, out, args.which, args.ema)
     print(message, file=sys.stderr)
     loaded = load_trained(out)  # the file must load as a checkpoint does
     size = out.stat().st_size / 2**20

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlcnc.cli._device import device_option
+from mlcnc.cli._numbers import non_negative_int, positive_int
 from mlcnc.cli._renamed import add_old_spelling
 
 
@@ -36,9 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_old_spelling(parser, "--data", "--split", "data")
     parser.add_argument("--out", help="output folder (default: <run>/inspect-<split>)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the report files already in --out"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--workers", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--device", type=device_option, default="auto", help="auto (CUDA if present), cpu, cuda"
+    )
     add_weights_options(parser)
     parser.set_defaults(func=run)
 
@@ -46,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mlcnc.analysis.collapse import collapse_report
+    from mlcnc.analysis.collapse import REPORT_FILES, collapse_report
     from mlcnc.analysis.loading import load_for_inspection, pick_device, resolve_split
     from mlcnc.cli._errors import error_line
     from mlcnc.data import BadImageError, DataError
@@ -74,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         inputs=[args.checkpoint, checkpoint, args.data if args.data.endswith(".csv") else None],
         runs=[run_folder_of(args.checkpoint), run_folder_of(checkpoint)],
         folder=True,
+        files=REPORT_FILES,
+        overwrite=args.overwrite,
     )
     print(f"inspecting {checkpoint} on {label} ({len(split)} images)", file=sys.stderr)
     try:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from mlcnc.cli._numbers import probability
+from mlcnc.cli._device import device_option
+from mlcnc.cli._numbers import non_negative_int, positive_int, probability
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="predict classes with p >= T (default 0.5)",
     )
-    choose.add_argument("--top-k", type=int, default=None, help="predict the K best classes")
+    choose.add_argument(
+        "--top-k", type=positive_int, default=None, help="predict the K best classes"
+    )
     choose.add_argument(
         "--thresholds",
         choices=("global", "per-class"),
@@ -39,16 +42,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--output", help="write results to this file instead of stdout")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file (and the attention maps in --attention)",
+    )
     parser.add_argument("--all-scores", action="store_true", help="also give every class's p")
     parser.add_argument(
         "--attention",
         metavar="DIR",
         help="write attention overlays per predicted class and a contact sheet to DIR",
     )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0, help="image decoding processes")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="image decoding processes"
+    )
+    parser.add_argument(
+        "--device", type=device_option, default="auto", help="auto (CUDA if present), cpu, cuda"
+    )
     add_weights_options(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
@@ -95,22 +106,29 @@ class _LazyOutput:
         return naming()
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    """Usage errors of the numeric options (exit 2)."""
-    from mlcnc.config import ConfigError
-
-    if args.batch_size < 1 or args.workers < 0:
-        raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k {args.top_k}: must be >= 1")
-
-
 def _check_outputs(args: argparse.Namespace, inputs: list, runs: list) -> None:
     """--output and --attention through the one output guard."""
+    from mlcnc.analysis.attention import ATTENTION_FILES
     from mlcnc.cli._paths import check_output
 
-    check_output(args.output, option="--output", inputs=inputs, runs=runs, overwrite=args.overwrite)
-    check_output(args.attention, option="--attention", inputs=inputs, runs=runs, folder=True)
+    check_output(
+        args.output,
+        option="--output",
+        inputs=inputs,
+        runs=runs,
+        overwrite=args.overwrite,
+        outputs={"--attention": args.attention},
+    )
+    check_output(
+        args.attention,
+        option="--attention",
+        inputs=inputs,
+        runs=runs,
+        folder=True,
+        files=ATTENTION_FILES,
+        overwrite=args.overwrite,
+        outputs={"--output": args.output},
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.analysis.loading import load_for_inspection, pick_device
     from mlcnc.analysis.predict import find_images, predict_images
 
-    _check_options(args)
     threshold = (
         None if args.top_k is not None else (0.5 if args.threshold is None else args.threshold)
     )

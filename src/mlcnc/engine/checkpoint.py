@@ -59,6 +59,21 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """The checkpoint (or run folder) named does not exist."""
 
 
+def check_finite_weights(weights: dict[str, Any], path: str | Path, variant: str) -> None:
+    """Refuse weights holding NaN or inf (a damaged or hand-edited file): they score every
+    image alike, and evaluate / predict / export would pass them off as a model. One line
+    naming the checkpoint and the first bad tensor."""
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{path}: its {variant} weights hold NaN or infinite values ({name}: "
+                    f"{bad} of {value.numel()}); the file is damaged: use another checkpoint "
+                    "or retrain"
+                )
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (``mlcnc.io.write_atomic``: unique temp file,
     ``torch.save`` into it, fsync, rename)."""

@@ -58,12 +58,15 @@ RUN_FILES = (
     "thresholds.json",  # per-class thresholds of the run's checkpoints (engine.thresholds)
 )
 RUN_FOLDERS = {
-    CHECKPOINT_DIR: ("*.ckpt", "*.onnx", "*.pt"),
+    CHECKPOINT_DIR: ("*.ckpt",),
     "tensorboard": ("**/events.out.tfevents.*", "**/hparams.yaml"),
     "plots": ("*.png", "*.pdf"),
 }
 """What ``--overwrite`` removes: the files a run (and a benchmark) writes, by folder and
-pattern; anything else in those folders is the user's and stays (so does the folder)."""
+pattern; anything else in those folders is the user's and stays (so does the folder), also
+the exports ``mlcnc export`` wrote beside the checkpoints (``*.onnx``, ``*.pt``): the notice
+names them, as files of the old run."""
+KEPT_EXPORTS = ("*.onnx", "*.pt")
 TIMING_KEYS = ("img_per_s", "epoch_seconds", "eval_seconds")
 """Record keys that measure time: they differ between two otherwise identical runs."""
 
@@ -297,6 +300,13 @@ class RunFolder:
             if removed:
                 notes.append(
                     f"--overwrite: removed the previous run in {self.path} ({', '.join(removed)})"
+                )
+            kept = sorted({f.name for p in KEPT_EXPORTS for f in self.checkpoints.glob(p)})
+            if removed and kept:
+                notes.append(
+                    f"--overwrite: kept {CHECKPOINT_DIR}/{', '.join(kept)}: exports of the "
+                    "previous run's model (mlcnc export wrote them, not the run); delete them "
+                    "or export again with --overwrite"
                 )
         if mode == "resume":
             self.remove_temporary_files()

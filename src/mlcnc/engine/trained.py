@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mlcnc.config import Config, config_from_dict, merge_data_overrides
-from mlcnc.engine.checkpoint import CheckpointError
+from mlcnc.engine.checkpoint import CheckpointError, check_finite_weights
 from mlcnc.engine.evaluation import (
     eval_loader,
     format_map_table,
@@ -105,6 +105,7 @@ def _rebuild(
     ).model
     model.to(dtype)  # first, so float64 / bf16 weights load without rounding
     weights = state["ema"] if choice.use_ema else state["model"]
+    check_finite_weights(weights, choice.checkpoint, "EMA" if choice.use_ema else "regular")
     try:
         model.load_state_dict(weights)  # strict: every key must match
     except RuntimeError as error:
@@ -173,8 +174,11 @@ def evaluate_checkpoint(
     saved = state["config"]
     cfg = config_from_dict({**saved, "data": merge_data_overrides(saved["data"], data_overrides)})
     evaluated = _split_to_evaluate(cfg, state, split)
-    accelerator = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")  # device only
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)  # "cuda:1": that GPU
+    devices = [chosen.index] if chosen.index is not None else 1
+    fabric = Fabric(accelerator=chosen.type, devices=devices, precision="32-true")  # device only
     # The precision the run trained in (as recorded; see checkpoint.upgrade_checkpoint).
     precision = state["precision"]
     loader = _eval_loader_of(evaluated, cfg, batch_size, fabric.device.type == "cuda")

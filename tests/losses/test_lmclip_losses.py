@@ -19,9 +19,10 @@ from mlcnc.losses.clip_contrastive import clip_contrastive_loss
 from mlcnc.methods.lmclip import LMCLIP_PRESETS
 
 
-def authors_bal(x, y, cw, gamma_neg, gamma_pos, clip, eps, ls):
+def authors_bal(x, y, cw, gamma_neg, gamma_pos, clip, eps, ls, nan_weight=None):
     """``BalancedAsymmetricLossOptimized.forward`` (return_mean=True, focal weight with
-    gradient), its in-place steps written out."""
+    gradient), its in-place steps written out; ``nan_weight`` replaces the weights its
+    ``torch.pow`` makes NaN (None: kept, as released)."""
     num_classes = x.size(-1)
     targets = y * (1 - ls) + ls / num_classes
     anti_targets = 1 - y
@@ -38,6 +39,8 @@ def authors_bal(x, y, cw, gamma_neg, gamma_pos, clip, eps, ls):
         asymmetric_w = torch.pow(
             1 - xs_pos - xs_neg, gamma_pos * targets + gamma_neg * anti_targets
         )
+        if nan_weight is not None:
+            asymmetric_w = torch.nan_to_num(asymmetric_w, nan=nan_weight)
         loss = loss * asymmetric_w
     return -loss.mean()
 
@@ -80,8 +83,12 @@ def test_balanced_asl_matches_authors(preset, regime):
     ref = authors_bal(x2, y, cw, p["gamma_neg"], 0.0, 0.05, 1e-8, p["label_smoothing"])
     ours.backward()
     ref.backward()
-    if regime == "mixed" and p["label_smoothing"] > 0 and not torch.isfinite(ref):
-        assert not torch.isfinite(ours)  # the released NaN (non-integer gamma, base < 0)
+    if not torch.isfinite(ref):  # the released NaN (non-integer gamma, negative base)
+        assert regime == "mixed" and p["label_smoothing"] > 0
+        assert torch.isfinite(ours) and torch.isfinite(x1.grad).all()
+        nan_weights_zeroed = authors_bal(x, y, cw, p["gamma_neg"], 0.0, 0.05, 1e-8,
+                                         p["label_smoothing"], nan_weight=0.0)  # fmt: skip
+        torch.testing.assert_close(ours.detach(), nan_weights_zeroed, rtol=1e-10, atol=1e-12)
         return
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-12)

@@ -13,9 +13,15 @@ As the authors' code computes it (``return_mean=True``, focusing weight with gra
 - loss = -mean_{b,c} (L+ + L-) w (the mean over the global batch's entries).
 
 Quirks kept: if every logit of the batch is negative, dividing by the negative maximum
-reverses the order; with label smoothing a negative entry's base can turn negative for
-xn < about -2.9 and a non-integer gamma_neg then gives NaN (CLIP-scale logits never get
-there); a sample's loss depends on the batch through max(x).
+reverses the order; a sample's loss depends on the batch through max(x).
+
+One departure: with label smoothing a negative entry's base 1 - p t - q is -p ls / C < 0
+once q is clipped to 1 (xn below about -2.9), and the released ``torch.pow`` of a negative
+base with a non-integer gamma_neg is NaN, which stops the run at its first step from any
+initialisation whose logits are not all positive (a random tower; CLIP-scale pretrained
+logits never get there). The base is clamped at 0 here: the same value wherever the
+released code is finite, up to |base|^gamma <= (ls / C)^gamma (below 1e-20 for every
+published setting), and a zero weight where it is NaN.
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ def balanced_asymmetric_loss(
     negative = anti * torch.log(q.clamp(min=eps))
     loss = positive + negative
     if gamma_neg > 0 or gamma_pos > 0:
-        base = 1.0 - p * t - q * anti
+        base = (1.0 - p * t - q * anti).clamp(min=0.0)  # the released NaN: module docstring
         weight = torch.pow(base, gamma_pos * t + gamma_neg * anti)
         loss = loss * (weight.detach() if detach_focal else weight)
     return -global_entry_mean(loss)

@@ -308,9 +308,121 @@ def _(tmp_path, run):
 @case("pareto-shape-zero")
 def _(tmp_path, run):
     csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
-    return run(
-        "data", "make-longtail", "--csv", csv, "--out", tmp_path / "o.csv", "--pareto-shape", "0"
+    longtail = ("data", "make-longtail", "--csv", csv, "--out", tmp_path / "o.csv")
+    for value in ("nan", "inf", "-1"):
+        result, text = run(*longtail, "--pareto-shape", value)
+        assert result == "exit 2" and "argument --pareto-shape" in text, text
+    assert not (tmp_path / "o.csv").exists()
+    return run(*longtail, "--pareto-shape", "0")
+
+
+DATA_COUNTS = {  # each numeric option of the data commands -> (its command, a refused value)
+    "--head": ("stats", "-5"), "--tail": ("stats", "-50"), "--top": ("stats", "-3"),
+    "--max": ("make-longtail", "-1"), "--min": ("make-longtail", "-2"),
+    "--seed": ("make-longtail", "-1"), "--max-pixels": ("check", "0"),
+    "--workers": ("check", "-1"),
+}  # fmt: skip
+
+
+@case("data-option-values")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    where = {"stats": (), "check": (), "make-longtail": ("--out", tmp_path / "o.csv")}
+    for option, (command, value) in DATA_COUNTS.items():
+        for bad in (value, "1.5", "x"):
+            result, text = run("data", command, "--csv", csv, *where[command], option, bad)
+            assert result == "exit 2" and f"argument {option}: expected a whole" in text, text
+            assert "images:" not in text  # refused before any work
+    assert not (tmp_path / "o.csv").exists()
+    return run("data", "stats", "--csv", csv, "--head", "-5", "--tail", "-50")
+
+
+@case("tail-above-head")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    longtail = ("data", "make-longtail", "--csv", csv, "--out", tmp_path / "o.csv")
+    result, text = run(*longtail, "--head", "5", "--tail", "50")
+    assert result == "exit 2" and "--tail 50 is above --head 5" in text, text
+    assert not (tmp_path / "o.csv").exists()
+    return run("data", "stats", "--csv", csv, "--head", "5", "--tail", "50")
+
+
+@case("longtail-min-above-max")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    outcome = run("data", "make-longtail", "--csv", csv, "--out", tmp_path / "o.csv", "--max", "2", "--min", "8")  # fmt: skip
+    assert not (tmp_path / "o.csv").exists()
+    return outcome
+
+
+@case("longtail-max-zero")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    outcome = run("data", "make-longtail", "--csv", csv, "--out", tmp_path / "o.csv", "--max", "0", "--min", "0")  # fmt: skip
+    assert not (tmp_path / "o.csv").exists()
+    return outcome
+
+
+@case("stats-plot-not-png")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    outcome = run("data", "stats", "--csv", csv, "--plot", tmp_path / "out.pdf.txt", "--json", tmp_path / "s.json")  # fmt: skip
+    assert outcome.out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["classes.txt", "good.png", "train.csv"]  # fmt: skip
+    return outcome
+
+
+@case("stats-benchmark-roots")
+def _(tmp_path, run):
+    result, text = run("data", "stats", "--benchmark", "coco_lt")
+    assert result == "exit 2" and "--benchmark coco_lt needs --coco-root DIR" in text, text
+    outcome = run("data", "stats", "--benchmark", "voc_lt")
+    # the advice is what the command takes: the roots given, the next answer is about them
+    result, text = run("data", "stats", "--benchmark", "voc_lt", "--voc2012-root", tmp_path / "a", "--voc2007-root", tmp_path / "b", "--split-file", tmp_path / "s.json")  # fmt: skip
+    assert "needs" not in text and "takes no" not in text, text
+    return outcome
+
+
+@case("mlcnc-home-not-a-folder")
+def _(tmp_path, run, monkeypatch):
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("MLCNC_HOME", str(tmp_path / "afile" / "sub"))
+    result, text = run("data", "stats", "--benchmark", "synthetic")
+    assert result == "exit 2" and "MLCNC_HOME=" in text and "is a file, not a folder" in text, text
+    monkeypatch.setenv("MLCNC_HOME", str(tmp_path / "afile"))
+    outcome = run("data", "stats", "--benchmark", "synthetic")
+    assert (tmp_path / "afile").read_text() == "not a folder"
+    return outcome
+
+
+@case("decode-out-of-memory")
+def _(tmp_path, run):
+    from PIL import Image
+
+    Image.new("L", (6000, 6000)).save(tmp_path / "big.png")  # 36 MB grey, 108 MB as RGB
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a", "big.png,b"])
+    return _memory_limited(["data", "check", "--csv", str(csv), "--decode", "--max-pixels", "50000000"])  # fmt: skip
+
+
+def _memory_limited(argv: list[str], headroom: int = 80 * 1024**2) -> Outcome:
+    """The real command in a subprocess whose address space, once torch and Pillow are
+    imported, may grow by ``headroom`` bytes only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys; from mlcnc.cli import main; import mlcnc.config, "
+        "mlcnc.data.check, PIL.PngImagePlugin; "
+        "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize(); "
+        f"resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom})); "
+        "sys.exit(main(sys.argv[1:]))"
     )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    outcome = Outcome((f"exit {done.returncode}", done.stdout))
+    outcome.out = done.stdout
+    return outcome
 
 
 # --------------------------------------------------------- issue 21: paths, memory

@@ -58,19 +58,9 @@ def test_stats_of_a_named_benchmark_split(tiny_csv_dataset, tmp_path, monkeypatc
         == 0
     )
     assert "images: 8   classes: 4" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="has no split 'dev'"):
-        _run(
-            [
-                "data",
-                "stats",
-                "--benchmark",
-                "synthetic",
-                "--split",
-                "dev",
-                "--plot",
-                str(tmp_path / "q.png"),
-            ]
-        )
+    argv = ["data", "stats", "--benchmark", "synthetic", "--split", "dev"]
+    assert _run([*argv, "--plot", str(tmp_path / "q.png")]) == 2  # a bad option value
+    assert "--split dev: synthetic has no split 'dev'" in capsys.readouterr().err
 
 
 def test_make_longtail_writes_the_subset_csv(tmp_path, capsys):
@@ -117,8 +107,8 @@ def test_write_then_stats_round_trip(tiny_csv_dataset, tmp_path, capsys):
 
 
 def test_bad_input_is_one_error_line_not_a_traceback(tmp_path, capsys):
-    assert _run(["data", "stats", "--benchmark", "voc_lt", "--plot", str(tmp_path / "p.png")]) == 1
-    assert "error: data.name='voc_lt' needs data.voc2012_root" in capsys.readouterr().err
+    assert _run(["data", "stats", "--benchmark", "voc_lt", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "error: --benchmark voc_lt needs --voc2012-root DIR" in capsys.readouterr().err
     (tmp_path / "bad.csv").write_text("image,labels\nmissing.png,a\n")
     argv = [
         "data",
@@ -197,3 +187,23 @@ def test_a_bad_training_image_names_the_command_that_lists_them_all(tmp_path):
     message = str(info.value)
     assert "\n" not in message and f"listed at {csv}, line 3" in message
     assert f"the first bad image met; `mlcnc data check --csv '{csv}' --decode` decodes" in message
+
+
+def test_running_out_of_memory_while_decoding_is_not_a_corrupt_image(tmp_path, monkeypatch):
+    """The reader every run uses (``read_image``) and ``data check`` say the image is too
+    large for memory, with the limit to lower; the summary counts it apart from corrupt."""
+    from PIL import Image
+
+    from mlcnc.data import dataset
+    from mlcnc.data.check import _kind, image_problem
+
+    Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
+
+    def no_memory(*_):
+        raise MemoryError
+
+    monkeypatch.setattr(dataset, "_rgb_pixels", no_memory)
+    with pytest.raises(dataset.BadImageError, match=r"too large to decode in memory \(30 x 20"):
+        dataset.read_image(tmp_path / "a.png")
+    reason = image_problem(tmp_path / "a.png", decode=True)
+    assert "--max-pixels" in reason and _kind(reason) == "too large for memory"

@@ -7,7 +7,9 @@ mlcnc data stats --benchmark synthetic --split test     # the embedded benchmark
 mlcnc data stats --benchmark voc_lt --voc2012-root VOCdevkit/VOC2012 --voc2007-root VOCdevkit/VOC2007
 mlcnc data make-longtail --csv full.csv --out lt/train.csv --max 800 --min 1 --seed 0
 
-Bad input is one line on stderr naming the file and line, and exit code 1.
+Bad input is one line on stderr naming the file and line, and exit code 1; a bad option
+value (a negative count, --tail above --head, --min above --max, a --plot that is not .png)
+is one line naming the option, exit code 2, before any data is read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlcnc.cli._numbers import non_negative_int, positive_float, positive_int
 from mlcnc.cli._renamed import add_old_spelling
 
 
@@ -40,11 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
     check.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         help="largest image in pixels (default: the config's data.max_image_pixels, "
         "else 89,478,485)",
     )
-    check.add_argument("--workers", type=int, help="threads (default: up to 8)")
+    check.add_argument("--workers", type=positive_int, help="threads (default: up to 8)")
     check.add_argument(
         "--decode",
         action="store_true",
@@ -77,7 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument(
         "--overwrite", action="store_true", help="replace an existing --plot / --json file"
     )
-    stats.add_argument("--top", type=int, default=10, help="co-occurring class pairs to list")
+    stats.add_argument(
+        "--top", type=non_negative_int, default=10, help="co-occurring class pairs to list"
+    )
     stats.set_defaults(func=_reporting_errors(_stats))
 
     subset = commands.add_parser(
@@ -92,12 +97,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     subset.add_argument("--csv", type=Path, required=True, help="input split (CSV format)")
     subset.add_argument("--out", type=Path, required=True, help="output CSV (classes.txt beside)")
     subset.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
-    subset.add_argument("--max", type=int, default=800, help="target count of the first class")
-    subset.add_argument("--min", type=int, default=1, help="target floor of the last class")
     subset.add_argument(
-        "--pareto-shape", type=float, default=6.0, help="Pareto shape b (larger: steeper tail)"
+        "--max", type=positive_int, default=800, help="target count of the first class"
     )
-    subset.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    subset.add_argument(
+        "--min", type=non_negative_int, default=1, help="target floor of the last class"
+    )
+    subset.add_argument(
+        "--pareto-shape",
+        type=positive_float,
+        default=6.0,
+        help="Pareto shape b (larger: steeper tail)",
+    )
+    subset.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random draws")
     subset.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_thresholds(subset)
     subset.set_defaults(func=_reporting_errors(_make_longtail))
@@ -105,23 +117,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _reporting_errors(command: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
     """Bad input (a dataset error, a missing root, an unavailable split file) becomes one
-    line on stderr and exit code 1 instead of a traceback."""
+    line on stderr and exit code 1 instead of a traceback; a bad option or setting
+    (``ConfigError``: options that contradict each other, a missing root) exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
         from mlcnc.data.benchmarks import SplitFileUnavailable
+        from mlcnc.schema import ConfigError
 
         try:
             return command(args)
         except (ValueError, OSError, SplitFileUnavailable) as err:
             print(f"mlcnc data {args.data_command}: error: {err}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(err, ConfigError) else 1
 
     return run
 
 
 def _add_thresholds(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--head", type=int, default=100, help="head: n_c >= HEAD")
-    parser.add_argument("--tail", type=int, default=20, help="tail: n_c < TAIL")
+    parser.add_argument("--head", type=non_negative_int, default=100, help="head: n_c >= HEAD")
+    parser.add_argument("--tail", type=non_negative_int, default=20, help="tail: n_c < TAIL")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options that contradict each other (``ConfigError``, exit 2, one line naming
+    both), before any data is read or anything written."""
+    from mlcnc.schema import ConfigError
+
+    if args.tail > args.head:
+        raise ConfigError(
+            f"--tail {args.tail} is above --head {args.head}: head classes have n_c >= HEAD "
+            "images, tail classes n_c < TAIL; give --tail <= --head"
+        )
+    if getattr(args, "min", None) is not None and args.min > args.max:
+        raise ConfigError(
+            f"--min {args.min} is above --max {args.max}: class targets run from --max (the "
+            "first class) down to --min (the last); give --min <= --max"
+        )
+    plot = getattr(args, "plot", None)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {plot}: plots are written as PNG; give a path ending in .png")
 
 
 def _read_csv(csv: Path, classes: Path | None, check_files: bool = True):
@@ -136,6 +170,7 @@ def _load_split(args: argparse.Namespace):
 
     if args.csv is not None:
         return _read_csv(args.csv, args.classes)
+    _check_roots(args)
     cfg = DataConfig(
         name=args.data,
         synthetic_root=args.synthetic_root,
@@ -147,8 +182,25 @@ def _load_split(args: argparse.Namespace):
     )
     splits = build_splits(cfg)
     if args.split not in splits:
-        raise SystemExit(f"{args.data} has no split {args.split!r}; it has {', '.join(splits)}")
+        from mlcnc.schema import ConfigError
+
+        raise ConfigError(
+            f"--split {args.split}: {args.data} has no split {args.split!r}; it has "
+            + ", ".join(splits)
+        )
     return splits[args.split]
+
+
+def _check_roots(args: argparse.Namespace) -> None:
+    """Refuse a named benchmark without the roots it needs, naming the options that give
+    them (``data stats`` takes options, not ``data.*`` keys)."""
+    from mlcnc.data import REQUIRED_KEYS
+    from mlcnc.schema import ConfigError
+
+    missing = [key for key in REQUIRED_KEYS.get(args.data, ()) if getattr(args, key) is None]
+    if missing:
+        options = " and ".join(f"--{key.replace('_', '-')} DIR" for key in missing)
+        raise ConfigError(f"--benchmark {args.data} needs {options}")
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -158,6 +210,7 @@ def _stats(args: argparse.Namespace) -> int:
     given = [args.csv, args.classes, args.csv.parent / "classes.txt" if args.csv else None]
     check_output(args.plot, option="--plot", inputs=given, overwrite=args.overwrite)
     check_output(args.json, option="--json", inputs=[*given, args.plot], overwrite=args.overwrite)
+    _check_options(args)
     split = _load_split(args)
     stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
     groups = class_groups(split.class_freq, args.head, args.tail)
@@ -217,6 +270,7 @@ def _format_stats(stats: dict, groups: dict, targets: Any = None) -> str:
 def _check(args: argparse.Namespace) -> int:
     from mlcnc.data.check import check_splits, summarize
     from mlcnc.data.dataset import DEFAULT_MAX_IMAGE_PIXELS
+    from mlcnc.schema import ConfigError
 
     max_pixels = args.max_pixels
     if args.config is not None:
@@ -229,19 +283,15 @@ def _check(args: argparse.Namespace) -> int:
             max_pixels = getattr(data, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     else:
         if args.overrides:
-            raise ValueError(f"key=value overrides need --config, got {' '.join(args.overrides)}")
+            raise ConfigError(f"key=value overrides need --config, got {' '.join(args.overrides)}")
         splits = {}
         for csv in args.csv:
             name = str(csv)
             if name in splits:
-                raise ValueError(f"{csv}: given twice with --csv")
+                raise ConfigError(f"--csv {csv}: given twice")
             splits[name] = _read_csv(csv, args.classes, check_files=False)
     if max_pixels is None:
         max_pixels = DEFAULT_MAX_IMAGE_PIXELS
-    if max_pixels < 1:
-        raise ValueError(f"--max-pixels must be >= 1, got {max_pixels}")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     problems = check_splits(splits, max_pixels, args.workers, decode=args.decode)
     for problem in problems:
         print(problem)
@@ -261,6 +311,7 @@ def _make_longtail(args: argparse.Namespace) -> int:
     )
     from mlcnc.data.readers import CLASSES_FILE, DataError, write_csv_split
 
+    _check_options(args)
     inputs = [args.csv, args.classes or args.csv.parent / CLASSES_FILE]
     for given in inputs:
         if _same_file(args.out, given):

@@ -71,8 +71,24 @@ class SplitFileUnavailable(RuntimeError):
 
 
 def mlcnc_home() -> Path:
-    """``$MLCNC_HOME``, default ``~/.cache/mlcnc``."""
-    return Path(os.environ.get("MLCNC_HOME") or Path.home() / ".cache" / "mlcnc").expanduser()
+    """``$MLCNC_HOME``, default ``~/.cache/mlcnc``: the one place it is resolved. A folder
+    or one that can be made there: a path through a file is refused (``ConfigError`` naming
+    MLCNC_HOME) before anything is read or written under it."""
+    from mlcnc.schema import ConfigError
+
+    setting = os.environ.get("MLCNC_HOME")
+    home = Path(setting or Path.home() / ".cache" / "mlcnc").expanduser()
+    for folder in (home, *home.parents):
+        if folder.is_dir():
+            break
+        if folder.exists() or folder.is_symlink():
+            what = f"MLCNC_HOME={setting}" if setting else f"the default MLCNC_HOME {home}"
+            kind = "a broken symbolic link" if not folder.exists() else "a file"
+            raise ConfigError(
+                f"{what}: {folder} is {kind}, not a folder; set MLCNC_HOME to a folder (where "
+                "mlcnc caches benchmarks and text embeddings)"
+            )
+    return home
 
 
 def cached_split_path(benchmark: str) -> Path:

@@ -5,7 +5,8 @@ while it reads and decodes) with a progress bar and returns *all* problems at on
 with the file and line that lists the image: missing file, broken symbolic link, folder,
 empty file, not an image, unsupported format, above the pixel limit, corrupt data
 (``verify``: PNG checksums; ``decode=True`` decodes every image fully, which also finds
-truncated JPEG and GIF data), and two rows naming the same file (through a link or a
+truncated JPEG and GIF data; an image whose pixels do not fit in memory is "too large for
+memory", not corrupt), and two rows naming the same file (through a link or a
 hard link). ``check_splits`` does every split and also refuses evaluation images that are
 training images too.
 
@@ -356,6 +357,7 @@ def _kind(reason: str) -> str:
         ("not an image", "not an image"),
         ("unsupported", "unsupported"),
         ("above the limit", "too large"),
+        ("too large to decode in memory", "too large for memory"),
         ("aspect ratio", "extreme aspect ratio"),
         ("same image file", "duplicate"),
         ("also a training image", "in train and evaluation"),

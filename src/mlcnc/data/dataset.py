@@ -108,13 +108,15 @@ def read_image(
             image.draft("RGB", (draft_min_side, draft_min_side))
         try:
             pixels = _rgb_pixels(image, path)
+            chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+            if not chw.flags.writeable:  # Pillow's read-only buffer, not copied (a 1 x 1 image)
+                chw = chw.copy()
         except BadImageError:
             raise
+        except MemoryError:  # the machine's limit, not the file's fault: not "corrupt"
+            raise BadImageError(path, _memory_hint(image.width, image.height)) from None
         except Exception as err:  # any decoder error: the file is bad
             raise BadImageError(path, f"cannot decode {image.format} image ({_why(err)})") from None
-    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
-    if not chw.flags.writeable:  # Pillow's read-only buffer, not copied (a 1 x 1 image)
-        chw = chw.copy()
     return torch.from_numpy(chw)
 
 
@@ -251,6 +253,14 @@ def _limit_hint(max_pixels: int | None) -> str:
         f"shrink the image or raise data.max_image_pixels (now {max_pixels:,})"
         if max_pixels is not None
         else "shrink the image"
+    )
+
+
+def _memory_hint(width: int, height: int) -> str:
+    return (
+        f"too large to decode in memory ({width} x {height} = {width * height:,} pixels); "
+        "lower the pixel limit (data check --max-pixels, data.max_image_pixels) to refuse "
+        "it from its header, or shrink the image"
     )
 
 

@@ -234,6 +234,7 @@ def read_run_result(path: Path, cfg: Config) -> RunResult:
             "a table must compare runs made the same way: use another --output, or delete "
             "that run folder to redo it"
         )
+    _check_same_data(path, cfg)
     return RunResult(
         payload["method"],
         int(payload["seed"]),
@@ -243,6 +244,49 @@ def read_run_result(path: Path, cfg: Config) -> RunResult:
         payload.get("seconds"),
         cfg.train.eval_scores,  # the same config, so the same scores
     )
+
+
+_CURRENT_DATA: dict[str, dict[str, Any]] = {}
+"""The splits as a run would train on them now, by data config (read once per benchmark)."""
+
+
+def _check_same_data(path: Path, cfg: Config) -> None:
+    """Refuse a finished run whose data changed since (same CSV paths, other rows or labels):
+    its result.json would put a number for the old data in the table. The data are compared
+    as a resume compares them: the fingerprints its last checkpoint records of the train,
+    val and test splits against the splits read now (a run without them is not compared)."""
+    from mlcnc.engine.checkpoint import (
+        CHECKPOINT_DIR,
+        LAST,
+        compare_data,
+        compare_eval_data,
+        load_checkpoint,
+    )
+
+    checkpoint = path.parent / CHECKPOINT_DIR / LAST
+    if not checkpoint.is_file():
+        return
+    try:
+        state = load_checkpoint(checkpoint)
+    except DataError:  # not readable: the result stands as written
+        return
+    if not (state.get("data") or {}).get("fingerprint"):
+        return
+    key = json.dumps(config_to_dict(cfg.data), sort_keys=True)
+    if key not in _CURRENT_DATA:
+        from mlcnc.data import build_splits
+        from mlcnc.engine.data_check import checked_splits
+
+        _CURRENT_DATA[key] = checked_splits(cfg.data, build_splits(cfg.data))[0]
+    splits = _CURRENT_DATA[key]
+    problems, _ = compare_data(state, splits["train"], checkpoint)
+    problems += compare_eval_data(state, {k: v for k, v in splits.items() if k != "train"})
+    if problems:
+        raise DataError(
+            f"{path} was made on other data (differs in: {'; '.join(problems)}); a table must "
+            "compare runs on the same data: use another --output, or delete that run folder "
+            "to redo it"
+        )
 
 
 def run_one(

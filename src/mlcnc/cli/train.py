@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlcnc.cli._numbers import non_negative_int
-
 DEFAULT_CONFIG = "synthetic"
 
 
@@ -46,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="resume even though the config or the training data differ (never another "
         "number of classes)",
     )
-    parser.add_argument("--seed", type=non_negative_int, help="random seed (train.seed)")
+    parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument(
         "--output",
         metavar="DIR",

@@ -424,7 +424,15 @@ def is_override(text: str) -> bool:
 def merge_data_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A saved config's ``data:`` dict with ``key=value`` (or ``data.key=value``) overrides,
     e.g. to point a checkpoint's dataset at the images on this machine."""
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "data"]
     for text in overrides:
+        section = text.partition("=")[0].partition(".")[0]
+        if section in sections:
+            raise ConfigError(
+                f"{text}: only the checkpoint's data config can be changed here (data.KEY=VALUE "
+                f"or KEY=VALUE, e.g. data.test_csv=...); {section}.* is the checkpoint's own, "
+                "fixed by its training"
+            )
         key = text if text.startswith("data.") else f"data.{text}"
         data = merge_dicts(data, parse_override(key)["data"])
     return data

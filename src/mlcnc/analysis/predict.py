@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mlcnc.analysis.preprocessing import Preprocessing
-from mlcnc.data.dataset import BadImageError, read_image
+from mlcnc.data.dataset import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, read_image
 from mlcnc.io import json_text
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
@@ -91,9 +91,15 @@ class ImagePrediction:
 class _ImageFiles(Dataset):
     """Decoded, transformed images; a bad file gives its error instead of raising."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Tensor], Tensor]) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform: Callable[[Tensor], Tensor],
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -101,7 +107,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
         path = self.paths[index]
         try:
-            return index, self.transform(read_image(path)), None
+            return index, self.transform(read_image(path, self.max_pixels)), None
         except BadImageError as error:
             return index, None, str(error)
         except (RuntimeError, ValueError, TypeError) as error:  # e.g. a degenerate image size
@@ -133,17 +139,19 @@ def predict_images(
     with_attention: bool = False,
     keep_images: bool = False,
     progress: Callable[[int], Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[ImagePrediction]:
     """Yield an ``ImagePrediction`` per path, in order (see the module docstring).
 
     ``with_attention`` needs a model whose forward takes ``return_attention=True`` and fills
     ``ModelOutput.attention`` (MLC-NC); ``keep_images`` needs ``preprocessing`` to undo the
     normalisation. ``progress(n)`` is called after each batch with the number of files done.
+    ``max_pixels``: larger images are refused from their header (``read_image``).
     """
     if keep_images and preprocessing is None:
         raise ValueError("keep_images needs the model's preprocessing to de-normalise the input")
     loader = DataLoader(
-        _ImageFiles(paths, transform),
+        _ImageFiles(paths, transform, max_pixels),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,

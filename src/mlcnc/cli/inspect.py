@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from mlcnc.analysis.collapse import REPORT_FILES, collapse_report
     from mlcnc.analysis.loading import load_for_inspection, pick_device, resolve_split
     from mlcnc.cli._errors import error_line
+    from mlcnc.config import ConfigError
     from mlcnc.data import BadImageError, DataError
 
     device = pick_device(args.device)
@@ -63,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     print(trained.message, file=sys.stderr)
     try:
         split, label = resolve_split(trained, args.data, args.overrides)
+    except ConfigError:
+        raise  # a bad override: one line, exit 2 (mlcnc.cli)
     except (DataError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"mlcnc inspect: {error}") from None
+        raise SystemExit(f"mlcnc inspect: error: {error}") from None
     checkpoint = Path(trained.checkpoint)
     data_name = Path(args.data).stem if args.data.endswith(".csv") else args.data
     default_out = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from mlcnc.cli._device import device_option
@@ -52,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--attention",
         metavar="DIR",
         help="write attention overlays per predicted class and a contact sheet to DIR",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        metavar="N",
+        help="refuse larger images from their header (default: the run's data.max_image_pixels)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument(
@@ -106,6 +113,26 @@ class _LazyOutput:
         return naming()
 
 
+def _check_order(args: argparse.Namespace) -> None:
+    """``predict IMAGE RUN`` (the arguments swapped): one line saying so, exit 2."""
+    from mlcnc.analysis.predict import IMAGE_SUFFIXES
+    from mlcnc.cli._paths import resolved
+    from mlcnc.config import ConfigError
+
+    def is_run(path: str) -> bool:
+        found = resolved(path)
+        return found.suffix == ".ckpt" or (found / "checkpoints").is_dir()
+
+    image = Path(args.checkpoint).suffix.lower() in IMAGE_SUFFIXES
+    runs = [item for item in args.inputs if is_run(item)]
+    if runs or image:
+        shown = runs[0] if runs else args.checkpoint
+        raise ConfigError(
+            f"{shown}: the arguments look swapped: the run folder or checkpoint comes first, "
+            "then the images: mlcnc predict RUN_OR_CHECKPOINT IMAGE_OR_FOLDER..."
+        )
+
+
 def _check_outputs(args: argparse.Namespace, inputs: list, runs: list) -> None:
     """--output and --attention through the one output guard."""
     from mlcnc.analysis.attention import ATTENTION_FILES
@@ -142,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = (
         None if args.top_k is not None else (0.5 if args.threshold is None else args.threshold)
     )
+    _check_order(args)
     try:
         paths = find_images(args.inputs)
     except FileNotFoundError as error:
@@ -187,10 +215,15 @@ def run(args: argparse.Namespace) -> int:
             with_attention=with_attention,
             keep_images=with_attention,
             progress=bar.update,
+            max_pixels=args.max_image_pixels or trained.config.data.max_image_pixels,
         )
         for index, prediction in enumerate(predictions):
             if prediction.error is not None:
-                skipped.append(str(prediction.error))
+                # the pixel limit's hint names predict's option, not the config key
+                prediction.error = str(prediction.error).replace(
+                    "data.max_image_pixels", "--max-image-pixels"
+                )
+                skipped.append(prediction.error)
                 tqdm.write(f"skipped unreadable image: {prediction.error}", file=sys.stderr)
                 continue
             out.write(prediction)
@@ -208,8 +241,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, count: int, skipped: list[str], sheet: Any) -> int:
     """The closing lines of ``predict`` (and the attention contact sheet); the exit code."""
-    from pathlib import Path
-
     if not count:
         print(
             f"mlcnc predict: error: no image could be read: predicted 0 images; skipped "

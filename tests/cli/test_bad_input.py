@@ -398,20 +398,20 @@ def _(tmp_path, run, monkeypatch):
 def _(tmp_path, run):
     from PIL import Image
 
-    Image.new("L", (6000, 6000)).save(tmp_path / "big.png")  # 36 MB grey, 108 MB as RGB
+    Image.new("L", (8000, 8000)).save(tmp_path / "big.png")  # 64 MB grey, 192 MB as RGB
     csv = _dataset(tmp_path, [f"{_good(tmp_path)},a", "big.png,b"])
-    return _memory_limited(["data", "check", "--csv", str(csv), "--decode", "--max-pixels", "50000000"])  # fmt: skip
+    return _memory_limited(["data", "check", "--csv", str(csv), "--decode", "--max-pixels", "100000000"])  # fmt: skip
 
 
-def _memory_limited(argv: list[str], headroom: int = 80 * 1024**2) -> Outcome:
+def _memory_limited(argv: list[str], headroom: int = 128 * 1024**2) -> Outcome:
     """The real command in a subprocess whose address space, once torch and Pillow are
     imported, may grow by ``headroom`` bytes only."""
     import subprocess
     import sys
 
     code = (
-        "import resource, sys; from mlcnc.cli import main; import mlcnc.config, "
-        "mlcnc.data.check, PIL.PngImagePlugin; "
+        "import resource, sys; from mlcnc.cli import build_parser, main; import mlcnc.config, "
+        "mlcnc.data.check, PIL.PngImagePlugin; build_parser(); "
         "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize(); "
         f"resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom})); "
         "sys.exit(main(sys.argv[1:]))"

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the config (every key and value) and exit without training",
+        help="check the config (every key and value; the method built on random weights "
+        "reads one image of data.image_size) and exit without training or reading the data",
     )
     parser.set_defaults(func=run)
 
@@ -119,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_required_keys(cfg.data)
     if args.dry_run:
+        from mlcnc.methods import check_method
+
+        check_method(cfg.method, cfg.data.image_size, cfg.data.name, cfg.optim.epochs)
         print(
             f"config OK: method {cfg.method.name} ({cfg.method.recipe} recipe, "
             f"{cfg.method.backbone}) on {cfg.data.name}, {cfg.optim.epochs} epochs, "

@@ -50,7 +50,7 @@ from mlcnc.engine.summary import config_lines, model_line
 from mlcnc.engine.task import ModelWithLoss
 from mlcnc.engine.traps import check_launcher, start_warnings
 from mlcnc.losses.base import Criterion
-from mlcnc.methods import Method, build_method
+from mlcnc.methods import Method, build_method, check_input_size
 
 
 def make_fabric(cfg: Config) -> Fabric:
@@ -306,10 +306,11 @@ def read_data(fabric: Fabric, cfg: Config, plan: Resume) -> tuple[dict[str, Any]
 
 def build_checked_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Method:
     """``build_method`` with a builder's ValueError (options that do not fit the data)
-    turned into a one-line user error naming the method and the data."""
+    turned into a one-line user error naming the method and the data; then one image of
+    ``data.image_size`` through the model (``check_input_size``, as ``--dry-run``)."""
     class_names = list(split.class_names)
     try:
-        return build_method(
+        method = build_method(
             cfg.method,
             len(class_names),
             class_freq,
@@ -320,6 +321,8 @@ def build_checked_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Met
             class_names=class_names,
             train_paths=split.image_paths,
         )
+        check_input_size(method.model, cfg.method, cfg.data.image_size)
+        return method
     except (ConfigError, DataError):
         raise
     except ValueError as error:

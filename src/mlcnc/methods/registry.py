@@ -236,6 +236,59 @@ def build_method(
     return method
 
 
+def check_method(
+    cfg: MethodConfig,
+    image_size: int,
+    data_name: str | None = None,
+    epochs: int | None = None,
+    num_classes: int = 3,
+) -> None:
+    """Every check the method's builder and model make, without its weights or the data:
+    the method built on random weights (``pretrained=False``) for ``num_classes``
+    placeholder classes, then one image of ``image_size`` through its model
+    (``check_input_size``). What ``mlcnc train --dry-run`` runs; checks that need the
+    data's class count or the weights file are made when those are read."""
+    import dataclasses as dc
+
+    from mlcnc.models.clip import placeholder_class_names
+
+    names = placeholder_class_names(num_classes)
+    try:
+        method = build_method(
+            dc.replace(cfg, pretrained=False), num_classes, np.ones(num_classes),
+            num_samples=num_classes + 1, data_name=data_name, epochs=epochs, class_names=names,
+        )  # fmt: skip
+    except ConfigError:
+        raise
+    except ValueError as error:  # a builder's check of its options
+        raise ConfigError(f"method {cfg.name}: {error}") from None
+    check_input_size(method.model, cfg, image_size)
+
+
+def check_input_size(model: nn.Module, cfg: MethodConfig, image_size: int) -> None:
+    """One (1, 3, S, S) image through ``model`` in eval mode without gradient (the random
+    state and the train / eval mode left as they were): a model that cannot read
+    ``data.image_size`` images (a CLIP tower's fixed positional embedding) is refused in one
+    line before training, not at its first step."""
+    import torch
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype))
+    except (ValueError, RuntimeError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"data.image_size={image_size}: method {cfg.name} with method.backbone="
+            f"{cfg.backbone} cannot read {image_size}x{image_size} images: {detail}"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """The default of an options field (refuses a field without one)."""
     if f.default is not dataclasses.MISSING:

@@ -209,7 +209,7 @@ def create_backbone(
 
 
 @contextmanager
-def _quiet_hub(offline: bool) -> Iterator[None]:
+def quiet_hub(offline: bool) -> Iterator[None]:
     """huggingface_hub without its console lines (the retry warnings of each failed request)
     and, with ``offline``, in offline mode (the local cache only, no request at all)."""
     import huggingface_hub.constants as hub
@@ -246,20 +246,21 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def timm_pretrained(name: str) -> TimmBackbone:
     """timm model ``name`` with its pretrained weights: from the Hugging Face cache without
-    any request when they are there; else downloaded, when the hub can be reached. Offline,
+    any request when they are there; else downloaded, when the hub can be reached (the one
+    mechanism, also for CLIP towers: ``models.clip.create_clip``). Offline,
     one ``DataError`` line naming the weights and where to put them, with none of the
     hub's retry lines (it retries each file five times, for about a minute, otherwise)."""
     import huggingface_hub.constants as hub
 
     try:
-        with _quiet_hub(offline=True):
+        with quiet_hub(offline=True):
             return TimmBackbone(name, pretrained=True)
     except OSError:  # not in the cache (or a URL that cannot be reached)
         pass
     if hub.HF_HUB_OFFLINE or not hub_reachable():
         raise hub_weights_missing(name) from None
     try:
-        with _quiet_hub(offline=False):
+        with quiet_hub(offline=False):
             return TimmBackbone(name, pretrained=True)
     except OSError as error:  # the hub refused or the download broke
         raise weights_unavailable(name, None, error) from None

@@ -14,24 +14,36 @@ A backbone name ``open_clip:<config>[:<output>]`` builds open_clip's model ``<co
   the attention pool's value and output projections ``c_proj(v_proj(f))`` (MaskCLIP; the
   pool's positional embedding is *not* added), ViT ``ln_post(patch tokens) @ proj``.
 
-Weights (``pretrained``): False = random init; True = open_clip's own download of the tag
-``openai`` (Hugging Face hub; needs the network); a path = a local file (a state dict of
-the whole CLIP model or ``.safetensors``), every key must load. A machine without the
-network and without the file gets one line naming the file and where to put it
-(``ClipWeightsError``). ``mlcnc-tiny-rn`` and ``mlcnc-tiny-vit`` are tiny configs (32 px,
-embedding width 16) registered here for tests and CPU smoke runs.
+Weights (``pretrained``): False = random init; True = the tag ``openai`` as open_clip
+downloads it (Hugging Face hub), read from the Hugging Face cache without any request when
+it is there, else downloaded when the hub can be reached (``models.backbone.quiet_hub``,
+the mechanism of timm's weights); a path = a local file (a state dict of the whole CLIP
+model or ``.safetensors``), every key must load. Weights that cannot be found, fetched or
+read give one line naming the file and where to put it (``ClipWeightsError``, a data
+error: exit 1). open_clip's own log lines are dropped (``quiet_open_clip``): mlcnc says
+what went wrong, and a model rebuilt to load a checkpoint is not "initialized randomly".
+
+Input size: a tower whose positional embedding is used (ViT always; RN's attention pool,
+read by ``pooled`` and by LM-CLIP / LMPT) reads images of its config's size only; another
+size is refused in one line naming ``data.image_size`` (``check_clip_input``; nothing is
+interpolated). RN ``map`` / ``dense`` read any size. ``mlcnc-tiny-rn`` and
+``mlcnc-tiny-vit`` are tiny configs (32 px, embedding width 16) registered here for tests
+and CPU smoke runs.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from mlcnc.data.readers import DataError
 from mlcnc.schema import ConfigError
 
 PREFIX = "open_clip:"
@@ -65,8 +77,26 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 """Tiny random-weight CLIP configs (tests, CPU smoke runs): not for real training."""
 
 
-class ClipWeightsError(ConfigError):
-    """CLIP weights that cannot be found or fetched (a one-line user error)."""
+class ClipWeightsError(DataError):
+    """CLIP weights that cannot be found, fetched or read (a one-line data error, exit 1, as
+    for a timm backbone's weights)."""
+
+
+class _DropOpenClipRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname
+
+
+@contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """open_clip logs on the root logger ("Parsing model identifier", "Model initialized
+    randomly", download errors): drop its records, keep everyone else's."""
+    root, drop = logging.getLogger(), _DropOpenClipRecords()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _open_clip() -> Any:
@@ -122,16 +152,36 @@ def clip_embed_dim(config: str) -> int:
     return int(cfg["embed_dim"])
 
 
-def weights_hint(config: str) -> str:
-    """Where the weights of ``config`` come from, for the one-line error."""
+def openai_weights_file(config: str) -> tuple[str, str] | None:
+    """(Hugging Face repository, file) open_clip downloads for ``config``'s tag ``openai``
+    (the ``.safetensors`` form, which it tries first); None without that tag."""
+    import posixpath
+
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
     open_clip = _open_clip()
-    tags = open_clip.list_pretrained_tags_by_model(config)
-    if "openai" in tags:
-        hub = open_clip.get_pretrained_cfg(config, "openai").get("hf_hub", "")
-        where = f"the Hugging Face repository {hub.rstrip('/')} (open_model.safetensors)"
-    else:
-        where = f"open_clip's pretrained tags for {config} ({', '.join(tags) or 'none'})"
-    return where
+    if "openai" not in open_clip.list_pretrained_tags_by_model(config):
+        return None
+    repo, filename = posixpath.split(open_clip.get_pretrained_cfg(config, "openai")["hf_hub"])
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        filename = HF_SAFE_WEIGHTS_NAME
+    elif filename.endswith((".bin", ".pth")):
+        filename = filename[:-4] + ".safetensors"
+    return repo, filename
+
+
+def weights_hint(config: str) -> str:
+    """Which file holds ``config``'s OpenAI weights and how to pass it, for one-line errors."""
+    found = openai_weights_file(config)
+    if found is None:
+        tags = ", ".join(_open_clip().list_pretrained_tags_by_model(config)) or "none"
+        return f"open_clip has no OpenAI weights for {config} (its tags: {tags})"
+    repo, filename = found
+    return (
+        f"download https://huggingface.co/{repo}/resolve/main/{filename} and pass it with "
+        f"method.pretrained=/path/to/{filename}"
+    )
 
 
 def create_clip(config: str, pretrained: bool | str) -> nn.Module:
@@ -140,37 +190,101 @@ def create_clip(config: str, pretrained: bool | str) -> nn.Module:
     if config not in open_clip.list_models():
         raise ConfigError(f"backbone {PREFIX}{config}: {check_clip_name(PREFIX + config)}")
     if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ClipWeightsError(
-                f"CLIP weights file not found: {path}; download the {config} weights from "
-                f"{weights_hint(config)} and put the file at {path} (or set "
-                "method.pretrained to where it is)"
-            )
+        return _clip_from_file(config, Path(pretrained).expanduser())
+    if pretrained is True:
+        return _openai_clip(config)
+    with quiet_open_clip():
+        return open_clip.create_model(config, pretrained=None)
+
+
+def _clip_from_file(config: str, path: Path) -> nn.Module:
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ClipWeightsError(
+            f"method.pretrained={path}: the CLIP weights file {what}; give the path of the "
+            f"{config} weights file ({weights_hint(config)})"
+        )
+    open_clip = _open_clip()
+    with quiet_open_clip():
         model = open_clip.create_model(config, pretrained=None)
         try:
             open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
         except Exception as error:  # any reader error: the file is wrong
-            raise ClipWeightsError(
-                f"{path}: not CLIP weights for {config} ({type(error).__name__}: "
-                f"{str(error).splitlines()[0][:300]})"
-            ) from None
-        return model
-    if pretrained is True:
-        try:
-            return open_clip.create_model(config, pretrained="openai", require_pretrained=True)
-        except Exception as error:  # offline, hub errors, ...
-            raise ClipWeightsError(
-                f"cannot fetch the OpenAI CLIP weights for {config} ({type(error).__name__}); "
-                f"on a machine without the network download them from {weights_hint(config)} "
-                "and set method.pretrained=/path/to/open_clip_model.safetensors"
-            ) from None
-    return open_clip.create_model(config, pretrained=None)
+            raise ClipWeightsError(f"method.pretrained={path}: {_bad_file(path, config, error)}")
+    return model
+
+
+def _bad_file(path: Path, config: str, error: BaseException) -> str:
+    """What is wrong with a weights file open_clip could not load, in words (never torch's
+    advice to unpickle it with ``weights_only=False``)."""
+    text = str(error).strip()
+    if text.startswith("Error(s) in loading state_dict"):
+        detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), "")
+        return f"its weights do not fit CLIP {config} ({detail[:240]})"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = "a .safetensors file" if path.suffix == ".safetensors" else "a PyTorch state-dict file"
+    return (
+        f"not {kind} of CLIP weights (it starts with {head!r}: {type(error).__name__}); "
+        f"give the {config} weights file ({weights_hint(config)})"
+    )
+
+
+def _openai_clip(config: str) -> nn.Module:
+    """CLIP ``config`` with the tag ``openai``: from the Hugging Face cache without any
+    request when it is there; else downloaded, when the hub can be reached; else one line."""
+    import huggingface_hub.constants as hub
+
+    from mlcnc.models.backbone import hub_reachable, quiet_hub
+
+    open_clip = _open_clip()
+    if openai_weights_file(config) is None:
+        raise ConfigError(
+            f"method.pretrained=true: {weights_hint(config)}; give a weights file with "
+            "method.pretrained=PATH or train from scratch with method.pretrained=false"
+        )
+    build = {"pretrained": "openai", "require_pretrained": True}
+    try:
+        with quiet_hub(offline=True), quiet_open_clip():
+            return open_clip.create_model(config, **build)
+    except Exception:  # not in the cache
+        pass
+    if hub.HF_HUB_OFFLINE or not hub_reachable():
+        raise ClipWeightsError(
+            f"method.pretrained=true: the OpenAI weights of CLIP {config} are not in the "
+            f"Hugging Face cache ({hub.HF_HUB_CACHE}) and {hub.ENDPOINT} cannot be reached; "
+            f"on a machine with network {weights_hint(config)}"
+        ) from None
+    try:
+        with quiet_hub(offline=False), quiet_open_clip():
+            return open_clip.create_model(config, **build)
+    except Exception as error:  # the hub refused or the download broke
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ClipWeightsError(
+            f"method.pretrained=true: cannot fetch the OpenAI weights of CLIP {config} "
+            f"({reason}); {weights_hint(config)}"
+        ) from None
+
+
+def check_clip_input(visual: nn.Module, config: str, images: Tensor) -> None:
+    """Refuse images of another size than the tower's positional embedding fixes (call it
+    where that embedding is read: ViT always, RN's attention pool)."""
+    size = getattr(visual, "image_size", None)
+    size = (size, size) if isinstance(size, int) else tuple(size or ())
+    got = tuple(int(n) for n in images.shape[-2:])
+    if size and got != size:
+        raise ValueError(
+            f"CLIP tower {config} reads {size[0]}x{size[1]} images only (its positional "
+            f"embedding is fixed; nothing is interpolated), got {got[0]}x{got[1]}: set "
+            f"data.image_size={size[0]}"
+        )
 
 
 def text_tokenizer(config: str) -> Any:
     """open_clip's tokenizer for ``config`` (the BPE vocabulary ships in the wheel)."""
-    return _open_clip().get_tokenizer(config)
+    open_clip = _open_clip()
+    with quiet_open_clip():
+        return open_clip.get_tokenizer(config)
 
 
 class ClipImageBackbone(nn.Module):
@@ -197,6 +311,8 @@ class ClipImageBackbone(nn.Module):
             self.num_features = int(self.visual.transformer.width)
 
     def _last_map(self, images: Tensor) -> Tensor:
+        if not self.is_resnet:  # the ViT adds its positional embedding
+            check_clip_input(self.visual, self.config, images)
         out = self.visual.forward_intermediates(
             images, indices=1, intermediates_only=True, normalize_intermediates=True
         )
@@ -204,6 +320,7 @@ class ClipImageBackbone(nn.Module):
 
     def pooled(self, images: Tensor) -> Tensor:
         """CLIP's image embedding (B, d), not normalised."""
+        check_clip_input(self.visual, self.config, images)
         return self.visual(images)
 
     def forward(self, images: Tensor) -> Tensor:

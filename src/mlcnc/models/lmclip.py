@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mlcnc.models.clip import (
     FixedTextCLIP,
+    check_clip_input,
     create_clip,
     placeholder_class_names,
     text_tokenizer,
@@ -107,6 +108,7 @@ class LMCLIP(nn.Module):
         return FixedTextCLIP(self.clip.visual, self.fixed_label_embeddings(), self.clip.logit_scale)
 
     def forward(self, images: Tensor, return_attention: bool = False) -> ClipOutput:
+        check_clip_input(self.clip.visual, self.config, images)
         image = F.normalize(self.clip.encode_image(images), dim=-1)
         if self.training or torch.is_grad_enabled():
             labels = self.encode_labels()

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from mlcnc.models.clip import (
     FixedTextCLIP,
+    check_clip_input,
     create_clip,
     placeholder_class_names,
     text_tokenizer,
@@ -201,6 +202,7 @@ class LMPT(nn.Module):
         return_attention: bool = False,
         sample_indices: Tensor | None = None,
     ) -> LMPTOutput:
+        check_clip_input(self.clip.visual, self.config, images)
         with torch.no_grad():  # the image tower is frozen
             image = F.normalize(self.clip.encode_image(images), dim=-1)
         distances = None

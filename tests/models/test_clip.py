@@ -86,7 +86,7 @@ def test_local_file_loads_every_key(tmp_path):
     for key, value in clip.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
     torch.save({"visual.conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(ClipWeightsError, match="not CLIP weights"):
+    with pytest.raises(ClipWeightsError, match="do not fit CLIP mlcnc-tiny-vit"):
         create_clip("mlcnc-tiny-vit", str(path))
 
 
@@ -166,3 +166,68 @@ def test_text_embeddings_cached_on_disk_for_pretrained_weights_only(tmp_path, mo
     assert len(calls) == 4
     torch.testing.assert_close(build(str(weights)), first)
     assert len(calls) == 4
+
+
+def test_offline_weights_name_the_hub_file_without_retries(monkeypatch, caplog):
+    import mlcnc.models.backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "hub_reachable", lambda: False)
+    with caplog.at_level("DEBUG"), pytest.raises(ClipWeightsError) as error:
+        create_clip("RN50-quickgelu", True)
+    message = str(error.value)
+    assert "\n" not in message and "open_model.safetensors" not in message
+    assert "timm/resnet50_clip.openai/resolve/main/open_clip_model.safetensors" in message
+    assert "method.pretrained=/path/to/open_clip_model.safetensors" in message
+    assert not [r for r in caplog.records if "open_clip" in r.pathname or "huggingface" in r.name]
+
+
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0\x00\x10JFIF", b"garbage\n"])
+def test_unreadable_weights_file_is_named_without_unpickling_advice(tmp_path, content, caplog):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(content)
+    with caplog.at_level("DEBUG"), pytest.raises(ClipWeightsError) as error:
+        create_clip("mlcnc-tiny-rn", str(path))
+    message = str(error.value)
+    assert message.startswith(f"method.pretrained={path}: not a .safetensors file")
+    assert "weights_only" not in message and "\n" not in message
+    assert not [r for r in caplog.records if "open_clip" in r.pathname]
+
+
+def test_random_build_logs_nothing(caplog):
+    with caplog.at_level("DEBUG"):
+        create_clip("mlcnc-tiny-vit", False)
+    assert not [r for r in caplog.records if "open_clip" in r.pathname]
+
+
+@pytest.mark.parametrize(
+    ("method", "backbone", "fixed"),
+    [
+        ("lmclip", "open_clip:mlcnc-tiny-rn", True),
+        ("lmpt", "open_clip:mlcnc-tiny-rn", True),
+        ("mlcnc_clip_a", "open_clip:mlcnc-tiny-rn", False),
+        ("mlcnc_clip_a", "open_clip:mlcnc-tiny-rn:pooled", True),
+        ("mlcnc_clip_b", "open_clip:mlcnc-tiny-rn:dense", False),
+        ("mlcnc_clip_c", "open_clip:mlcnc-tiny-rn", False),
+        ("mlcnc_clip_d", "open_clip:mlcnc-tiny-rn:pooled", True),
+        ("lmclip", "open_clip:mlcnc-tiny-vit", True),
+        ("mlcnc_clip_a", "open_clip:mlcnc-tiny-vit", True),
+        ("mlcnc_clip_b", "open_clip:mlcnc-tiny-vit:dense", True),
+        ("mlcnc_clip_c", "open_clip:mlcnc-tiny-vit", True),
+        ("mlcnc_clip_d", "open_clip:mlcnc-tiny-vit:pooled", True),
+    ],
+)
+def test_fixed_size_towers_refuse_another_image_size(method, backbone, fixed):
+    from mlcnc.methods import check_method
+    from mlcnc.methods.registry import MethodConfig
+    from mlcnc.schema import ConfigError
+
+    model = {"embed_dim": 16} if method == "mlcnc_clip_c" else {}
+    cfg = MethodConfig(name=method, backbone=backbone, pretrained=True, model=model)
+    check_method(cfg, 32)  # the tower's own size (random weights: nothing is downloaded)
+    if not fixed:
+        check_method(cfg, 48)
+        return
+    with pytest.raises(ConfigError) as error:
+        check_method(cfg, 48)
+    assert str(error.value).startswith("data.image_size=48: ")
+    assert str(error.value).endswith("set data.image_size=32")

@@ -864,6 +864,191 @@ def _(tmp_path, run, trained):
     return run("predict", trained[1], thin, "--no-progress")
 
 
+# ------------------------------------------------------------------------- probe cases
+
+
+@case("inspect-out-holds-files")
+def _(tmp_path, run, trained):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "report.md").write_text("my notes\n")
+    outcome = run("inspect", trained[1], "--out", folder)
+    assert (folder / "report.md").read_text() == "my notes\n"  # nothing replaced
+    assert sorted(p.name for p in folder.iterdir()) == ["report.md"]
+    return outcome
+
+
+@case("non-finite-weights")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    for path in sorted((copy / "checkpoints").glob("*.ckpt")):
+        state = load_checkpoint(path)
+        name = next(iter(state["model"]))
+        state["model"][name] = state["model"][name] * float("nan")
+        save_checkpoint(state, path)
+    image = trained[0] / "images" / "test_000.png"
+    for argv in (["predict", copy, image], ["export", copy, "--format", "weights"]):
+        assert run(*argv)[0] == "exit 1" and "NaN or infinite" in run.err, run.err
+    assert not list((copy / "checkpoints").glob("*.weights.pt"))
+    return run("evaluate", copy, "--no-ema")
+
+
+@case("benchmark-data-changed")
+def _(tmp_path, run, trained):
+    data = tmp_path / "data"
+    shutil.copytree(trained[0], data)
+    overrides = [a for a in tiny_args(data, tmp_path)[5:] if not a.startswith("method.")]
+    argv = ["benchmark", "--config", "csv", "--methods", TINY_METHOD, "--seeds", "0",
+            "--output", tmp_path / "bench", "--no-plot", *overrides, "method.pretrained=false"]  # fmt: skip
+    assert run(*argv)[0] == "exit 0", run.err
+    lines = (data / "test.csv").read_text().splitlines()
+    relabelled = [lines[0], *(f"{line.split(',')[0]},circle" for line in lines[1:])]
+    (data / "test.csv").write_text("\n".join(relabelled) + "\n")
+    before = (tmp_path / "bench" / "results.md").read_text()
+    outcome = run(*argv)
+    assert (tmp_path / "bench" / "results.md").read_text() == before
+    return outcome
+
+
+@case("integer-option-range")
+def _(tmp_path, run, trained):
+    image = trained[0] / "images" / "test_000.png"
+    for argv, option in [
+        (["inspect", trained[1], "--batch-size", "-4"], "--batch-size"),
+        (["predict", trained[1], image, "--workers", "-1"], "--workers"),
+        (["predict", trained[1], image, "--top-k", "0"], "--top-k"),
+        (["export", trained[1], "--format", "weights", "--check-count", "0"], "--check-count"),
+        (["benchmark", "--methods", "erm", "--jobs", "0"], "--jobs"),
+    ]:
+        outcome = run(*argv)
+        assert outcome[0] == "exit 2" and f"argument {option}: expected a whole number" in run.err
+    return run("evaluate", trained[1], "--batch-size", "0")
+
+
+@case("device-not-on-this-machine")
+def _(tmp_path, run, trained):
+    image = trained[0] / "images" / "test_000.png"
+    if not torch.cuda.is_available():
+        for argv in (["evaluate", trained[1]], ["predict", trained[1], image],
+                     ["inspect", trained[1]]):  # fmt: skip
+            assert run(*argv, "--device", "cuda")[0] == "exit 2", run.err
+            assert "argument --device: 'cuda': PyTorch sees no CUDA GPU" in run.err, run.err
+    return run("evaluate", trained[1], "--device", "tpu")
+
+
+@case("two-outputs-one-path")
+def _(tmp_path, run, trained):
+    same = tmp_path / "same.out"
+    outcome = run("evaluate", trained[1], "--json", same, "--predictions", same)
+    assert not same.exists()
+    return outcome
+
+
+@case("overwrite-keeps-exports")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path)
+    (copy / "checkpoints" / "best.onnx").write_bytes(b"an export")
+    outcome = run(*tiny_args(data, copy, "--overwrite"))
+    assert (copy / "checkpoints" / "best.onnx").read_bytes() == b"an export"
+    return outcome
+
+
+@case("export-again")
+def _(tmp_path, run, trained):
+    _, copy = _copy_run(trained, tmp_path)
+    assert run("export", copy, "--format", "weights")[0] == "exit 0", run.err
+    again = run("export", copy, "--format", "weights")
+    assert run("export", copy, "--format", "weights", "--overwrite")[0] == "exit 0", run.err
+    best = copy / "checkpoints" / "best.ckpt"
+    argv = ("export", copy, "--format", "weights", "--out", best, "--overwrite")
+    assert run(*argv)[0] == "exit 1" and "the run's checkpoints" in run.err  # never a .ckpt
+    return again
+
+
+@case("evaluate-non-data-override")
+def _(tmp_path, run, trained):
+    return run("evaluate", trained[1], "optim.lr=1")
+
+
+@case("predict-arguments-swapped")
+def _(tmp_path, run, trained):
+    return run("predict", trained[0] / "images" / "test_000.png", trained[1], "--no-progress")
+
+
+@case("predict-pixel-limit")
+def _(tmp_path, run, trained):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (4000, 3000)).save(big)
+    assert (
+        run("predict", trained[1], big, "--no-progress", "--max-image-pixels", "20000000")[0]
+        == "exit 0"
+    )
+    return run("predict", trained[1], big, "--no-progress", "--max-image-pixels", "1000000")
+
+
+@case("train-interrupted")
+def _(tmp_path, run, trained):
+    """Ctrl-C in a real process: one line, exit 130, and --resume continues the run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    folder = tmp_path / "run"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+        "import helpers; helpers.register_tiny_method(); "
+        "from mlcnc.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = tiny_args(trained[0], folder, "optim.epochs=400")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    metrics = folder / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert not (folder / ".lock").exists() or RunLock(folder / ".lock").acquire() is None
+    resumed = subprocess.run([sys.executable, "-c", code, "train", "--resume", str(folder),
+                              "--force", "optim.epochs=4"], env=env, text=True,
+                             capture_output=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs[-1] == 4 and len(set(epochs)) == len(epochs), epochs
+    outcome = Outcome((f"exit {process.returncode}", out + err))
+    outcome.out, outcome.err = out, err
+    return outcome
+
+
+@case("train-out-of-memory")
+def _(tmp_path, run, trained):
+    code, text = _limited(
+        [*tiny_args(trained[0], tmp_path / "run", "data.image_size=12000")], tmp_path
+    )
+    outcome = Outcome((f"exit {code}", text))
+    outcome.out, outcome.err = "", text
+    return outcome
+
+
+@case("python-m-mlcnc")
+def _(tmp_path, run, trained):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "mlcnc", "--help"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert subprocess.run([sys.executable, "-m", "mlcnc.cli", "--help"], capture_output=True,
+                          timeout=120).returncode == 0  # fmt: skip
+    outcome = Outcome((f"exit {done.returncode}", done.stdout + done.stderr))
+    outcome.out, outcome.err = done.stdout, done.stderr
+    return outcome
+
+
 # ------------------------------------------------------------------------- tests
 
 ROWS = doc_rows(SECTION)

@@ -110,7 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with no_srun_hint(), one_line_warnings(enabled=not debug):
             return int(args.func(args) or 0)
-    except (*user_error_types(), OSError, ValueError) as error:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: where it stopped, no traceback
+        if debug:
+            raise
+        said = str(interrupt).strip() or "interrupted (Ctrl-C)"
+        print(f"\nmlcnc {args.command}: error: {said}", file=sys.stderr)
+        return 130
+    except (*user_error_types(), OSError, ValueError, MemoryError, RuntimeError) as error:
+        from mlcnc.cli._errors import is_out_of_memory, out_of_memory_line
+
+        if is_out_of_memory(error) and not debug:
+            line = out_of_memory_line(error, args.command)
+            print(f"mlcnc {args.command}: error: {line}", file=sys.stderr)
+            return 1
         message = user_message(error)
         if debug or message is None:
             raise

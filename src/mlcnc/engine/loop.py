@@ -64,7 +64,33 @@ from mlcnc.engine.run_folder import RunFolderError
 from mlcnc.engine.setup import Run, make_fabric, setup, uses_channels_last
 from mlcnc.io import jsonable
 
-__all__ = ["NonFiniteLossError", "TrainResult", "make_fabric", "run", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "TrainingInterrupted",
+    "make_fabric",
+    "run",
+    "train",
+]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training; the message says where and how to continue."""
+
+
+def _interrupted(proc: Run, epoch: int) -> TrainingInterrupted:
+    """What Ctrl-C in ``epoch`` (0-based) leaves: the run folder, its last checkpoint."""
+    folder = proc.folder.path
+    where = f"interrupted in epoch {epoch + 1} at step {proc.step}"
+    if (folder / "checkpoints" / LAST).is_file():
+        return TrainingInterrupted(
+            f"{where}; {folder} keeps its last checkpoint: continue with "
+            f"`mlcnc train --resume {folder}`"
+        )
+    return TrainingInterrupted(
+        f"{where}, before the first checkpoint; nothing to resume in {folder}: start it "
+        "again (with --overwrite)"
+    )
 
 
 def train(
@@ -135,6 +161,7 @@ def run(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> TrainRes
             total=o.epochs, initial=proc.start_epoch, desc="epochs", unit="epoch", disable=not show
         )
         record: dict[str, Any] = proc.history[-1] if proc.history else {}
+        epoch = proc.start_epoch
         for epoch in range(proc.start_epoch, o.epochs):
             record = train_epoch(proc, epoch)
             last_epoch = epoch + 1 == o.epochs
@@ -146,6 +173,11 @@ def run(fabric: Fabric, cfg: Config, config_name: str, plan: Resume) -> TrainRes
             fabric.barrier()
         epochs_bar.close()
         return finish(proc, record)
+    except KeyboardInterrupt as interrupt:
+        proc.folder.close("failed")  # releases the lock: a later --resume may continue
+        if isinstance(interrupt, TrainingInterrupted):
+            raise
+        raise _interrupted(proc, epoch) from None
     except BaseException:
         proc.folder.close("failed")  # releases the lock: a later --resume may continue
         raise

@@ -280,7 +280,10 @@ def check_input_size(model: nn.Module, cfg: MethodConfig, image_size: int) -> No
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             model.eval()(torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype))
     except (ValueError, RuntimeError) as error:
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        text = str(error)
+        if "out of memory" in text.lower() or "can't allocate memory" in text:
+            raise  # not the model's input size: mlcnc.cli says what to lower
+        detail = (text.strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(
             f"data.image_size={image_size}: method {cfg.name} with method.backbone="
             f"{cfg.backbone} cannot read {image_size}x{image_size} images: {detail}"

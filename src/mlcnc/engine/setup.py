@@ -83,8 +83,8 @@ def make_fabric(cfg: Config) -> Fabric:
             strategy=strategy,
             precision=precision,
         )
-    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as error:
-        # Lightning refuses the accelerator, devices, strategy or nodes
+    except (ValueError, TypeError, RuntimeError, ImportError, MisconfigurationException) as error:
+        # Lightning refuses the accelerator, devices, strategy or nodes (tpu: no torch_xla)
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise ConfigError(
             f"train.accelerator={t.accelerator}, train.devices={t.devices}, "

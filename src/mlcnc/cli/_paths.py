@@ -21,7 +21,7 @@ input. The error is a ``DataError`` (exit 1), printed as one line by ``mlcnc.cli
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 RUN_OWN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "per_class.csv", "result.json")
@@ -135,11 +135,16 @@ def check_output(
         if not overwrite and target.exists():
             what = "holds an earlier export (not a checkpoint)" if export else "already exists"
             raise DataError(f"{option} {given}: {what}; pass --overwrite to replace it")
+    _check_writable_parent(target, refuse)
+    return target
+
+
+def _check_writable_parent(target: Path, refuse: Callable[[str], Exception]) -> None:
+    """The nearest existing folder above ``target`` must be a writable folder."""
     for parent in target.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise refuse(f"{parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise refuse(f"the folder {parent} is not writable")
-            break
-    return target
+            return

@@ -27,7 +27,12 @@ from mlcnc.cli._renamed import add_old_spelling
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="dataset statistics and long-tailed subsets")
     commands = parser.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    _register_check(commands)
+    _register_stats(commands)
+    _register_make_longtail(commands)
 
+
+def _register_check(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check",
         help="check every image of a dataset; list all problems (file:line: image: reason)",
@@ -55,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.set_defaults(func=_reporting_errors(_check))
 
+
+def _register_stats(commands: argparse._SubParsersAction) -> None:
     stats = commands.add_parser(
         "stats",
         help="per-class counts, groups, imbalance, cardinality, co-occurrence; frequency plot",
@@ -85,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     stats.set_defaults(func=_reporting_errors(_stats))
 
+
+def _register_make_longtail(commands: argparse._SubParsersAction) -> None:
     subset = commands.add_parser(
         "make-longtail",
         help="draw a long-tailed subset of a CSV dataset (Distribution-Balanced procedure)",

@@ -241,29 +241,9 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
             step_sums[name] = step_sums.get(name, 0.0) + value.detach()
         images_seen += images.shape[0] * run.world
         bar.update(images.shape[0] * run.world)
-        if not steps:
-            continue
-        if o.grad_clip is not None:
-            fabric.clip_gradients(run.model, run.optimizer, max_norm=o.grad_clip)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.step += 1
-        if run.ema is not None:
-            run.ema.update(run.net, step=run.step)
-        if run.step % t.log_every == 0:
-            watch.check(run, epoch)
+        if steps:
             step_losses = {name: value / group for name, value in step_sums.items()}
-            bar.set_postfix(loss=f"{step_losses['total'].item():.4f}")
-            if run.rank == 0:
-                tqdm.write(
-                    f"step {run.step}  epoch {epoch + 1}/{o.epochs}  loss "
-                    f"{step_losses['total'].item():.4f}  lr {run.scheduler.get_last_lr()[0]:.3g}"
-                )
-            run.folder.log_scalars(
-                {f"step/loss_{name}": v.item() for name, v in step_losses.items()}
-                | {"step/lr": run.scheduler.get_last_lr()[0]},
-                run.step,
-            )
+            optimizer_step(run, epoch, step_losses, watch, bar)
     bar.close()
     watch.check(run, epoch)
     seconds = time.perf_counter() - started
@@ -278,6 +258,33 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     record["img_per_s"] = images_seen / max(seconds, 1e-9)
     record["epoch_seconds"] = seconds
     return record
+
+
+def optimizer_step(
+    run: Run, epoch: int, step_losses: dict[str, torch.Tensor], watch: FiniteWatch, bar: tqdm
+) -> None:
+    """The end of an optimizer step's group of batches: clip, step the optimizer and the
+    schedule, update the EMA and, every ``train.log_every`` steps, check the losses are
+    finite and log the step's mean losses (console, progress bar, loggers)."""
+    o, t, fabric = run.cfg.optim, run.cfg.train, run.fabric
+    if o.grad_clip is not None:
+        fabric.clip_gradients(run.model, run.optimizer, max_norm=o.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    if run.ema is not None:
+        run.ema.update(run.net, step=run.step)
+    if run.step % t.log_every:
+        return
+    watch.check(run, epoch)
+    loss, lr = step_losses["total"].item(), run.scheduler.get_last_lr()[0]
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if run.rank == 0:
+        tqdm.write(f"step {run.step}  epoch {epoch + 1}/{o.epochs}  loss {loss:.4f}  lr {lr:.3g}")
+    run.folder.log_scalars(
+        {f"step/loss_{name}": v.item() for name, v in step_losses.items()} | {"step/lr": lr},
+        run.step,
+    )
 
 
 def step_on_metric(run: Run, record: dict[str, Any]) -> None:

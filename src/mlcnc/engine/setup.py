@@ -447,9 +447,7 @@ def take_folder(run: Run, plan: Resume, dropped: list[Any]) -> None:
         from mlcnc.engine.loggers import make_loggers
 
         folder.use_tensorboard = "tensorboard" in run.cfg.train.loggers
-        folder.trackers = make_loggers(
-            run.cfg.train.loggers, folder.path, config_to_dict(run.cfg)
-        )
+        folder.trackers = make_loggers(run.cfg.train.loggers, folder.path, config_to_dict(run.cfg))
     if plan.state is not None and plan.state["history"] is None and run.world > 1:
         # A checkpoint without an epoch history: the records come from the folder's
         # metrics.jsonl (rank 0 read it; every rank needs them for the result).

@@ -165,8 +165,6 @@ def evaluate_checkpoint(
     ranks, ``logits`` or ``softmax`` over classes (``metrics.ranking_scores``;
     None: the run's ``train.eval_scores``), recorded as the result's ``scores``.
     """
-    from lightning.fabric import Fabric
-
     from mlcnc.data.longtail import class_groups
 
     choice = choose_weights(path, checkpoint, use_ema)
@@ -174,11 +172,7 @@ def evaluate_checkpoint(
     saved = state["config"]
     cfg = config_from_dict({**saved, "data": merge_data_overrides(saved["data"], data_overrides)})
     evaluated = _split_to_evaluate(cfg, state, split)
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(device)  # "cuda:1": that GPU
-    devices = [chosen.index] if chosen.index is not None else 1
-    fabric = Fabric(accelerator=chosen.type, devices=devices, precision="32-true")  # device only
+    fabric = _device_fabric(device)
     # The precision the run trained in (as recorded; see checkpoint.upgrade_checkpoint).
     precision = state["precision"]
     loader = _eval_loader_of(evaluated, cfg, batch_size, fabric.device.type == "cuda")
@@ -216,6 +210,18 @@ def evaluate_checkpoint(
         f"{scores_note(scores)})",
     )
     return result
+
+
+def _device_fabric(device: str | None) -> Any:
+    """A Fabric that only places tensors on ``device`` (None / "auto": a GPU if any;
+    "cuda:1": that GPU); the precision is the run's own, applied by the caller."""
+    from lightning.fabric import Fabric
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    devices = [chosen.index] if chosen.index is not None else 1
+    return Fabric(accelerator=chosen.type, devices=devices, precision="32-true")
 
 
 def _write_predictions(

@@ -210,7 +210,9 @@ def _clip_from_file(config: str, path: Path) -> nn.Module:
         try:
             open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
         except Exception as error:  # any reader error: the file is wrong
-            raise ClipWeightsError(f"method.pretrained={path}: {_bad_file(path, config, error)}")
+            raise ClipWeightsError(
+                f"method.pretrained={path}: {_bad_file(path, config, error)}"
+            ) from None
     return model
 
 

@@ -75,6 +75,7 @@ TARGETS = torch.tensor(
     ],
     dtype=torch.float32,
 )
+SAMPLE_INDICES = torch.tensor([3, 17, 0, 42, 8, 25, 11, 49])  # the batch's rows of the training set
 # The batch end_epoch builds the prototypes from: class 3 never positive (no prototype).
 PROTOTYPE_TARGETS = torch.tensor(
     [[1, 0, 0, 0, 1], [0, 1, 1, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 1]], dtype=torch.float32
@@ -136,8 +137,28 @@ def needs_clip(method: str) -> bool:
     return METHODS.get(method).build.__module__.rsplit(".", 1)[-1] in CLIP_METHOD_MODULES
 
 
+def caption_file() -> str:
+    """One caption per training image (``img/<i>.jpg <words>``), for LMPT's CSEL."""
+    import tempfile
+
+    words = ("cat", "dog", "a red car", "two people", "a tree")
+    path = Path(tempfile.mkdtemp(prefix="mlcnc-ddp-")) / "captions.txt"
+    lines = (
+        f"img/{i}.jpg a photo of {words[i % 5]} and {words[(i * 3) % 5]}"
+        for i in range(NUM_SAMPLES)
+    )
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def build(case: Case):
     model = {"embed_dim": 16, "num_heads": 2} if case.method.startswith("mlcnc") else {}
+    options = METHODS.get(case.method).model_options
+    captioned = options is not None and any(
+        f.name == "captions" for f in dataclasses.fields(options)
+    )
+    if captioned:  # LMPT: the CSEL term reads each image's caption by its sample index
+        model["captions"] = caption_file()
     backbone = TINY_SPLITTABLE if is_paired(case.method) else TINY
     cfg = MethodConfig(
         name=case.method,
@@ -155,7 +176,15 @@ def build(case: Case):
         num_samples=NUM_SAMPLES,
         train_labels=labels,
         epochs=PAIRED_EPOCHS,
+        train_paths=[f"/data/img/{i}.jpg" for i in range(NUM_SAMPLES)] if captioned else None,
     )
+
+
+def forward(model: nn.Module, inputs: Tensor, indices: Tensor) -> Any:
+    """The model's output; a model reading per-image side data gets the sample indices."""
+    if getattr(model, "uses_sample_indices", False):
+        return model(inputs, sample_indices=indices)
+    return model(inputs)
 
 
 def prepared(case: Case, images: Tensor) -> tuple[nn.Module, nn.Module, bool]:
@@ -184,8 +213,8 @@ class WithLoss(nn.Module):
         self.model = model
         self.criterion = (criterion,)
 
-    def forward(self, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        return self.criterion[0](self.model(images), targets)
+    def forward(self, images: Tensor, targets: Tensor, indices: Tensor) -> dict[str, Tensor]:
+        return self.criterion[0](forward(self.model, images, indices), targets)
 
 
 def trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -285,7 +314,7 @@ def _sharded_criteria(rank: int, prepared_cases: Prepared, images: Tensor) -> di
             criterion.load_state_dict(state)  # the prototype sums of the other split
             model.zero_grad(set_to_none=True)
             rows = _rows(sizes, rank)
-            losses = ddp(inputs[rows], targets[rows])
+            losses = ddp(inputs[rows], targets[rows], SAMPLE_INDICES[rows])
             losses["total"].backward()
             names = sorted(losses)
             values = torch.stack([losses[k].detach() for k in names])
@@ -371,7 +400,7 @@ def _reference(
     """One process, the global batch."""
     model, criterion = copy.deepcopy(model), copy.deepcopy(criterion)
     inputs, targets = batch_of(paired, images, TARGETS)
-    losses = criterion(model(inputs), targets)
+    losses = criterion(forward(model, inputs, SAMPLE_INDICES), targets)
     losses["total"].backward()
     return {"values": {k: v.detach() for k, v in losses.items()}, "grads": trainable(model)}
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
-from pydantic import ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 T = TypeVar("T")
@@ -65,6 +65,20 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 """A number in [0, 1] (probabilities, dropout, momentum)."""
 
 
+def _one_class_slot(templates: list[str]) -> list[str]:
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(
+                f"template {template!r} must hold '{{}}' once, where the class name goes "
+                "(without it every class gets the same text)"
+            )
+    return templates
+
+
+PromptTemplates = Annotated[list[Str], Field(min_length=1), AfterValidator(_one_class_slot)]
+"""Label prompt templates: at least one, each with one ``{}`` for the class name."""
+
+
 def nearest(name: str, choices: Sequence[str], n: int = 3) -> list[str]:
     """The choices closest to a mistyped ``name`` (difflib's ratio), best first."""
     return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.6)
@@ -105,6 +119,9 @@ def describe_error(error: ValidationError, root: type, prefix: str = "") -> str:
         message = str(first.get("ctx", {}).get("error", first["msg"]))
         return f"{key or 'config'}: {message}" if key else message
     value = first.get("input")
+    if kind == "too_short":
+        least = first.get("ctx", {}).get("min_length", 1)
+        return f"bad value {value!r} for {key!r}; expected a list of at least {least} item(s)"
     if cls is not None and not isinstance(value, dict):
         return f"bad value {value!r} for {key!r}; expected a mapping of its keys"
     return f"bad value {value!r} for {key!r}; {expectation(hint)}"

@@ -87,6 +87,16 @@ def _(tmp_path, run):
     return run(*args)
 
 
+@case("clip-templates")
+def _(tmp_path, run):
+    base = ("method.name=mlcnc_clip_b", "method.backbone=open_clip:mlcnc-tiny-vit",
+            "method.pretrained=false", "method.model.embed_dim=16", "method.model.num_heads=2")  # fmt: skip
+    for bad in ("[a photo]", "['{} and {}']"):
+        result = run(*clip_args(tmp_path, *base, f"method.model.templates={bad}", "--dry-run"))
+        assert result[0] == "exit 2" and "must hold '{}' once" in result[1], result[1]
+    return run(*clip_args(tmp_path, *base, "method.model.templates=[]"))
+
+
 @case("clip-rebuilt-quietly")
 def _(tmp_path, run):
     """predict in a real process: open_clip logs on the root logger, which pytest captures."""

@@ -328,3 +328,21 @@ def test_trackers_get_the_config_and_the_scalars(tmp_path: Path, monkeypatch, ti
     assert any("test/map_total" in m for _, m in tracker.metrics)
     assert any("step/loss_total" in m for _, m in tracker.metrics)
     assert not (tmp_path / "run" / "tensorboard").exists()  # not listed: not written
+
+
+@pytest.mark.parametrize("argv", [["train", "--config", "synthetic"], ["--debug", "train"]])
+def test_ctrl_c_while_parsing_is_one_line(argv, monkeypatch, capsys):
+    """Ctrl-C before the subcommand runs (imports, parsing) is one line and exit 130; with
+    --debug the interrupt propagates (its traceback)."""
+    import mlcnc.cli as cli
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_args", interrupted)
+    if "--debug" in argv:
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(argv)
+        return
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.strip() == "mlcnc train: error: interrupted (Ctrl-C)"

@@ -99,6 +99,23 @@ def exit_code(error: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``mlcnc`` command: Ctrl-C anywhere (imports and parsing included) is one line and
+    exit 130; user errors are one line and exit 1 or 2 (``run_command``)."""
+    try:
+        return run_command(argv)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: where it stopped, no traceback
+        given = sys.argv[1:] if argv is None else argv
+        if "--debug" in given or os.environ.get("MLCNC_DEBUG", "") not in ("", "0"):
+            raise
+        said = str(interrupt).strip() or "interrupted (Ctrl-C)"
+        command = next((a for a in given if not a.startswith("-")), "")
+        print(f"\nmlcnc{' ' + command if command else ''}: error: {said}", file=sys.stderr)
+        return 130
+
+
+def run_command(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run its subcommand at the boundary where user errors become one
+    line (``--debug`` / ``MLCNC_DEBUG=1``: the traceback instead)."""
     parser = build_parser()
     args = parse_args(parser, argv)
     if getattr(args, "func", None) is None:
@@ -110,12 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with no_srun_hint(), one_line_warnings(enabled=not debug):
             return int(args.func(args) or 0)
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: where it stopped, no traceback
+    except KeyboardInterrupt as interrupt:
         if debug:
             raise
-        said = str(interrupt).strip() or "interrupted (Ctrl-C)"
-        print(f"\nmlcnc {args.command}: error: {said}", file=sys.stderr)
-        return 130
+        raise KeyboardInterrupt(str(interrupt).strip() or "interrupted (Ctrl-C)") from None
     except (*user_error_types(), OSError, ValueError, MemoryError, RuntimeError) as error:
         from mlcnc.cli._errors import is_out_of_memory, out_of_memory_line
 

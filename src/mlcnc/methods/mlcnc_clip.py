@@ -40,7 +40,7 @@ from mlcnc.methods.registry import (
     register_method,
 )
 from mlcnc.models.head import MLCNCModelOptions
-from mlcnc.schema import ConfigError, section
+from mlcnc.schema import ConfigError, PromptTemplates, section
 
 Variant = Literal["a", "b", "c", "d"]
 
@@ -51,7 +51,11 @@ def _clip_options() -> type:
         for f in dataclasses.fields(MLCNCModelOptions)
     ]
     fields += [
-        ("templates", "list[str]", dataclasses.field(default_factory=lambda: ["a photo of a {}."])),
+        (
+            "templates",
+            PromptTemplates,
+            dataclasses.field(default_factory=lambda: ["a photo of a {}."]),
+        ),
         ("lift_seed", "Int", dataclasses.field(default=0)),  # names resolve in models.head
     ]
     plain = dataclasses.make_dataclass("MLCNCClipModelOptions", fields)

@@ -147,6 +147,31 @@ class OptimConfig:
                 f"schedule_epochs ({self.schedule_epochs}) must be at least epochs "
                 f"({self.epochs}): the schedule cannot end before the run"
             )
+        if self.schedule == "plateau" and self.plateau_min_lr >= self.lr:
+            raise ValueError(
+                f"plateau_min_lr ({self.plateau_min_lr:g}) must be below lr ({self.lr:g}) "
+                "under schedule=plateau: the lr never drops below plateau_min_lr, so it "
+                "would never drop at all"
+            )
+        if self.schedule in ("step", "plateau") and self.gamma >= 1:
+            raise ValueError(
+                f"gamma ({self.gamma:g}) must be below 1 under schedule={self.schedule}: "
+                "the lr is multiplied by gamma to lower it"
+            )
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ValueError(
+                f"milestones {list(self.milestones)} must be increasing epochs, each once"
+            )
+        if (
+            self.schedule == "onecycle"
+            and self.cycle_momentum
+            and self.base_momentum > self.max_momentum
+        ):
+            raise ValueError(
+                f"base_momentum ({self.base_momentum:g}) is above max_momentum "
+                f"({self.max_momentum:g}) under cycle_momentum: OneCycle cycles the momentum "
+                "from max_momentum down to base_momentum and back"
+            )
 
     @property
     def planned_epochs(self) -> int:

@@ -39,6 +39,16 @@ def scores_note(scores: str) -> str:
     return f"scores: {SCORES[scores]}"
 
 
+def softmax_refusal(setting: str, source: Any, class_names: list[str]) -> str:
+    """The line refusing softmax scores over fewer than 2 classes (``setting``: the key or
+    option that asked for them)."""
+    return (
+        f"{setting}: {source} has {len(class_names)} class ({', '.join(class_names)}); a "
+        "softmax over one class is 1 for every image, so every AP would be the share of "
+        "positives whatever the model: softmax scores need at least 2 classes; use logits"
+    )
+
+
 def ranking_scores(logits: Any, scores: str = "logits") -> np.ndarray:
     """The (N, C) scores AP ranks: the logits, or (``softmax``) a float64 softmax over the
     C classes of each image, as LMPT's and LM-CLIP's evaluation code rank. A per-image

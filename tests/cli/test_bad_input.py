@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import bad_inputs
-from cli_cases import Cases, Outcome, Runner, doc_rows
+from cli_cases import Cases, Outcome, Runner, doc_rows, tiny_args
+from helpers import write_tiny_csv_dataset
 from mlcnc.data import build_dataset, read_image
 from mlcnc.data.check import check_trainable, drop_bad_rows
 from mlcnc.data.readers import DataError, MultiLabelSplit, read_csv_split
@@ -465,6 +466,68 @@ def _(tmp_path, run):
     assert result == "exit 1" and "an existing folder" in text, text
     assert csv.read_bytes() == before
     return run("data", "stats", "--csv", csv, "--json", csv)
+
+
+@case("mlcnc-home-cannot-be-made")
+def _(tmp_path, run, monkeypatch):
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc (a folder where no folder can be made)")
+    monkeypatch.setenv("MLCNC_HOME", "/proc/mlcnc-home-test")
+    return run("data", "stats", "--benchmark", "synthetic", "--split", "train")
+
+
+@case("stats-two-outputs-one-path")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    out = tmp_path / "p.png"
+    result = run("data", "stats", "--csv", csv, "--plot", out, "--json", out)
+    assert not out.exists() and "an input" not in result[1], result[1]
+    return result
+
+
+@case("stats-benchmark-option-with-csv")
+def _(tmp_path, run):
+    csv = _dataset(tmp_path, [f"{_good(tmp_path)},a"])
+    for option in ("--voc2012-root", "--coco-root", "--synthetic-root", "--split-file"):
+        result, text = run("data", "stats", "--csv", csv, option, tmp_path)
+        assert result == "exit 2" and f"{option} {tmp_path}: applies to --benchmark" in text
+    result, text = run("data", "stats", "--benchmark", "synthetic", "--coco-root", tmp_path)
+    assert result == "exit 2" and "--benchmark synthetic does not use it" in text, text
+    return run("data", "stats", "--csv", csv, "--split", "val")
+
+
+PLAIN_METHOD = ("method.name=erm", "method.backbone=resnet18")  # registered in the package
+
+
+@case("plateau-min-lr-above-lr")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    base = [*tiny_args(data, tmp_path / "run"), *PLAIN_METHOD, "--dry-run"]
+    for bad, says in (
+        (["optim.schedule=step", "optim.milestones=[3,2]"], "must be increasing"),
+        (["optim.schedule=plateau", "optim.gamma=1"], "gamma (1) must be below 1"),
+        (["optim.base_momentum=0.97", "optim.max_momentum=0.9"], "is above max_momentum"),
+    ):
+        result, text = run(*base, *bad)
+        assert result == "exit 2" and says in text, text
+    return run(*base, "optim.schedule=plateau", "optim.plateau_min_lr=1")
+
+
+@case("softmax-scores-one-class")
+def _(tmp_path, run):
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    first = (data / "classes.txt").read_text().split()[0]
+    (data / "classes.txt").write_text(first + "\n")
+    for split in ("train", "val", "test"):
+        path = data / f"{split}.csv"
+        rows = path.read_text().splitlines()
+        kept = [f"{r.split(',')[0]},{first if first in r.split(',')[1].split(';') else ''}"
+                for r in rows[1:]]  # fmt: skip
+        path.write_text("\n".join([rows[0], *kept]) + "\n")
+    out = tmp_path / "run"
+    result = run(*tiny_args(data, out, *PLAIN_METHOD, "train.eval_scores=softmax"))
+    assert not (out / "checkpoints").exists(), result[1]
+    return result
 
 
 # ------------------------------------------------------------------------- tests

@@ -97,6 +97,16 @@ def _(tmp_path, run):
     return run(*clip_args(tmp_path, *base, "method.model.templates=[]"))
 
 
+@case("lmpt-n-ctx-vs-ctx-init")
+def _(tmp_path, run):
+    base = ("method.name=lmpt", "method.backbone=open_clip:mlcnc-tiny-rn",
+            "method.pretrained=false", "method.model.ctx_init=a photo of a")  # fmt: skip
+    for fits in ("method.model.n_ctx=4", "method.model.n_ctx=null"):
+        result = run(*clip_args(tmp_path, *base, fits, "--dry-run"))
+        assert result[0] == "exit 0", result[1]
+    return run(*clip_args(tmp_path, *base, "method.model.n_ctx=2", "--dry-run"))
+
+
 @case("clip-rebuilt-quietly")
 def _(tmp_path, run):
     """predict in a real process: open_clip logs on the root logger, which pytest captures."""

@@ -34,15 +34,30 @@ def test_matched_by_path_in_any_order_and_cut(tmp_path):
     assert got[1] == "two cars driving down a city street"
 
 
-def test_matched_by_line_order_when_no_path_matches(tmp_path):
+def test_matched_by_line_order_when_no_path_matches_with_a_note(tmp_path):
+    path = write(tmp_path, "x/1.jpg first caption\nx/2.jpg second caption\n")
+    with pytest.warns(UserWarning, match=r"no caption path matches.*matched .* by line order"):
+        assert read_captions(path, IMAGES, chars=6) == ["first ", "second"]
+
+
+def test_another_datasets_file_is_refused_naming_both_counts(tmp_path):
+    """No path matches and the line count is not the number of training images (another
+    dataset's caption file): refused, not matched by line order with lines ignored."""
     path = write(tmp_path, "x/1.jpg first caption\nx/2.jpg second caption\nx/3.jpg third\n")
-    assert read_captions(path, IMAGES, chars=6) == ["first ", "second"]
+    with pytest.raises(CaptionError, match=r"captions.txt: no caption path matches.* 3 .*\(2\)"):
+        read_captions(path, IMAGES)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(CaptionError, match=r"is a folder, not a caption file") as error:
+        read_captions(tmp_path, IMAGES)
+    assert "not found" not in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("x/1.jpg only one\n", r"captions.txt, line 1: the file ends after 1 captions for 2"),
+        ("x/1.jpg only one\n", r"captions.txt: no caption path matches .* its 1 caption lines"),
         ("x/1.jpg one\nx/2.jpg\n", r"captions.txt, line 2: no caption after the image path"),
         (
             "VOCdevkit/VOC2012/JPEGImages/2008_000023.jpg a bottle\nx/2.jpg cars\n",

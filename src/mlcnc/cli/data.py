@@ -73,7 +73,7 @@ def _register_stats(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--benchmark", dest="data", choices=benchmarks, help="a named benchmark")
     add_old_spelling(source, "--data", "--benchmark", "data", choices=benchmarks)
     stats.add_argument(
-        "--split", default="train", help="split of a named benchmark (train, val, test)"
+        "--split", help="split of a named benchmark (train, val, test; default train)"
     )
     stats.add_argument("--classes", type=Path, help="class list for --csv (one name per line)")
     stats.add_argument("--synthetic-root", help="folder of the synthetic benchmark")
@@ -190,6 +190,7 @@ def _load_split(args: argparse.Namespace):
         coco_lt_split_file=args.split_file if args.data == "coco_lt" else None,
     )
     splits = build_splits(cfg)
+    args.split = args.split or "train"
     if args.split not in splits:
         from mlcnc.schema import ConfigError
 
@@ -200,12 +201,50 @@ def _load_split(args: argparse.Namespace):
     return splits[args.split]
 
 
+# data stats' options that name a benchmark's split and files: --csv reads one CSV file
+BENCHMARK_ONLY = (
+    "split",
+    "synthetic_root",
+    "voc2012_root",
+    "voc2007_root",
+    "coco_root",
+    "split_file",
+)
+
+
+def _check_csv_source(args: argparse.Namespace) -> None:
+    """Refuse a benchmark-only option given with --csv (it would be ignored silently)."""
+    from mlcnc.schema import ConfigError
+
+    if args.csv is None:
+        return
+    for key in BENCHMARK_ONLY:
+        value = getattr(args, key)
+        if value is not None:
+            option = f"--{key.replace('_', '-')}"
+            raise ConfigError(
+                f"{option} {value}: applies to --benchmark only; --csv {args.csv} is the "
+                "split itself (drop the option, or name the benchmark with --benchmark)"
+            )
+
+
 def _check_roots(args: argparse.Namespace) -> None:
     """Refuse a named benchmark without the roots it needs, naming the options that give
     them (``data stats`` takes options, not ``data.*`` keys)."""
     from mlcnc.data import REQUIRED_KEYS
     from mlcnc.schema import ConfigError
 
+    uses = {
+        "synthetic": ("synthetic_root",),
+        "voc_lt": ("voc2012_root", "voc2007_root", "split_file"),
+        "coco_lt": ("coco_root", "split_file"),
+    }[args.data]
+    for key in BENCHMARK_ONLY[1:]:
+        if getattr(args, key) is not None and key not in uses:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {getattr(args, key)}: --benchmark {args.data} does "
+                "not use it (drop the option)"
+            )
     missing = [key for key in REQUIRED_KEYS.get(args.data, ()) if getattr(args, key) is None]
     if missing:
         options = " and ".join(f"--{key.replace('_', '-')} DIR" for key in missing)
@@ -218,8 +257,15 @@ def _stats(args: argparse.Namespace) -> int:
 
     given = [args.csv, args.classes, args.csv.parent / "classes.txt" if args.csv else None]
     check_output(args.plot, option="--plot", inputs=given, overwrite=args.overwrite)
-    check_output(args.json, option="--json", inputs=[*given, args.plot], overwrite=args.overwrite)
+    check_output(
+        args.json,
+        option="--json",
+        inputs=given,
+        outputs={"--plot": args.plot},
+        overwrite=args.overwrite,
+    )
     _check_options(args)
+    _check_csv_source(args)
     split = _load_split(args)
     stats = dataset_stats(split, head=args.head, tail=args.tail, top_pairs=args.top)
     groups = class_groups(split.class_freq, args.head, args.tail)

@@ -71,9 +71,10 @@ class SplitFileUnavailable(RuntimeError):
 
 
 def mlcnc_home() -> Path:
-    """``$MLCNC_HOME``, default ``~/.cache/mlcnc``: the one place it is resolved. A folder
-    or one that can be made there: a path through a file is refused (``ConfigError`` naming
-    MLCNC_HOME) before anything is read or written under it."""
+    """``$MLCNC_HOME``, default ``~/.cache/mlcnc``: the one place it is resolved, and made
+    if missing. A writable folder: a path through a file, one that cannot be made or is not
+    writable is refused (``ConfigError`` naming MLCNC_HOME) before anything is read or
+    written under it."""
     from mlcnc.schema import ConfigError
 
     setting = os.environ.get("MLCNC_HOME")
@@ -88,6 +89,20 @@ def mlcnc_home() -> Path:
                 f"{what}: {folder} is {kind}, not a folder; set MLCNC_HOME to a folder (where "
                 "mlcnc caches benchmarks and text embeddings)"
             )
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = f"MLCNC_HOME={setting}" if setting else f"the default MLCNC_HOME {home}"
+        raise ConfigError(
+            f"{what}: the folder cannot be made ({err.strerror or err}); set MLCNC_HOME to a "
+            "writable folder (where mlcnc caches benchmarks and text embeddings)"
+        ) from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        what = f"MLCNC_HOME={setting}" if setting else f"the default MLCNC_HOME {home}"
+        raise ConfigError(
+            f"{what}: the folder is not writable; set MLCNC_HOME to a writable folder (where "
+            "mlcnc caches benchmarks and text embeddings)"
+        )
     return home
 
 

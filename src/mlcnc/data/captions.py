@@ -11,9 +11,11 @@ Alignment with the training split (``read_captions``):
   the image's path (``VOCdevkit/VOC2012/JPEGImages/2008_000023.jpg`` matches
   ``/data/voc/VOCdevkit/VOC2012/JPEGImages/2008_000023.jpg``); extra lines are ignored;
 - else by line order, as LMPT reads them (line i is training image i), when no caption path
-  matches a training image and the file has at least one line per image;
-- anything else (some images matched, others not; too few lines; a line without a caption;
-  two captions for one image) is a one-line ``CaptionError`` naming the file and the line.
+  matches a training image and the file has exactly one line per image (a warning says so);
+- anything else (some images matched, others not; no path matching and a line count that
+  is not the number of training images, e.g. another dataset's file; a line without a
+  caption; two captions for one image; a folder) is a one-line ``CaptionError`` naming the
+  file (and the line, or both counts).
 
 Each caption is whitespace-normalised (``' '.join(text.split())``) and cut to its first
 ``chars`` characters (LMPT: 75), as ``lmpt/imagelist.py`` does.
@@ -21,6 +23,7 @@ Each caption is whitespace-normalised (``' '.join(text.split())``) and cut to it
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path, PurePath
 
@@ -33,6 +36,12 @@ class CaptionError(DataError):
 
 def parse_caption_lines(path: Path) -> list[tuple[int, str, str]]:
     """(line number, image path, caption) of every non-empty line of ``path``."""
+    if path.is_dir():
+        raise CaptionError(
+            f"{path}: is a folder, not a caption file (method.model.captions: a file with one "
+            "`<image path> <caption>` line per training image, e.g. LMPT's "
+            "data/voc/voc_lt_captions.txt)"
+        )
     if not path.is_file():
         raise CaptionError(
             f"caption file not found: {path} (method.model.captions: one `<image path> "
@@ -100,12 +109,17 @@ def read_captions(
     rows = parse_caption_lines(path)
     captions = _match_by_path(path, rows, image_paths)
     if captions is None:
-        if len(rows) < len(image_paths):
-            last = rows[-1][0]
+        if len(rows) != len(image_paths):
             raise CaptionError(
-                f"{path}, line {last}: the file ends after {len(rows)} captions for "
-                f"{len(image_paths)} training images (no caption path matches a training "
-                "image, so lines are matched by order)"
+                f"{path}: no caption path matches a training image, and its {len(rows)} "
+                f"caption lines are not one per training image ({len(image_paths)}), so they "
+                "cannot be matched by line order either: is it the caption file of this "
+                "training split?"
             )
-        captions = [caption for _, _, caption in rows[: len(image_paths)]]
+        warnings.warn(
+            f"{path}: no caption path matches a training image; its {len(rows)} captions "
+            "are matched to the training images by line order (line i is training image i)",
+            stacklevel=2,
+        )
+        captions = [caption for _, _, caption in rows]
     return [" ".join(c.split())[:chars] for c in captions]

@@ -309,6 +309,10 @@ def build_checked_method(cfg: Config, split: Any, class_freq: np.ndarray) -> Met
     turned into a one-line user error naming the method and the data; then one image of
     ``data.image_size`` through the model (``check_input_size``, as ``--dry-run``)."""
     class_names = list(split.class_names)
+    if cfg.train.eval_scores == "softmax" and len(class_names) < 2:
+        from mlcnc.metrics import softmax_refusal
+
+        raise ConfigError(softmax_refusal("train.eval_scores=softmax", split.source, class_names))
     try:
         method = build_method(
             cfg.method,

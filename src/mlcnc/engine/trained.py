@@ -167,6 +167,7 @@ def evaluate_checkpoint(
     """
     from mlcnc.data.longtail import class_groups
 
+    given_scores = scores is not None
     choice = choose_weights(path, checkpoint, use_ema)
     state = choice.state
     saved = state["config"]
@@ -184,6 +185,15 @@ def evaluate_checkpoint(
     groups = class_groups(class_freq, head=cfg.data.head_threshold, tail=cfg.data.tail_threshold)
     result = _result_header(choice, cfg, split, len(evaluated), threshold, selected, precision)
     result["scores"] = scores = scores or cfg.train.eval_scores
+    if scores == "softmax" and len(state["class_names"]) < 2:
+        from mlcnc.config import ConfigError
+        from mlcnc.metrics import softmax_refusal
+
+        setting = "--scores softmax" if given_scores else "the run's train.eval_scores=softmax"
+        raise ConfigError(
+            softmax_refusal(setting, f"the run ({path})", list(state["class_names"]))
+            + ("" if given_scores else " (--scores logits)")
+        )
     result["groups"] = {
         name: [state["class_names"][int(c)] for c in idx] for name, idx in groups.items()
     }

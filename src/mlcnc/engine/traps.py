@@ -9,6 +9,7 @@
 - Gradient accumulation with a loss that has a term over the batch (``Criterion
   .batch_level``: MLC-NC's two-way log-sum-exp, OLTR, contrastive terms) is not the loss of
   the effective batch (``start_warnings``).
+- ``optim.milestones`` at or after ``optim.epochs`` never lower the lr in the run.
 - ``train.num_nodes`` > 1 without a launcher would wait forever for the other nodes
   (``check_launcher``).
 """
@@ -119,6 +120,13 @@ def start_warnings(cfg: Any, criterion: Any, steps_per_epoch: int) -> list[str]:
             f"loss has a term over the batch: each step averages the losses of {k} batches "
             f"of {o.batch_size}, which is not the loss of one batch of {k * o.batch_size}; "
             "raise optim.batch_size instead for the same loss"
+        )
+    late = [m for m in o.milestones if m >= o.epochs]
+    if o.schedule == "step" and late:
+        lines.append(
+            f"WARNING: optim.milestones {list(o.milestones)}: epoch(s) "
+            f"{', '.join(map(str, late))} are not before optim.epochs={o.epochs} (epochs count "
+            "from 0), so the lr is never multiplied by optim.gamma there in this run"
         )
     if t.limit_eval_batches is not None:
         lines.append(

@@ -41,7 +41,8 @@ from mlcnc.schema import (
 class LMPTModelOptions:
     """The prompt learner (LMPT README / train.sh: 16 class-specific random contexts).
 
-    n_ctx: context tokens (ignored with ``ctx_init``: its words' token count);
+    n_ctx: context tokens (None: 16, or with ``ctx_init`` its words' token count, which
+    resolving the config records; an other count with ``ctx_init`` is refused);
     ctx_init: words initialising the context ("" = N(0, 0.02)); class_specific: one context
     per class (LMPT's ``--csc``); class_token_position: "end" (the README setting);
     bn_train_mode: the released RN50 BatchNorm drift (see ``mlcnc.models.lmpt``);
@@ -50,7 +51,7 @@ class LMPTModelOptions:
     faces prompt position t + m).
     """
 
-    n_ctx: PositiveInt = 16
+    n_ctx: PositiveInt | None = None
     ctx_init: Str = ""
     class_specific: Bool = True
     class_token_position: Literal["end"] = "end"
@@ -80,6 +81,19 @@ def finalize_lmpt(cfg: MethodConfig, model: dict[str, Any], loss: dict[str, Any]
 
     if loss["csel_counts"] == "softmax":
         raise ConfigError(f"method.loss.{SOFTMAX_COUNTS_REFUSED}")
+    if model["ctx_init"]:
+        from mlcnc.models.lmpt import ctx_init_tokens
+
+        count = ctx_init_tokens(clip_config_of(cfg.backbone, cfg.name), model["ctx_init"])
+        if model["n_ctx"] not in (None, count):
+            raise ConfigError(
+                f"method.model.n_ctx={model['n_ctx']} but method.model.ctx_init "
+                f"{model['ctx_init']!r} is {count} tokens, and with ctx_init the contexts are "
+                f"its tokens: set method.model.n_ctx={count} or null, or drop ctx_init"
+            )
+        model["n_ctx"] = count
+    elif model["n_ctx"] is None:
+        model["n_ctx"] = 16  # LMPT's README setting (models.lmpt.DEFAULT_N_CTX)
     finalize_db(cfg, model, loss)
 
 

@@ -4,7 +4,8 @@ CoOp prompt learner on a frozen CLIP.
 - Frozen (``requires_grad=False``, eval mode): both CLIP towers, token and positional
   embeddings, ``ln_final``, ``text_projection``, ``logit_scale``. Trained: ``ctx`` only.
 - Contexts: class-specific (C, n_ctx, W) drawn from N(0, 0.02^2) (LMPT's README setting), or
-  the token embeddings of the words ``ctx_init`` (shared (n_ctx, W); with
+  the token embeddings of the words ``ctx_init`` (shared (n_ctx, W), n_ctx = its token
+  count: an other n_ctx is refused, None takes it; without ctx_init None is 16; with
   ``class_specific=True`` copied to every class, which LMPT's code does not offer).
 - Prompt of class c ("end" position): ``[SOS] ctx_c <name tokens> . [EOS] pad``, 77 tokens;
   the SOS and suffix embeddings come from CLIP's frozen token embedding of
@@ -47,6 +48,19 @@ CONTEXT_STD = 0.02
 """``nn.init.normal_(ctx_vectors, std=0.02)`` (CoOp / LMPT ``PromptLearner``)."""
 
 
+DEFAULT_N_CTX = 16  # LMPT's README setting: 16 random contexts (n_ctx None, no ctx_init)
+
+
+def ctx_init_tokens(config: str, ctx_init: str) -> int:
+    """How many context vectors ``ctx_init`` gives: its words' tokens in ``config``'s
+    tokenizer (between SOS and EOT)."""
+    from mlcnc.models.clip import text_tokenizer
+
+    words = " ".join(ctx_init.replace("_", " ").split())
+    ids = text_tokenizer(config)([words])[0]
+    return int((ids != 0).sum()) - 2
+
+
 @dataclass
 class LMPTOutput(ModelOutput):
     """ModelOutput plus ``csel_distances`` (B, C, T): 1 - cos between each image's caption
@@ -81,7 +95,7 @@ class PromptLearner(nn.Module):
         token_embedding: nn.Embedding,
         tokenizer,
         class_names: Sequence[str],
-        n_ctx: int,
+        n_ctx: int | None,
         ctx_init: str,
         class_specific: bool,
     ) -> None:
@@ -92,13 +106,20 @@ class PromptLearner(nn.Module):
         if ctx_init:
             words = " ".join(ctx_init.replace("_", " ").split())
             ids = tokenizer([words])[0]
-            n_ctx = int((ids != 0).sum()) - 2  # the words' tokens between SOS and EOT
+            count = int((ids != 0).sum()) - 2  # the words' tokens between SOS and EOT
+            if n_ctx is not None and n_ctx != count:
+                raise ValueError(
+                    f"n_ctx={n_ctx} but ctx_init {ctx_init!r} is {count} tokens: with ctx_init "
+                    "the contexts are its tokens; give n_ctx equal to that count or leave it unset"
+                )
+            n_ctx = count
             with torch.no_grad():
                 init = token_embedding(ids[1 : 1 + n_ctx]).float().clone()
             if class_specific:
                 init = init.unsqueeze(0).repeat(num_classes, 1, 1)
             prefix = words
         else:
+            n_ctx = DEFAULT_N_CTX if n_ctx is None else n_ctx
             shape = (num_classes, n_ctx, width) if class_specific else (n_ctx, width)
             init = torch.empty(shape).normal_(std=CONTEXT_STD)
             prefix = " ".join(["X"] * n_ctx)
@@ -126,7 +147,7 @@ class LMPT(nn.Module):
         num_classes: int,
         class_names: Sequence[str] | None = None,
         *,
-        n_ctx: int = 16,
+        n_ctx: int | None = None,
         ctx_init: str = "",
         class_specific: bool = True,
         m_ctx: int = 2,

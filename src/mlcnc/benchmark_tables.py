@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlcnc.groups import MAP_GROUPS as GROUPS
+from mlcnc.io import open_atomic, write_atomic
 from mlcnc.metrics import SCORES
 
 
@@ -133,7 +134,7 @@ def scores_line(rows: Sequence[MethodRow]) -> str:
 
 
 def write_csv(rows: Sequence[MethodRow], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
+    with open_atomic(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             ["method", "name", "seeds"]
@@ -167,7 +168,7 @@ def write_tables(
 ) -> dict[str, Path]:
     """results.md, results.csv and (``plot``) results.png in ``output``."""
     files = {"markdown": output / "results.md", "csv": output / "results.csv"}
-    files["markdown"].write_text(markdown_table(rows, table_caption(model, seeds)) + footer)
+    write_atomic(files["markdown"], markdown_table(rows, table_caption(model, seeds)) + footer)
     write_csv(rows, files["csv"])
     if plot and rows:
         from mlcnc.plots import plot_benchmark

@@ -13,11 +13,13 @@ writes such a value atomically (``allow_nan=False``: a NaN never reaches a file)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import IO, Any
 
@@ -65,6 +67,18 @@ def write_atomic(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path, **text: Any) -> Iterator[IO[str]]:
+    """A text file to write ``path`` through, atomically: ``write_atomic`` of what the
+    ``with`` block wrote, only when it ends without an error (an interrupt leaves ``path``
+    as it was). ``text``: ``open``'s text options (``newline``, ``encoding``, ``errors``)."""
+    text.setdefault("encoding", "utf-8")
+    buffer = io.StringIO(newline=text.pop("newline", None))
+    yield buffer
+    data = buffer.getvalue().encode(text["encoding"], text.get("errors", "strict"))
+    write_atomic(path, data)
 
 
 def jsonable(value: Any) -> Any:

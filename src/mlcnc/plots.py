@@ -38,7 +38,9 @@ def _save(figure: Figure, path: str | Path) -> Path:
     if path.suffix.lower() != ".png":
         raise ValueError(f"plots are written as PNG; {path} does not end in .png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    from mlcnc.io import write_atomic  # an interrupt leaves the old image, never half
+
+    write_atomic(path, writer=lambda f: figure.savefig(f, dpi=110, format="png"))
     return path
 
 

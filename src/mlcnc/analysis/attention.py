@@ -18,6 +18,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from mlcnc.analysis.predict import ImagePrediction
+from mlcnc.io import write_atomic
 
 ATTENTION_FILES = ("contact_sheet.png", "[0-9][0-9][0-9][0-9][0-9][0-9]_*")
 """What ``predict --attention DIR`` writes into DIR: the contact sheet and a folder per image."""
@@ -63,7 +64,8 @@ def write_attention_maps(
         zip(prediction.classes, prediction.attention, strict=True)
     ):
         path = folder / f"{rank:02d}_{safe_name(class_names[c])}.png"
-        Image.fromarray(attention_overlay(prediction.image, attention)).save(path)
+        image = Image.fromarray(attention_overlay(prediction.image, attention))
+        write_atomic(path, writer=lambda f, image=image: image.save(f, format="PNG"))
         written.append(path)
     return written
 
@@ -123,5 +125,5 @@ class ContactSheet:
             )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sheet.save(path)
+        write_atomic(path, writer=lambda f: sheet.save(f, format="PNG"))
         return path

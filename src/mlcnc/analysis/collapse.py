@@ -21,7 +21,7 @@ import numpy as np
 
 from mlcnc import metrics, plots
 from mlcnc.data import MultiLabelSplit
-from mlcnc.io import write_json
+from mlcnc.io import write_atomic, write_json
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc2_cos_max_dev", "nc3")
 
@@ -91,7 +91,7 @@ def collapse_report(
     result["collapse"] = _collapse_section(predictions, classifier, class_names, out_dir, figures)
     result["classifier"] = _classifier_section(classifier, class_names, out_dir, figures)
     write_json(out_dir / "collapse.json", result)
-    (out_dir / "report.md").write_text(markdown_report(result))
+    write_atomic(out_dir / "report.md", markdown_report(result))
     return result
 
 

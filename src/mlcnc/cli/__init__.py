@@ -34,7 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         module.register(subparsers)
+    _optional_star_positionals(parser)
     return parser
+
+
+def _optional_star_positionals(parser: argparse.ArgumentParser) -> None:
+    """A ``nargs="*"`` positional (``KEY=VALUE ...``) is optional: argparse marks it required,
+    so a missing run argument was reported as "required: RUN, KEY=VALUE". Every sub-command
+    (and theirs) is walked, so a missing argument's error names only what is missing."""
+    for action in parser._actions:
+        if not action.option_strings and action.nargs == argparse.ZERO_OR_MORE:
+            action.required = False
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _optional_star_positionals(sub)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

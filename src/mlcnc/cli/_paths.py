@@ -24,7 +24,15 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-RUN_OWN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "per_class.csv", "result.json")
+RUN_OWN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "metrics.csv",
+    "per_class.csv",
+    "result.json",
+    "selection.json",
+    "thresholds.json",
+)
 """Files of a run folder that no output of a command may replace."""
 
 
@@ -115,6 +123,7 @@ def check_output(
             raise refuse(f"it is (in) {run / 'checkpoints'}, the run's checkpoints")
         if target.parent == run and target.name in RUN_OWN_FILES:
             raise refuse(f"it is the run's own {target.name}")
+    _refuse_any_checkpoint(target, export, refuse)
     if folder:
         if target.exists() and not target.is_dir():
             raise refuse("it is an existing file, and a folder is written there")
@@ -137,6 +146,24 @@ def check_output(
             raise DataError(f"{option} {given}: {what}; pass --overwrite to replace it")
     _check_writable_parent(target, refuse)
     return target
+
+
+def _refuse_any_checkpoint(target: Path, export: bool, refuse: Callable[[str], Exception]) -> None:
+    """Any run's checkpoints, not only those of the runs the command reads, with or without
+    ``--overwrite``: a file in the ``checkpoints/`` of a folder that holds an mlcnc run (but
+    an earlier export there), and any file that is an mlcnc training checkpoint."""
+    from mlcnc.engine.checkpoint import CHECKPOINT_DIR, is_training_checkpoint
+    from mlcnc.engine.run_folder import holds_mlcnc_run
+
+    folder = target.parent
+    if (
+        folder.name == CHECKPOINT_DIR
+        and (target.suffix == ".ckpt" or (target.exists() and not export))
+        and holds_mlcnc_run(folder.parent)
+    ):
+        raise refuse(f"it is (in) {folder}, the checkpoints of the run folder {folder.parent}")
+    if target.is_file() and is_training_checkpoint(target):
+        raise refuse("it is an mlcnc training checkpoint (a run can resume from it)")
 
 
 def _check_writable_parent(target: Path, refuse: Callable[[str], Exception]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,28 +75,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 class _LazyOutput:
     """Where the results go (stdout or ``--output``), opened at the first prediction: when
-    no image can be read, nothing is written that could pass for an empty result."""
+    no image can be read, nothing is written that could pass for an empty result. The
+    ``--output`` file is written atomically: into a temporary file beside it, renamed over
+    it only when every prediction is written (an interrupt leaves the old file, never half
+    of the new one)."""
 
     def __init__(self, path: str | None, fmt: str, names: list[str], all_scores: bool) -> None:
         self.path, self.fmt, self.names, self.all_scores = path, fmt, names, all_scores
         self.writer = None
         self.stream = None
+        self.tmp: Path | None = None
 
     def write(self, prediction) -> None:
         with self._naming_the_file():
             if self.writer is None:
                 from mlcnc.analysis.predict import PredictionWriter
 
-                self.stream = open(self.path, "w", newline="") if self.path else sys.stdout  # noqa: SIM115
+                if self.path:
+                    from mlcnc.io import temporary_name
+
+                    self.tmp = temporary_name(self.path)
+                    self.stream = open(self.tmp, "w", newline="")  # noqa: SIM115
+                else:
+                    self.stream = sys.stdout
                 self.writer = PredictionWriter(self.stream, self.fmt, self.names, self.all_scores)
             self.writer.write(prediction)
 
-    def close(self) -> None:
+    def close(self, commit: bool = True) -> None:
+        """Finish the output; ``commit=False`` (an error, an interrupt) drops the temporary
+        file and leaves ``--output`` as it was."""
         with self._naming_the_file():
-            if self.writer is not None:
-                self.writer.close()
-                if self.path:
+            if self.writer is None:
+                return
+            try:
+                if commit:
+                    self.writer.close()
+                if self.tmp is not None:
+                    self.stream.flush()
+                    if commit:
+                        os.fsync(self.stream.fileno())
                     self.stream.close()
+                    if commit:
+                        os.replace(self.tmp, self.path)
+            finally:
+                if self.tmp is not None:
+                    self.tmp.unlink(missing_ok=True)
 
     def _naming_the_file(self):
         """An OS error writing ``--output`` (a full disk...) names the file."""
@@ -201,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(paths), unit="img", disable=args.no_progress, file=sys.stderr)
     skipped: list[str] = []
     count = 0
+    done = False
     try:
         predictions = predict_images(
             trained.model,
@@ -231,11 +256,12 @@ def run(args: argparse.Namespace) -> int:
             if with_attention:
                 write_attention_maps(prediction, index, names, args.attention)
                 sheet.add(prediction, names)
+        done = True
     except ValueError as error:  # e.g. a model without attention maps
         raise SystemExit(f"mlcnc predict: {error}") from None
     finally:
         bar.close()
-        out.close()
+        out.close(commit=done)
     return _report(args, count, skipped, sheet)
 
 

@@ -120,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_required_keys(cfg.data)
     if args.dry_run:
+        from mlcnc.engine.run_folder import check_run_folder
         from mlcnc.methods import check_method
+
+        if cfg.train.output and not args.resume:  # the folder check the real run makes
+            check_run_folder(cfg.train.output, "overwrite" if args.overwrite else "new")
 
         check_method(cfg.method, cfg.data.image_size, cfg.data.name, cfg.optim.epochs)
         print(

@@ -35,6 +35,7 @@ from mlcnc.data.dataset import (
     read_image,
 )
 from mlcnc.data.readers import DataError, MultiLabelSplit, file_problem, show_path
+from mlcnc.io import open_atomic
 
 EVALUATION_SPLITS = ("val", "test")
 _BLOCK = 64  # rows per task: few futures for a million rows, an even spread for ten
@@ -188,7 +189,7 @@ def write_problems(problems: Iterable[ImageProblem], path: str | Path) -> Path:
     split, source, line, image, reason; paths written as their bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with open_atomic(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(("split", "source", "line", "image", "reason"))
         for p in problems:

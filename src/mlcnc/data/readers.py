@@ -32,6 +32,7 @@ from mlcnc.data.names import (
     special_file_kind,
     windows_separator_hint,
 )
+from mlcnc.io import open_atomic, write_atomic
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -428,8 +429,8 @@ def write_csv_split(
                     f"{csv_path}; write it to another folder"
                 )
         else:
-            classes_file.write_text("".join(f"{n}\n" for n in split.class_names), "utf-8")
-    with csv_path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            write_atomic(classes_file, "".join(f"{n}\n" for n in split.class_names))
+    with open_atomic(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_HEADER)
         for path, row in zip(split.image_paths, split.labels, strict=True):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ from mlcnc.io import write_atomic
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 CHECKPOINT_DIR = "checkpoints"
+RUN_CHECKPOINT_NAME = re.compile(r"(best|last|epoch-[0-9]{4,})\.ckpt")
+"""The names of the checkpoints a run writes in its ``checkpoints/``: best.ckpt, last.ckpt
+and the history ``epoch-NNNN.ckpt`` (``train.checkpoint_history``); any other file there is
+the user's (a copy, an export) and ``--overwrite`` keeps it."""
 REQUIRED_KEYS = ("model", "config", "class_names", "class_freq")
 FORMAT = 2
 """The checkpoint format this mlcnc writes (2: ``format`` recorded; 1: none recorded)."""
@@ -217,6 +222,28 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
     return line.split(". ")[0].rstrip(".")
+
+
+def is_run_checkpoint_name(name: str) -> bool:
+    """Whether ``name`` is one a run gives its checkpoints (``RUN_CHECKPOINT_NAME``)."""
+    return RUN_CHECKPOINT_NAME.fullmatch(name) is not None
+
+
+def is_training_checkpoint(path: str | Path) -> bool:
+    """Whether the file at ``path`` is an mlcnc training checkpoint (it holds the optimizer
+    state a run resumes from; a weights export does not). Read lazily (``mmap``): a
+    file that cannot be read as one is not one."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            if not f.read(4).startswith(_ZIP_MAGIC):
+                return False
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a (readable) torch zip file: not a checkpoint
+        return False
+    return isinstance(state, dict) and set(REQUIRED_KEYS) <= set(state) and "optimizer" in state
 
 
 def checkpoint_run_dir(path: str | Path) -> Path | None:

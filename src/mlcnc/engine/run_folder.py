@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlcnc.engine.checkpoint import CHECKPOINT_DIR
+from mlcnc.engine.checkpoint import BEST, CHECKPOINT_DIR, LAST, is_run_checkpoint_name
 from mlcnc.groups import MAP_GROUPS as GROUPS
-from mlcnc.io import jsonable, write_atomic
+from mlcnc.io import jsonable, open_atomic, write_atomic
 from mlcnc.schema import ConfigError
 
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_cos_mean_dev", "nc3")
@@ -56,9 +56,10 @@ RUN_FILES = (
     "per_class.csv",
     "result.json",
     "thresholds.json",  # per-class thresholds of the run's checkpoints (engine.thresholds)
+    "selection.json",  # the checkpoint the run selected (engine.selection)
 )
 RUN_FOLDERS = {
-    CHECKPOINT_DIR: ("*.ckpt",),
+    CHECKPOINT_DIR: (BEST, LAST, "epoch-*.ckpt"),  # only is_run_checkpoint_name's names
     "tensorboard": ("**/events.out.tfevents.*", "**/hparams.yaml"),
     "plots": ("*.png", "*.pdf"),
 }
@@ -107,6 +108,24 @@ def run_contents(path: str | Path) -> list[str]:
     checkpoints = path / CHECKPOINT_DIR
     if checkpoints.is_dir():
         found += [f"{CHECKPOINT_DIR}/{p.name}" for p in sorted(checkpoints.glob("*.ckpt"))]
+    return found
+
+
+def check_run_folder(path: str | Path, mode: str) -> list[str]:
+    """Refuse ``path`` as the folder of a ``new`` run when it holds a run, and as one to
+    ``overwrite`` when it holds run files but no mlcnc run; returns ``run_contents``. The
+    check ``RunFolder.prepare`` makes, and ``train --dry-run`` (which writes nothing)."""
+    path = Path(path)
+    found = run_contents(path)
+    if mode == "new" and found:
+        raise RunFolderError(refuse_message(path, found))
+    # Only a folder that holds an mlcnc run is cleared: a config.yaml or metrics.csv of the
+    # user's own is not a run, and nothing of theirs is removed.
+    if mode == "overwrite" and found and not holds_mlcnc_run(path):
+        raise RunFolderError(
+            f"--overwrite: {path} holds {', '.join(found)} but no mlcnc run (no checkpoint, "
+            "no mlcnc config.yaml); nothing was removed: choose another --output"
+        )
     return found
 
 
@@ -284,29 +303,29 @@ class RunFolder:
 
     def _prepare(self, mode: str) -> list[str]:
         notes = []
-        found = run_contents(self.path)
-        if mode == "new" and found:
-            raise RunFolderError(refuse_message(self.path, found))
+        found = check_run_folder(self.path, mode)
         if mode == "overwrite":
-            # Only a folder that holds an mlcnc run is cleared: a config.yaml or metrics.csv
-            # of the user's own is not a run, and nothing of theirs is removed.
-            if found and not holds_mlcnc_run(self.path):
-                raise RunFolderError(
-                    f"--overwrite: {self.path} holds {', '.join(found)} but no mlcnc run (no "
-                    "checkpoint, no mlcnc config.yaml); nothing was removed: choose another "
-                    "--output"
-                )
             removed = self.clear() if found else []
             if removed:
                 notes.append(
                     f"--overwrite: removed the previous run in {self.path} ({', '.join(removed)})"
                 )
-            kept = sorted({f.name for p in KEPT_EXPORTS for f in self.checkpoints.glob(p)})
-            if removed and kept:
+            exports = sorted({f.name for p in KEPT_EXPORTS for f in self.checkpoints.glob(p)})
+            if removed and exports:
                 notes.append(
-                    f"--overwrite: kept {CHECKPOINT_DIR}/{', '.join(kept)}: exports of the "
+                    f"--overwrite: kept {CHECKPOINT_DIR}/{', '.join(exports)}: exports of the "
                     "previous run's model (mlcnc export wrote them, not the run); delete them "
                     "or export again with --overwrite"
+                )
+            others = sorted(
+                f.name
+                for f in (self.checkpoints.iterdir() if self.checkpoints.is_dir() else ())
+                if f.name not in exports and not f.name.startswith(".")
+            )
+            if removed and others:
+                notes.append(
+                    f"--overwrite: kept {CHECKPOINT_DIR}/{', '.join(others)}: not files the run "
+                    "writes (only best.ckpt, last.ckpt and epoch-NNNN.ckpt are replaced)"
                 )
         if mode == "resume":
             self.remove_temporary_files()
@@ -323,9 +342,15 @@ class RunFolder:
         for name, patterns in RUN_FOLDERS.items():
             folder = self.path / name
             files = sorted({f for pattern in patterns for f in folder.glob(pattern) if f.is_file()})
+            if name == CHECKPOINT_DIR:  # a copy the user made there (keep-epoch1.ckpt) stays
+                files = [f for f in files if is_run_checkpoint_name(f.name)]
             for file in files:
                 file.unlink()
-            if files:
+            if name == CHECKPOINT_DIR and files:
+                names = [f.name for f in files]
+                more = f" and {len(names) - 3} more" if len(names) > 4 else ""
+                removed.append(f"{name}/ ({', '.join(names[:3] if more else names)}{more})")
+            elif files:
                 removed.append(f"{name}/ ({len(files)} file(s))")
             for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), reverse=True):
                 if not any(sub.iterdir()):
@@ -423,7 +448,7 @@ class RunFolder:
         if not self.enabled:
             return
         group_of = {int(c): name for name, indices in groups.items() for c in indices}
-        with open(self.path / "per_class.csv", "w", newline="") as f:
+        with open_atomic(self.path / "per_class.csv", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["class", "train_positives", "group", *columns])
             for c, name in enumerate(class_names):

@@ -247,11 +247,14 @@ def check_method(
     the method built on random weights (``pretrained=False``) for ``num_classes``
     placeholder classes, then one image of ``image_size`` through its model
     (``check_input_size``). What ``mlcnc train --dry-run`` runs; checks that need the
-    data's class count or the weights file are made when those are read."""
+    data's class count or the weights file's contents are made when those are read (a
+    path-valued ``method.pretrained`` must exist as a file: ``check_pretrained_file``)."""
     import dataclasses as dc
 
+    from mlcnc.models.backbone import check_pretrained_file
     from mlcnc.models.clip import placeholder_class_names
 
+    check_pretrained_file(cfg.backbone, cfg.pretrained)
     names = placeholder_class_names(num_classes)
     try:
         method = build_method(

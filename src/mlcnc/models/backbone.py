@@ -313,11 +313,23 @@ def _hub_name(name: str) -> str:
     return getattr(cfg, "hf_hub_id", None) or f"timm/{name}"
 
 
+def check_pretrained_file(backbone: str, pretrained: bool | str | Path | None) -> None:
+    """A path-valued ``method.pretrained`` must be a file: the check a real run makes first
+    (``load_backbone_file``, ``models.clip``), which ``train --dry-run`` makes too."""
+    if isinstance(pretrained, bool) or not isinstance(pretrained, (str, Path)):
+        return
+    if backbone.startswith("open_clip:"):
+        from mlcnc.models.clip import check_clip_weights_file, parse_clip_name
+
+        check_clip_weights_file(parse_clip_name(backbone)[0], Path(pretrained).expanduser())
+    elif not Path(pretrained).is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {pretrained}")
+
+
 def load_backbone_file(backbone: nn.Module, path: str | Path) -> None:
     """Load a local state-dict file (``weights_only=True``) into ``backbone``, all keys."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
+    check_pretrained_file("", path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping):
         for wrapper in ("state_dict", "model"):

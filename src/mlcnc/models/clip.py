@@ -197,13 +197,19 @@ def create_clip(config: str, pretrained: bool | str) -> nn.Module:
         return open_clip.create_model(config, pretrained=None)
 
 
-def _clip_from_file(config: str, path: Path) -> nn.Module:
+def check_clip_weights_file(config: str, path: Path) -> None:
+    """``method.pretrained`` as a path must be a file: the first check of ``_clip_from_file``,
+    made by ``train --dry-run`` too (``models.backbone.check_pretrained_file``)."""
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise ClipWeightsError(
             f"method.pretrained={path}: the CLIP weights file {what}; give the path of the "
             f"{config} weights file ({weights_hint(config)})"
         )
+
+
+def _clip_from_file(config: str, path: Path) -> nn.Module:
+    check_clip_weights_file(config, path)
     open_clip = _open_clip()
     with quiet_open_clip():
         model = open_clip.create_model(config, pretrained=None)

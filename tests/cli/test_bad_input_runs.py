@@ -1049,6 +1049,74 @@ def _(tmp_path, run, trained):
     return outcome
 
 
+@case("overwrite-keeps-user-checkpoint")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path)
+    mine = copy / "checkpoints" / "keep-epoch1.ckpt"  # the user's copy: not a name a run writes
+    shutil.copy(copy / "checkpoints" / "best.ckpt", mine)
+    before = mine.read_bytes()
+    outcome = run(*tiny_args(data, copy, "--seed", "5", "--overwrite"))
+    assert mine.read_bytes() == before
+    assert "checkpoints/ (best.ckpt, last.ckpt)" in run.err
+    return outcome
+
+
+@case("export-over-other-run-checkpoint")
+def _(tmp_path, run, trained):
+    _, other = _copy_run(trained, tmp_path)
+    best = other / "checkpoints" / "best.ckpt"
+    loose = tmp_path / "loose.ckpt"
+    shutil.copy(best, loose)
+    before = best.read_bytes()
+    argv = ("export", trained[1], "--format", "weights", "--out")
+    assert run(*argv, loose, "--overwrite")[0] == "exit 1"
+    assert "an mlcnc training checkpoint" in run.err
+    assert run(*argv, best)[0] == "exit 1"  # without --overwrite: says what the file is
+    outcome = run(*argv, best, "--overwrite")
+    assert best.read_bytes() == before and loose.read_bytes() == before
+    return outcome
+
+
+@case("predict-interrupted-output")
+def _(tmp_path, run, trained):
+    from unittest import mock
+
+    from mlcnc.analysis.predict import PredictionWriter
+
+    old = tmp_path / "old.json"
+    old.write_text('{"old": 1}')
+    with mock.patch.object(PredictionWriter, "write", side_effect=KeyboardInterrupt):
+        outcome = run("predict", trained[1], trained[0] / "images", "--output", old,
+                      "--overwrite", "--no-progress")  # fmt: skip
+    assert old.read_text() == '{"old": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]  # no temporary file
+    assert run("predict", trained[1], trained[0] / "images", "--output", old, "--overwrite",
+               "--no-progress")[0] == "exit 0"  # fmt: skip
+    assert isinstance(json.loads(old.read_text()), list)
+    return outcome
+
+
+@case("dry-run-run-folder")
+def _(tmp_path, run, trained):
+    data, copy = _copy_run(trained, tmp_path)
+    assert run(*tiny_args(data, copy, "--overwrite", "--dry-run"))[0] == "exit 0"
+    return run(*tiny_args(data, copy, "--dry-run"))
+
+
+@case("dry-run-missing-weights")
+def _(tmp_path, run, trained):
+    return run(*tiny_args(trained[0], tmp_path / "new", "--dry-run",
+                          f"method.pretrained={tmp_path / 'none.pth'}"))  # fmt: skip
+
+
+@case("missing-positional")
+def _(tmp_path, run, trained):
+    for command in ("inspect", "predict", "export"):
+        assert run(command)[0] == "exit 2", run.err
+        assert "KEY=VALUE" not in run.err.strip().splitlines()[-1], run.err  # the error line
+    return run("evaluate")
+
+
 # ------------------------------------------------------------------------- tests
 
 ROWS = doc_rows(SECTION)

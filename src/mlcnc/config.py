@@ -536,4 +536,6 @@ def dump_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (every key, so the run folder says what ran)."""
-    Path(path).write_text(dump_config(cfg))
+    from mlcnc.io import write_atomic
+
+    write_atomic(path, dump_config(cfg))

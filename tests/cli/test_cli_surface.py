@@ -346,3 +346,15 @@ def test_ctrl_c_while_parsing_is_one_line(argv, monkeypatch, capsys):
         return
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.strip() == "mlcnc train: error: interrupted (Ctrl-C)"
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    """`mlcnc data stats ... | head`: the reader leaves before mlcnc writes (``true`` reads
+    nothing); no Broken pipe error, exit 0."""
+    data = write_tiny_csv_dataset(tmp_path / "data")
+    command = f"{sys.executable} -m mlcnc data stats --csv {data / 'train.csv'} | true"
+    done = subprocess.run(
+        ["bash", "-c", command + '; echo "exit ${PIPESTATUS[0]}"'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stderr == "" and done.stdout.strip() == "exit 0", (done.stdout, done.stderr)

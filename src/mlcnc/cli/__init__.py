@@ -144,6 +144,9 @@ def run_command(argv: list[str] | None = None) -> int:
         if debug:
             raise
         raise KeyboardInterrupt(str(interrupt).strip() or "interrupted (Ctrl-C)") from None
+    except BrokenPipeError:  # `mlcnc ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (*user_error_types(), OSError, ValueError, MemoryError, RuntimeError) as error:
         from mlcnc.cli._errors import is_out_of_memory, out_of_memory_line
 

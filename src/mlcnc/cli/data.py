@@ -135,6 +135,8 @@ def _reporting_errors(command: Callable[[argparse.Namespace], int]) -> Callable[
 
         try:
             return command(args)
+        except BrokenPipeError:  # `| head`: the boundary in mlcnc.cli ends quietly
+            raise
         except (ValueError, OSError, SplitFileUnavailable) as err:
             print(f"mlcnc data {args.data_command}: error: {err}", file=sys.stderr)
             return 2 if isinstance(err, ConfigError) else 1

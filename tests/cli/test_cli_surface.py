@@ -358,3 +358,24 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.stderr == "" and done.stdout.strip() == "exit 0", (done.stdout, done.stderr)
+
+
+def test_a_benchmark_split_file_that_cannot_be_fetched_is_one_line(tmp_path, monkeypatch, capsys):
+    """train on voc_lt offline, the split file not cached: one line with where to fetch it
+    and its SHA-256, exit 1 (no traceback)."""
+    import urllib.error
+    import urllib.request
+
+    from mlcnc.cli import main
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setenv("MLCNC_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    argv = ["train", "--config", "voc_lt", f"data.voc2012_root={tmp_path}",
+            f"data.voc2007_root={tmp_path}", "--output", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mlcnc train: error: cannot download")
+    assert "6e49185d5421236718f7393e952f5790e5c0cfeb1694892b1b971f59725d5ebc" in err

@@ -68,10 +68,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (config, data, missing files): one line, no trace."""
+    from mlcnc.data.benchmarks import SplitFileUnavailable
     from mlcnc.data.readers import DataError
     from mlcnc.schema import ConfigError
 
-    return (ConfigError, DataError, FileNotFoundError)
+    return (ConfigError, DataError, FileNotFoundError, SplitFileUnavailable)
 
 
 USER_OS_ERRORS = frozenset(
@@ -85,7 +86,7 @@ USER_OS_ERRORS = frozenset(
 """OS errors a user causes with a path they gave (a read-only folder, a full disk, a folder
 where a file goes, a link loop...): one line naming the path, exit 1."""
 
-MAX_MESSAGE = 500
+MAX_MESSAGE = 1000
 """A one-line error is cut to this many characters (a value quoted in it may be huge)."""
 
 

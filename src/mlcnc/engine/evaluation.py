@@ -88,6 +88,26 @@ def eval_loader(
     )
 
 
+def split_eval_loader(
+    split: Any, cfg: Any, batch_size: int | None = None, pin_memory: bool = False
+) -> DataLoader:
+    """The evaluation loader of a run's ``split`` (``mlcnc.data`` split) with the run's
+    eval transform and pixel limit; batch ``batch_size`` or the run's eval batch size."""
+    from mlcnc.data import build_dataset
+    from mlcnc.data import transforms as data_transforms
+
+    return eval_loader(
+        build_dataset(
+            split,
+            data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False),
+            max_pixels=cfg.data.max_image_pixels,
+        ),
+        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
+        cfg.data.num_workers,
+        pin_memory=pin_memory,
+    )
+
+
 def predict(
     model: nn.Module,
     loader: DataLoader,

@@ -94,9 +94,7 @@ def per_class_thresholds(
 ) -> dict[str, np.ndarray]:
     """Thresholds of each model of ``models`` (variant -> module) of a loaded checkpoint
     (``selection.WeightsChoice``): stored ones, else tuned on the val split and stored."""
-    from mlcnc.data import build_dataset
-    from mlcnc.data import transforms as data_transforms
-    from mlcnc.engine.evaluation import eval_loader, predict_models
+    from mlcnc.engine.evaluation import predict_models, split_eval_loader
     from mlcnc.engine.trained import _split_to_evaluate
 
     state = choice.state
@@ -112,15 +110,7 @@ def per_class_thresholds(
                 f"--thresholds per-class tunes a threshold per class on the val split; the "
                 f"dataset of {choice.checkpoint} has none (data.val_csv): use --threshold"
             ) from None
-        loader = eval_loader(
-            build_dataset(
-                val,
-                data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False),
-                max_pixels=cfg.data.max_image_pixels,
-            ),
-            batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
-            cfg.data.num_workers,
-        )
+        loader = split_eval_loader(val, cfg, batch_size)
         for name, predictions in predict_models(missing, loader, fabric).items():
             found[name] = tune_per_class(predictions.probabilities, predictions.targets)
             store(choice.checkpoint, name, epoch, class_names, found[name], len(val))

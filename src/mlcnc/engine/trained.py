@@ -28,10 +28,10 @@ from torch import nn
 from mlcnc.config import Config, config_from_dict, merge_data_overrides
 from mlcnc.engine.checkpoint import CheckpointError, check_finite_weights
 from mlcnc.engine.evaluation import (
-    eval_loader,
     format_map_table,
     predict_models,
     score_predictions,
+    split_eval_loader,
 )
 from mlcnc.engine.selection import WEIGHTS, WeightsChoice, choose_weights
 from mlcnc.metrics import per_class_f1, scores_note
@@ -176,7 +176,7 @@ def evaluate_checkpoint(
     fabric = _device_fabric(device)
     # The precision the run trained in (as recorded; see checkpoint.upgrade_checkpoint).
     precision = state["precision"]
-    loader = _eval_loader_of(evaluated, cfg, batch_size, fabric.device.type == "cuda")
+    loader = split_eval_loader(evaluated, cfg, batch_size, fabric.device.type == "cuda")
     # The variant loaded by default: the one the checkpoint's recorded selection names
     # (regular for an older checkpoint, or when it has no EMA).
     recorded = (choice.selection or {}).get("variant", "regular")
@@ -258,23 +258,6 @@ def _models_to_score(
         name: _rebuild(dataclasses.replace(choice, use_ema=name == "ema"), cfg, device, dtype).model
         for name in names
     }
-
-
-def _eval_loader_of(evaluated: Any, cfg: Config, batch_size: int | None, pin: bool) -> Any:
-    """The loader of the split ``evaluate_checkpoint`` scores, with the run's transform."""
-    from mlcnc.data import build_dataset
-    from mlcnc.data import transforms as data_transforms
-
-    return eval_loader(
-        build_dataset(
-            evaluated,
-            data_transforms.transforms_for(cfg.data, cfg.method.recipe, train=False),
-            max_pixels=cfg.data.max_image_pixels,
-        ),
-        batch_size or cfg.train.eval_batch_size or max(cfg.optim.batch_size, 1),
-        cfg.data.num_workers,
-        pin_memory=pin,
-    )
 
 
 def _tuned_thresholds(

@@ -61,19 +61,27 @@ def finalize_db(cfg: MethodConfig, model: dict[str, Any], loss: dict[str, Any]) 
             loss[key] = value
 
 
+def pop_db_params(request: BuildRequest, options: dict[str, Any]) -> tuple[int, DBParams]:
+    """N (``method.loss.num_samples`` or the training set's size) and DB's parameters,
+    popped from a copy of the loss ``options`` with its ``preset`` (resolved by
+    ``finalize_db``); what is left are the criterion's other options."""
+    size = options.pop("num_samples") or request.num_samples
+    if size is None:
+        raise ConfigError(
+            f"method {request.cfg.name!r} needs the number of training images: pass "
+            "build_method(..., num_samples=N) or set method.loss.num_samples"
+        )
+    options.pop("preset")
+    params = DBParams(**{f.name: options.pop(f.name) for f in dataclasses.fields(DBParams)})
+    return int(size), params
+
+
 def db_criterion(focal: bool) -> CriterionFactory:
     def make(request: BuildRequest) -> Criterion:
         options = dict(request.loss)
-        size = options.pop("num_samples") or request.num_samples
-        if size is None:
-            raise ConfigError(
-                f"method {request.cfg.name!r} needs the number of training images: pass "
-                "build_method(..., num_samples=N) or set method.loss.num_samples"
-            )
-        options.pop("preset")
-        params = DBParams(**{f.name: options.pop(f.name) for f in dataclasses.fields(DBParams)})
+        size, params = pop_db_params(request, options)
         return DistributionBalancedCriterion(
-            request.class_freq, int(size), params, focal=focal, **options
+            request.class_freq, size, params, focal=focal, **options
         )
 
     return make

@@ -17,11 +17,9 @@ batch-scalar focal factor; default) | ``db_focal`` (DB's element-wise) | ``asl_m
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
-from mlcnc.losses.distribution_balanced import DBParams
-from mlcnc.methods.db import DB_PRESET_OF_DATA, DBFocalOptions, finalize_db
+from mlcnc.methods.db import DB_PRESET_OF_DATA, DBFocalOptions, finalize_db, pop_db_params
 from mlcnc.methods.lmclip import clip_config_of
 from mlcnc.methods.registry import BuildRequest, Method, MethodConfig, MethodRecord, register_method
 from mlcnc.schema import (
@@ -132,15 +130,8 @@ def build_lmpt(request: BuildRequest) -> Method:
         **options,
     )
     loss = dict(request.loss)
-    size = loss.pop("num_samples") or request.num_samples
-    if size is None:
-        raise ConfigError(
-            f"method {cfg.name!r} needs the number of training images: pass "
-            "build_method(..., num_samples=N) or set method.loss.num_samples"
-        )
-    loss.pop("preset")
-    params = DBParams(**{f.name: loss.pop(f.name) for f in dataclasses.fields(DBParams)})
-    criterion = LMPTCriterion(request.class_freq, int(size), params, **loss)
+    size, params = pop_db_params(request, loss)
+    criterion = LMPTCriterion(request.class_freq, size, params, **loss)
     return Method(model=model, criterion=criterion, sampler="random")
 
 
